@@ -1,0 +1,56 @@
+# make test  - install what a fresh Debian machine lacks, then run every test (CI runs this)
+# make demo  - run the main job end to end on embedded defaults (private Redis, local storage)
+# make lint  - ruff and mypy
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := redis-server postgresql ffmpeg nodejs npm
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint system-deps venv node-deps schema clean
+
+test: venv node-deps
+	$(PY) -m pytest -q -x --durations=15
+
+demo: venv
+	$(PY) scripts/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check daemon tests scripts
+	$(VENV)/bin/ruff format --check daemon tests scripts
+	$(VENV)/bin/mypy daemon
+
+# System packages: only those missing are installed (apt needs root; CI runs as root).
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	( command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ) || missing="$$missing postgresql"; \
+	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+venv: system-deps $(STAMP)
+
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+node-deps: scripts/node/node_modules/.package-lock.json
+
+scripts/node/node_modules/.package-lock.json: scripts/node/package.json scripts/node/package-lock.json
+	cd scripts/node && npm ci --no-audit --no-fund --loglevel=error
+
+schema: venv
+	$(PY) -m daemon schema > schema/job-spec.v1.json
+
+clean:
+	rm -rf var .pytest_cache

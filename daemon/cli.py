@@ -1,0 +1,127 @@
+"""`python -m daemon …`: the worker and the operator's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Settings, load_settings
+from .errors import ConfigError, SpecError
+from .logs import setup_logging
+
+log = logging.getLogger("daemon")
+
+
+def _settings_and_logs() -> Settings:
+    from .runtime import secret_values
+
+    settings = load_settings()
+    setup_logging(settings.log_level, secrets=secret_values(settings).values())
+    return settings
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings_and_logs()
+    from .sentry import init_sentry
+    from .worker import DaemonWorker
+
+    init_sentry(settings)
+    worker = DaemonWorker(settings)
+    log.info("worker %s serving %s (storage=%s, rows=%s)", settings.worker_name, ",".join(settings.queues),
+             settings.storage_backend, "supabase" if settings.supabase_enabled else "local")
+    worker.work(burst=args.burst, logging_level=settings.log_level.upper(), max_jobs=args.max_jobs)
+    return 0
+
+
+def _read_spec(source: str) -> Any:
+    text = sys.stdin.read() if source == "-" else (
+        source if source.lstrip().startswith("{") else Path(source).read_text()
+    )
+    return text
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    settings = _settings_and_logs()
+    from .queue import enqueue
+    from .runtime import Runtime
+    from .spec_io import parse_job
+
+    spec = parse_job(_read_spec(args.spec))
+    runtime = Runtime.for_this_process(settings)
+    job = enqueue(runtime.redis, spec, priority=args.priority)
+    print(json.dumps({"job_id": spec.job_id, "queue": job.origin, "kind": spec.kind}))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    settings = _settings_and_logs()
+    from .cancel import cancel_job
+    from .runtime import Runtime
+
+    outcome = cancel_job(Runtime.for_this_process(settings), args.job_id, wait_s=args.wait)
+    print(json.dumps({"job_id": args.job_id, "result": outcome}))
+    return 0 if outcome != "unknown" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings_and_logs()
+    from .runtime import Runtime
+
+    runtime = Runtime.for_this_process(settings)
+    entry = runtime.ledger.get(args.job_id)
+    print(json.dumps({"ledger": entry.__dict__, "row": runtime.rows.read(args.job_id)}, indent=2, default=str))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .handlers import params_models
+    from .schema_file import render_schema
+
+    sys.stdout.write(render_schema(params_models()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m daemon", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run the worker (one per GPU)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    worker.set_defaults(func=cmd_worker)
+
+    enqueue = sub.add_parser("enqueue", help="validate a job spec and put it on its queue")
+    enqueue.add_argument("spec", help="a spec file, '-' for stdin, or the JSON itself")
+    enqueue.add_argument("--priority", choices=("high", "default", "low"), default=None)
+    enqueue.set_defaults(func=cmd_enqueue)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--wait", type=float, default=10.0,
+                        help="seconds to let a running job stop by itself before it is killed")
+    cancel.set_defaults(func=cmd_cancel)
+
+    status = sub.add_parser("status", help="show a job's ledger entry and progress row")
+    status.add_argument("job_id")
+    status.set_defaults(func=cmd_status)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the job spec")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG: systemd shows it, and RestartPreventExitStatus can stop a restart loop
+    except SpecError as exc:
+        print(f"job refused: {exc}", file=sys.stderr)
+        return 65  # EX_DATAERR
+

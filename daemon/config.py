@@ -1,0 +1,257 @@
+"""Settings: every knob comes from the environment (and an optional `.env`), parsed once at start-up.
+
+A bad value stops start-up with a `ConfigError` naming the variable. Precedence, in one line:
+process environment > `.env` file (path in `DAEMON_ENV_FILE`, default `./.env`) > the defaults below.
+The README's configuration table is generated from `VARIABLES`, so each variable's doc lives here once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: its name, parser, default and a one-line doc for the README."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None
+    doc: str
+    secret: bool = False
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _optional(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not items:
+        raise ValueError("expected a comma-separated list")
+    return items
+
+
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str | None]:
+    def parse(raw: str) -> str | None:
+        value = raw.strip()
+        if not value:
+            return None
+        if not value.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ValueError(f"expected a {'/'.join(schemes)} URL")
+        return value
+
+    return parse
+
+
+def _default_worker_name() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+VARIABLES: tuple[Var, ...] = (
+    # Queue and worker
+    Var("REDIS_URL", _url(("redis", "rediss", "unix")), "redis://127.0.0.1:6379/0",
+        "Redis holding the queues. `make demo` starts a private one when unset."),
+    Var("DAEMON_QUEUES", _csv, "high,default,low",
+        "Queues this worker serves, highest priority first."),
+    Var("DAEMON_WORKER_NAME", _optional, "",
+        "Worker name in rq and in progress rows; default `<hostname>.<pid>`."),
+    Var("DAEMON_MONITOR_INTERVAL_S", _positive_int, "10",
+        "How often the worker heartbeats a running job; a dead worker's job expires after this + 60 s."),
+    Var("DAEMON_MAINTENANCE_INTERVAL_S", _positive_int, "20",
+        "How often a worker looks for abandoned jobs (rq's registry cleanup); rq's default is 600 s."),
+    Var("DAEMON_STOP_TIMEOUT_S", _positive_float, "90",
+        "After SIGTERM, how long a running job gets to stop and requeue before it is killed."),
+    Var("JOB_MAX_ATTEMPTS", _positive_int, "3",
+        "Attempts per job for retryable failures (crash, lost worker, network); preemptions don't count."),
+    Var("JOB_RETRY_BACKOFF_S", _positive_int, "30",
+        "Delay before the first retry of a failed attempt; doubles for each later one."),
+    Var("DAEMON_WORK_DIR", Path, "var/work", "Scratch space for running jobs (one folder per job)."),
+    Var("DAEMON_STATE_DIR", Path, "var/state",
+        "Where progress rows are kept as JSON files when Supabase is not configured."),
+    # Storage
+    Var("STORAGE_BACKEND", _choice("local", "s3"), "local",
+        "Where outputs go when a job names no destination: `local` (DAEMON_OUTPUT_DIR) or `s3`."),
+    Var("DAEMON_OUTPUT_DIR", Path, "var/outputs", "Root of the local output store."),
+    Var("S3_BUCKET", _optional, "", "Bucket for outputs and for inputs given as S3 keys."),
+    Var("S3_PREFIX", _optional, "jobs", "Key prefix for outputs: `<prefix>/<job id>/<name>`."),
+    Var("S3_ENDPOINT_URL", _url(("http", "https")), "",
+        "S3-compatible endpoint (SeaweedFS, MinIO, R2); unset for AWS. Credentials: boto3's usual chain."),
+    Var("AWS_REGION", _optional, "", "Region for S3 (boto3's default chain when unset)."),
+    Var("S3_MULTIPART_THRESHOLD_MB", _positive_int, "64", "Files above this size upload in parts."),
+    Var("S3_MULTIPART_CHUNK_MB", _positive_int, "16", "Part size for multipart uploads (min 5)."),
+    # Downloads of user URLs
+    Var("DOWNLOAD_MAX_BYTES", _positive_int, str(4 << 30), "Largest single input accepted, in bytes."),
+    Var("DOWNLOAD_TIMEOUT_S", _positive_float, "600", "Wall-clock cap for one input download."),
+    Var("DOWNLOAD_MAX_REDIRECTS", int, "5", "Redirects followed per download, each re-checked."),
+    Var("URL_ALLOW_NETWORKS", _networks, "",
+        "CIDRs exempt from the private-address guard (tests: 127.0.0.1/32). Keep empty in production."),
+    # Progress rows
+    Var("SUPABASE_URL", _url(("http", "https")), "", "Supabase project URL; unset = rows kept locally."),
+    Var("SUPABASE_SERVICE_ROLE_KEY", _optional, "", "Service-role key used to write rows.", secret=True),
+    Var("SUPABASE_JOBS_TABLE", _optional, "jobs", "Table holding one progress row per job."),
+    Var("PROGRESS_MIN_INTERVAL_S", _positive_float, "1.0",
+        "Least time between two progress writes of one job (latest value wins)."),
+    Var("HEARTBEAT_INTERVAL_S", _positive_float, "15", "How often a running job's row heartbeat is written."),
+    # Callbacks
+    Var("CALLBACK_SECRET", _optional, "",
+        "Standard Webhooks secret (`whsec_…`). Jobs with a callback_url are refused without it.",
+        secret=True),
+    Var("CALLBACK_TIMEOUT_S", _positive_float, "10", "Timeout of one callback delivery."),
+    Var("CALLBACK_MAX_AGE_S", _positive_int, str(24 * 3600), "Give up retrying a callback after this."),
+    Var("OUTBOX_POLL_INTERVAL_S", _positive_float, "1.0",
+        "How often the outbox (pending callbacks and row writes) is polled for due items."),
+    # Logs and errors
+    Var("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level."),
+    Var("SENTRY_DSN", _optional, "", "Send errors (and abandoned jobs) to Sentry when set.", secret=True),
+    Var("SENTRY_ENVIRONMENT", _optional, "production", "Sentry environment tag."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed configuration. Build it with `load_settings()`; never read os.environ elsewhere."""
+
+    redis_url: str
+    queues: tuple[str, ...]
+    worker_name: str
+    monitor_interval_s: int
+    maintenance_interval_s: int
+    stop_timeout_s: float
+    job_max_attempts: int
+    job_retry_backoff_s: int
+    work_dir: Path
+    state_dir: Path
+    storage_backend: str
+    output_dir: Path
+    s3_bucket: str | None
+    s3_prefix: str
+    s3_endpoint_url: str | None
+    aws_region: str | None
+    s3_multipart_threshold_mb: int
+    s3_multipart_chunk_mb: int
+    download_max_bytes: int
+    download_timeout_s: float
+    download_max_redirects: int
+    url_allow_networks: tuple[IPNetwork, ...]
+    supabase_url: str | None
+    supabase_key: str | None = field(repr=False)
+    supabase_table: str = "jobs"
+    progress_min_interval_s: float = 1.0
+    heartbeat_interval_s: float = 15.0
+    callback_secret: str | None = field(default=None, repr=False)
+    callback_timeout_s: float = 10.0
+    callback_max_age_s: int = 86400
+    outbox_poll_interval_s: float = 1.0
+    log_level: str = "info"
+    sentry_dsn: str | None = field(default=None, repr=False)
+    sentry_environment: str = "production"
+
+    @property
+    def supabase_enabled(self) -> bool:
+        return bool(self.supabase_url and self.supabase_key)
+
+
+_FIELD_FOR_VAR = {
+    "DAEMON_QUEUES": "queues",
+    "DAEMON_WORKER_NAME": "worker_name",
+    "DAEMON_MONITOR_INTERVAL_S": "monitor_interval_s",
+    "DAEMON_MAINTENANCE_INTERVAL_S": "maintenance_interval_s",
+    "DAEMON_STOP_TIMEOUT_S": "stop_timeout_s",
+    "DAEMON_WORK_DIR": "work_dir",
+    "DAEMON_STATE_DIR": "state_dir",
+    "DAEMON_OUTPUT_DIR": "output_dir",
+    "SUPABASE_SERVICE_ROLE_KEY": "supabase_key",
+    "SUPABASE_JOBS_TABLE": "supabase_table",
+}
+
+
+def _field_name(var: Var) -> str:
+    return _FIELD_FOR_VAR.get(var.name, var.name.lower())
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse every variable once; the first bad one stops start-up with its name in the message."""
+    env = dict(os.environ if environ is None else environ)
+    env_file = Path(env.get("DAEMON_ENV_FILE", ".env"))
+    if env_file.is_file():
+        file_values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        env = {**file_values, **env}
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = env.get(var.name, var.default or "")
+        try:
+            values[_field_name(var)] = var.parse(raw)
+        except (ValueError, TypeError) as exc:
+            shown = "<hidden>" if var.secret else repr(raw)
+            raise ConfigError(f"{var.name}={shown}: {exc}") from None
+    values["worker_name"] = values["worker_name"] or _default_worker_name()
+    values["s3_prefix"] = (values["s3_prefix"] or "jobs").strip("/")
+    values["supabase_table"] = values["supabase_table"] or "jobs"
+    _check_consistency(values)
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known})
+
+
+def _check_consistency(values: Mapping[str, Any]) -> None:
+    if values["storage_backend"] == "s3" and not values["s3_bucket"]:
+        raise ConfigError("S3_BUCKET: required when STORAGE_BACKEND=s3")
+    if bool(values["supabase_url"]) != bool(values["supabase_key"]):
+        raise ConfigError("SUPABASE_SERVICE_ROLE_KEY: SUPABASE_URL and the key must be set together")
+    if values["s3_multipart_chunk_mb"] < 5:
+        raise ConfigError("S3_MULTIPART_CHUNK_MB: S3 parts must be at least 5 MB")
+    secret = values["callback_secret"]
+    if secret and not secret.startswith("whsec_"):
+        raise ConfigError("CALLBACK_SECRET=<hidden>: expected a Standard Webhooks secret starting with whsec_")
+    for name in values["queues"]:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"DAEMON_QUEUES={','.join(values['queues'])!r}: bad queue name {name!r}")

@@ -1,0 +1,179 @@
+"""The outbox: effects that must happen even if the service they go to is down right now.
+
+Callbacks and row writes that could not be delivered on the spot are kept in Redis and delivered by
+the worker's drainer thread, with exponential backoff and jitter, until they land or grow too old.
+Keeping them in Redis rather than in the process means they survive the work-horse exiting and even
+the instance vanishing: any worker of the fleet drains the same outbox.
+
+Claiming uses a lease: a claimed item's due time moves `lease_s` into the future, so an item whose
+deliverer died is delivered again later (at-least-once; receivers dedupe on webhook-id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis as redis_lib
+from redis import Redis
+
+log = logging.getLogger(__name__)
+
+DUE_KEY = "daemon:outbox:due"
+"""Sorted set: item id → unix time when it is next due."""
+
+ITEM_PREFIX = "daemon:outbox:item:"
+"""String per item: its JSON envelope."""
+
+LEASE_S = 60.0
+"""A claimed item becomes due again after this long unless its deliverer finished with it."""
+
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
+_FINISH_IF_UNCHANGED = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    item_id: str
+    kind: str  # "row" | "callback"
+    data: dict[str, Any]
+    created: float
+    tries: int
+    raw: str  # the envelope as stored, to finish only the version we delivered
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a sink reports for one item."""
+
+    ok: bool
+    retryable: bool = True
+    error: str | None = None
+
+
+Sink = Callable[[OutboxItem], Delivery]
+
+
+class Outbox:
+    def __init__(self, redis: Redis, *, max_age_s: float, base_delay_s: float = 2.0, cap_s: float = 300.0) -> None:
+        self.redis = redis
+        self.max_age_s = max_age_s
+        self.base_delay_s = base_delay_s
+        self.cap_s = cap_s
+        self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH_IF_UNCHANGED)
+
+    # -- producing -------------------------------------------------------------------------------
+
+    def put_callback(self, event_data: Mapping[str, Any], *, webhook_id: str) -> None:
+        self._put(f"callback:{webhook_id}", "callback", dict(event_data))
+
+    def put_row(self, row: Mapping[str, Any]) -> None:
+        """Queue a row write; merges with a row for the same job still waiting (latest field wins)."""
+        item_id = f"row:{row['id']}"
+        key = ITEM_PREFIX + item_id
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    current = pipe.get(key)
+                    merged = dict(row)
+                    if current is not None:
+                        old = json.loads(current)["data"]
+                        if int(old.get("attempt", 0)) <= int(row.get("attempt", 0)):
+                            merged = {**old, **row}
+                        else:
+                            merged = old  # a newer attempt's row is waiting: this one is stale
+                    pipe.multi()
+                    self._put(item_id, "row", merged, pipe=pipe)
+                    pipe.execute()
+                    return
+                except redis_lib.WatchError:
+                    continue
+
+    def _put(self, item_id: str, kind: str, data: dict[str, Any], *, pipe: Any = None) -> None:
+        envelope = json.dumps(
+            {"kind": kind, "data": data, "created": time.time(), "tries": 0, "v": uuid.uuid4().hex},
+            sort_keys=True,
+        )
+        target = pipe if pipe is not None else self.redis.pipeline()
+        target.set(ITEM_PREFIX + item_id, envelope)
+        target.zadd(DUE_KEY, {item_id: time.time()})
+        if pipe is None:
+            target.execute()
+
+    # -- draining --------------------------------------------------------------------------------
+
+    def claim_due(self, limit: int = 20, now: float | None = None) -> list[OutboxItem]:
+        now = time.time() if now is None else now
+        ids = self._claim(keys=[DUE_KEY], args=[now, now + LEASE_S, limit])
+        items = []
+        for raw_id in ids:
+            item_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            raw = self.redis.get(ITEM_PREFIX + item_id)
+            if raw is None:
+                self.redis.zrem(DUE_KEY, item_id)
+                continue
+            raw = raw.decode() if isinstance(raw, bytes) else raw
+            env = json.loads(raw)
+            items.append(OutboxItem(item_id, env["kind"], env["data"], env["created"], env["tries"], raw))
+        return items
+
+    def finish(self, item: OutboxItem) -> bool:
+        """Remove a delivered item, unless a newer version replaced it meanwhile (then it stays due)."""
+        return bool(self._finish(keys=[DUE_KEY, ITEM_PREFIX + item.item_id], args=[item.raw, item.item_id]))
+
+    def retry_later(self, item: OutboxItem, delay_s: float) -> None:
+        env = json.loads(item.raw)
+        env["tries"] = item.tries + 1
+        with self.redis.pipeline() as pipe:
+            pipe.watch(ITEM_PREFIX + item.item_id)
+            if pipe.get(ITEM_PREFIX + item.item_id) != item.raw.encode():
+                pipe.reset()  # replaced by a newer version, which is already due
+                return
+            pipe.multi()
+            pipe.set(ITEM_PREFIX + item.item_id, json.dumps(env, sort_keys=True))
+            pipe.zadd(DUE_KEY, {item.item_id: time.time() + delay_s})
+            try:
+                pipe.execute()
+            except redis_lib.WatchError:
+                pass
+
+    def pending(self) -> int:
+        return int(self.redis.zcard(DUE_KEY))
+
+    def drain_once(self, sinks: Mapping[str, Sink], *, delay: Callable[[int], float]) -> int:
+        """Deliver every due item once; returns how many landed."""
+        landed = 0
+        for item in self.claim_due():
+            sink = sinks.get(item.kind)
+            outcome = sink(item) if sink else Delivery(ok=False, retryable=False, error="no sink")
+            age = time.time() - item.created
+            if outcome.ok:
+                self.finish(item)
+                landed += 1
+            elif not outcome.retryable or age > self.max_age_s:
+                log.error("outbox: giving up on %s after %d tries (%s)", item.item_id, item.tries + 1, outcome.error)
+                self.finish(item)
+            else:
+                wait = delay(item.tries)
+                log.warning("outbox: %s not delivered (%s); retry in %.1fs", item.item_id, outcome.error, wait)
+                self.retry_later(item, wait)
+        return landed

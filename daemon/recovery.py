@@ -1,0 +1,82 @@
+"""When an attempt ends without the work-horse saying how: it was killed, it crashed, or its worker
+vanished and rq's registry cleanup found the job abandoned.
+
+The worker parent (or whichever worker ran the cleanup) decides here, with the same policy the runner
+uses: preemption → requeue at the front, not counted; crash or loss → counted as a failure, retried
+with backoff while attempts remain, else failed. The row and the callback say which. The decision is
+applied through rq's own retry fields on the job object rq is about to finalize.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from rq.job import Job
+
+from .errors import WorkerLost
+from .logs import log_context
+from .outcomes import Identity, base_row, error_fields, notify, write_row
+from .runner import retry_delay
+from .runtime import Runtime
+from .spec_io import parse_job
+
+log = logging.getLogger(__name__)
+
+
+def describe_exit(ret_val: int | None) -> str:
+    if ret_val is not None and os.WIFSIGNALED(ret_val):
+        sig = os.WTERMSIG(ret_val)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        hint = " (likely the out-of-memory killer)" if sig == signal.SIGKILL else ""
+        return f"work-horse killed by {name}{hint}"
+    if ret_val is not None and os.WIFEXITED(ret_val):
+        return f"work-horse exited with status {os.WEXITSTATUS(ret_val)} without finishing the job"
+    return "work-horse ended without finishing the job"
+
+
+def after_lost_attempt(runtime: Runtime, job: Job, *, cause: str, preempted: bool) -> str:
+    """Report the lost attempt and set rq's retry fields on `job`; returns the decision taken."""
+    try:
+        spec = parse_job(job.args[0])
+    except Exception as exc:  # a job we never could have run: nothing to report to
+        log.error("lost job %s has no valid spec (%s); leaving it failed", job.id, exc)
+        job.retries_left = None
+        return "failed"
+    identity = Identity.of(spec)
+    entry = runtime.ledger.get(spec.job_id)
+    with log_context(job=spec.job_id, attempt=entry.attempt):
+        row = base_row(identity, entry.attempt, runtime.settings.worker_name)
+        if preempted:
+            log.warning("attempt stopped with the worker (%s); requeued at the front", cause)
+            _set_rq_retry(job, delay=0, at_front=True)
+            write_row(runtime, {**row, "status": "requeued", "error_code": "preempted", "error_message": cause})
+            notify(runtime, identity, entry.attempt, "job.requeued", 100,
+                   {"status": "requeued", "error": {"code": "preempted", "message": cause}})
+            return "requeued"
+        error = WorkerLost(cause)
+        failures = runtime.ledger.record_failure(spec.job_id)
+        if failures < runtime.settings.job_max_attempts:
+            delay = retry_delay(runtime.settings, failures)
+            log.error("attempt lost (%s); retry %d in %ds", cause, failures, delay)
+            _set_rq_retry(job, delay=delay, at_front=False)
+            write_row(runtime, {**row, "status": "requeued", **error_fields(error)})
+            notify(runtime, identity, entry.attempt, "job.requeued", 100,
+                   {"status": "requeued", "error": {"code": error.code, "message": cause}})
+            return "requeued"
+        log.error("attempt lost (%s); no attempts left, job failed", cause)
+        job.retries_left = None
+        runtime.ledger.set_status(spec.job_id, "failed")
+        write_row(runtime, {**row, "status": "failed", **error_fields(error)})
+        notify(runtime, identity, entry.attempt, "job.failed", 100,
+               {"status": "failed", "error": {"code": error.code, "message": cause}})
+        return "failed"
+
+
+def _set_rq_retry(job: Job, *, delay: int, at_front: bool) -> None:
+    # rq retries a failed job when retries_left > 0, after retry_intervals; one retry is all we grant
+    # per decision, the ledger counts the rest.
+    job.retries_left = 1
+    job.retry_intervals = [delay] if delay else None
+    job.enqueue_at_front_on_retry = at_front

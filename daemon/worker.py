@@ -1,0 +1,147 @@
+"""The long-running worker: rq's forking `Worker`, with the few changes production needs.
+
+Process model (DESIGN §2): the parent never imports torch or touches CUDA; each job runs in a forked
+work-horse, so a crash or OOM-kill of a job is seen by the parent, which reports it and retries the job
+(`recovery.after_lost_attempt`). The parent heartbeats the job every DAEMON_MONITOR_INTERVAL_S, so a
+dead worker's job expires after that + 60 s, and every worker looks for expired jobs every
+DAEMON_MAINTENANCE_INTERVAL_S: a lost job is retried within about 90 s. The parent's threads (outbox
+drainer; later the spot-notice watcher) never wait on the job.
+
+What we change in rq, and why:
+- SIGTERM means "stop now and requeue", not rq's "finish the job first" (hour-long jobs, systemd's
+  TimeoutStopSec, spot notices): the horse gets SIGUSR1, ends its attempt as preempted and rq requeues
+  it at the front; after DAEMON_STOP_TIMEOUT_S, or on a second signal, the horse is killed and the parent
+  requeues it itself.
+- A Redis blip while a job runs is logged, not fatal (rq would quit the worker from its heartbeat).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import redis as redis_lib
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as RedisRetry
+from rq.exceptions import AbandonedJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker import Worker
+
+from .config import Settings
+from .drainer import OutboxDrainer
+from .entry import configure
+from .interrupts import PREEMPT_SIGNAL
+from .queue import GuardedJob, make_queue
+from .recovery import after_lost_attempt, describe_exit
+from .runtime import Runtime
+from .sentry import capture_abandoned
+
+log = logging.getLogger(__name__)
+
+REDIS_RETRIES = 10
+"""Each Redis command is retried this often (backoff capped at 1 s): a restart of a few seconds is
+invisible to the worker instead of ending it."""
+
+
+def worker_redis(settings: Settings) -> redis_lib.Redis:
+    retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES)
+    return redis_lib.Redis.from_url(
+        settings.redis_url,
+        retry=retry,
+        retry_on_error=[redis_lib.ConnectionError, redis_lib.TimeoutError],
+        health_check_interval=15,
+    )
+
+
+class DaemonWorker(Worker):
+    def __init__(self, settings: Settings, *, connection: redis_lib.Redis | None = None) -> None:
+        self.settings = settings
+        self.runtime = Runtime.for_this_process(settings)
+        connection = connection or worker_redis(settings)
+        super().__init__(
+            [make_queue(name, connection) for name in settings.queues],
+            name=settings.worker_name,
+            connection=connection,
+            serializer=JSONSerializer,
+            job_class=GuardedJob,
+            job_monitoring_interval=settings.monitor_interval_s,
+            maintenance_interval=settings.maintenance_interval_s,
+            exception_handlers=[self.on_job_exception],
+            work_horse_killed_handler=self.on_horse_killed,
+        )
+        self._preempting = False
+        self._kill_timer: threading.Timer | None = None
+        self.drainer = OutboxDrainer(self.runtime)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def work(self, **kwargs: Any) -> bool:  # type: ignore[override]
+        configure(self.settings)
+        self.drainer.start()
+        try:
+            return super().work(with_scheduler=True, **kwargs)
+        finally:
+            if self._kill_timer:
+                self._kill_timer.cancel()
+            self.drainer.stop()
+
+    def handle_warm_shutdown_request(self) -> None:
+        """First SIGTERM/SIGINT: ask the running job to stop and requeue; kill it if it won't."""
+        if not self.horse_pid:
+            log.info("stop requested while idle")
+            return
+        log.warning("stop requested: preempting the running job (grace %.0fs)", self.settings.stop_timeout_s)
+        self._preempting = True
+        self._signal_horse(PREEMPT_SIGNAL)
+        self._kill_timer = threading.Timer(self.settings.stop_timeout_s, self._kill_stuck_horse)
+        self._kill_timer.daemon = True
+        self._kill_timer.start()
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Second signal: kill the job now; it is requeued by `on_horse_killed` before we exit."""
+        log.warning("forced stop: killing the running job")
+        self._preempting = True
+        if self.horse_pid:
+            self._signal_horse(signal.SIGKILL)
+        else:
+            raise SystemExit()
+
+    def _kill_stuck_horse(self) -> None:
+        if self.horse_pid:
+            log.error("job did not stop within %.0fs; killing it", self.settings.stop_timeout_s)
+            self._signal_horse(signal.SIGKILL)
+
+    def _signal_horse(self, sig: int) -> None:
+        try:
+            os.kill(self.horse_pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # -- rq hooks --------------------------------------------------------------------------------
+
+    def on_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        cause = describe_exit(ret_val)
+        try:
+            after_lost_attempt(self.runtime, job, cause=cause, preempted=self._preempting)
+        except Exception:
+            log.exception("could not report lost attempt of %s", job.id)
+
+    def on_job_exception(self, job: Job, exc_type: type, exc_value: BaseException, tb: Any) -> bool:
+        """rq calls this for job failures and, during registry cleanup, for abandoned jobs."""
+        if exc_type is AbandonedJobError or isinstance(exc_value, AbandonedJobError):
+            capture_abandoned(job)
+            try:
+                after_lost_attempt(self.runtime, job, cause="its worker stopped heartbeating", preempted=False)
+            except Exception:
+                log.exception("could not report abandoned job %s", job.id)
+        return True  # let rq's own handling go on
+
+    def maintain_heartbeats(self, job: Job, execution: Any) -> None:
+        try:
+            super().maintain_heartbeats(job, execution)
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+            log.warning("heartbeat not sent, Redis unreachable: %s", exc)

@@ -1,0 +1,159 @@
+"""Fixtures that run the daemon itself: a static file server for job inputs, and worker processes
+started with `python -m daemon worker` exactly as systemd starts them."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sample_jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    from PIL import Image
+
+    img = Image.new("RGB", size)
+    img.putdata([((x * 4 + seed * 40) % 256, (y * 5 + seed * 7) % 256, (seed * 60) % 256)
+                 for y in range(size[1]) for x in range(size[0])])
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class FileServer:
+    """Serves a temp folder on 127.0.0.1: what customers' image URLs point to in tests."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        handler = partial(_QuietHandler, directory=str(root))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def add(self, name: str, data: bytes) -> str:
+        (self.root / name).write_bytes(data)
+        return f"{self.base_url}/{name}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
+    server = FileServer(tmp_path_factory.mktemp("files"))
+    yield server
+    server.close()
+
+
+class WorkerProcess:
+    """`python -m daemon worker` in a subprocess, its output in a log file the test can read."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "worker", *args],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.logs():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not in worker log:\n{self.logs()[-4000:]}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+@pytest.fixture
+def daemon_env(redis_url: str, tmp_path: Path, webhook_receiver: Any) -> dict[str, str]:
+    """A complete environment for a worker: private Redis, local rows and outputs under tmp_path,
+    callbacks signed for the test receiver, loopback allowed for input URLs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "S3_", "SENTRY_"))}
+    env.update(
+        REDIS_URL=redis_url,
+        DAEMON_ENV_FILE=str(tmp_path / "no.env"),
+        DAEMON_WORK_DIR=str(tmp_path / "work"),
+        DAEMON_STATE_DIR=str(tmp_path / "state"),
+        DAEMON_OUTPUT_DIR=str(tmp_path / "outputs"),
+        DAEMON_MONITOR_INTERVAL_S="1",
+        DAEMON_MAINTENANCE_INTERVAL_S="2",
+        DAEMON_STOP_TIMEOUT_S="10",
+        JOB_RETRY_BACKOFF_S="1",
+        CALLBACK_SECRET=webhook_receiver.secret,
+        URL_ALLOW_NETWORKS="127.0.0.1/32",
+        PROGRESS_MIN_INTERVAL_S="0.2",
+        HEARTBEAT_INTERVAL_S="2",
+        OUTBOX_POLL_INTERVAL_S="0.2",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], *args: str, name: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"{name}-{len(workers)}.log", args)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
+               message: str | Callable[[], str] = "condition not met") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(message() if callable(message) else message)

@@ -1,0 +1,428 @@
+"""Signed callbacks against a real receiver that verifies with the `standardwebhooks` package."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import random
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from daemon.callbacks import (
+    CallbackEvent,
+    CallbackSender,
+    CallbackSigner,
+    backoff_delay,
+    build_event,
+    redact_url,
+)
+from daemon.errors import ConfigError, InputError
+from tests.servers.webhook_receiver import WebhookReceiver
+
+OUTPUTS = {"splat.ply": {"uri": "https://cdn.example.com/p1/splat.ply", "size": 52428800}}
+
+
+def make_event(
+    url: str, type: str = "job.completed", seq: int = 7, data: dict | None = None, fmt: str = "standard"
+) -> CallbackEvent:
+    """A job-1 / attempt-2 event for project p1 at a fixed instant."""
+    event = build_event(
+        url=url,
+        type=type,
+        job_id="job-1",
+        attempt=2,
+        seq=seq,
+        data={"outputs": OUTPUTS} if data is None else data,
+        fmt=fmt,
+        metadata={"project_id": "p1"},
+        at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+    )
+    assert event is not None
+    return event
+
+
+@pytest.fixture
+def sender(webhook_receiver: WebhookReceiver) -> Iterator[CallbackSender]:
+    with CallbackSender(CallbackSigner(webhook_receiver.secret), timeout_s=2.0) as s:
+        yield s
+
+
+# -- signing ------------------------------------------------------------------------------------------
+
+
+def test_delivered_event_verifies_with_standardwebhooks(webhook_receiver, sender):
+    # Given a completed event for a hook URL on the receiver
+    event = make_event(webhook_receiver.url + "/api/webhook/job-1")
+
+    # When it is delivered
+    outcome = sender.deliver(event)
+
+    # Then the receiver verified it and got exactly our body under our id
+    assert outcome.ok and outcome.status == 204 and outcome.error is None
+    got = webhook_receiver.wait_for(lambda e: e.type == "job.completed")
+    assert got.webhook_id == event.webhook_id and got.path == "/api/webhook/job-1"
+    assert got.body == event.body
+    assert got.json["data"]["job_id"] == "job-1"
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["user-agent"] == "capture-daemon/1"
+    assert webhook_receiver.rejected == []
+
+
+def test_signature_is_the_spec_hmac_and_equals_the_package_sign():
+    # Given a signer and an event
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    event = make_event("https://example.com/hook")
+
+    # When headers are made for a fixed instant
+    headers = CallbackSigner(secret).headers(event, now=1_700_000_000.9)
+
+    # Then they carry whole seconds and the HMAC of "{id}.{ts}.{body}", as the package signs it
+    assert headers["webhook-id"] == event.webhook_id
+    assert headers["webhook-timestamp"] == "1700000000"
+    signed = f"{event.webhook_id}.1700000000.".encode() + event.body
+    expected = base64.b64encode(hmac.new(b"k" * 32, signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == f"v1,{expected}"
+    package = Webhook(secret).sign(
+        event.webhook_id, datetime.fromtimestamp(1_700_000_000, UTC), event.body.decode()
+    )
+    assert headers["webhook-signature"] == package
+
+
+def test_tampered_body_is_rejected_by_the_receiver(webhook_receiver):
+    # Given correctly signed headers for an event
+    event = make_event(webhook_receiver.url + "/hook")
+    headers = CallbackSigner(webhook_receiver.secret).headers(event)
+
+    # When the body is changed in transit
+    tampered = event.body.replace(b"splat.ply", b"evil.ply")
+    response = httpx.post(webhook_receiver.url + "/hook", content=tampered, headers=headers)
+
+    # Then the receiver answers 401 and records it as rejected, not as an event
+    assert response.status_code == 401
+    assert len(webhook_receiver.rejected) == 1 and webhook_receiver.events == []
+    assert "signature" in (webhook_receiver.rejected[0].reason or "").lower()
+
+
+def test_retries_keep_the_id_but_sign_each_attempt_afresh(webhook_receiver):
+    # Given a receiver that fails twice, and a clock that moves between attempts
+    webhook_receiver.fail_next(2, status=503)
+    ticks = iter([time.time() - 120, time.time() - 60, time.time()])
+    event = make_event(webhook_receiver.url + "/hook")
+    with CallbackSender(CallbackSigner(webhook_receiver.secret), clock=lambda: next(ticks)) as sender:
+        # When the same event is delivered three times
+        outcomes = [sender.deliver(event) for _ in range(3)]
+
+    # Then every attempt verified, carried the same id, and had its own timestamp and signature
+    assert [o.ok for o in outcomes] == [False, False, True]
+    attempts = webhook_receiver.attempts
+    assert [a.status for a in attempts] == [503, 503, 204]
+    assert {a.webhook_id for a in attempts} == {event.webhook_id}
+    assert len({a.headers["webhook-timestamp"] for a in attempts}) == 3
+    assert len({a.headers["webhook-signature"] for a in attempts}) == 3
+
+
+def test_rebuilt_event_keeps_its_id_and_other_events_do_not_share_it():
+    # Given an event built once, then rebuilt later (as after a crash) with a new timestamp
+    first = make_event("https://example.com/h", fmt="standard")
+    again = build_event(
+        url="https://example.com/h",
+        type="job.completed",
+        job_id="job-1",
+        attempt=2,
+        seq=7,
+        data={"outputs": OUTPUTS},
+        metadata={"project_id": "p1"},
+    )
+
+    # Then the id is the same; a different seq, attempt or type gives another id
+    assert again is not None and again.webhook_id == first.webhook_id
+    assert first.webhook_id.startswith("msg_")
+    assert make_event("https://example.com/h", seq=8).webhook_id != first.webhook_id
+    assert make_event("https://example.com/h", type="job.failed").webhook_id != first.webhook_id
+
+
+# -- payload shapes -----------------------------------------------------------------------------------
+
+
+def test_standard_body_is_compact_sorted_json_with_the_envelope():
+    event = make_event("https://example.com/h", type="job.progress", data={"progress": 40, "stage": "train"})
+    assert event.body == json.dumps(json.loads(event.body), separators=(",", ":"), sort_keys=True).encode()
+    assert json.loads(event.body) == {
+        "type": "job.progress",
+        "timestamp": "2026-01-02T03:04:05.678Z",
+        "data": {
+            "job_id": "job-1",
+            "attempt": 2,
+            "seq": 7,
+            "progress": 40,
+            "stage": "train",
+            "metadata": {"project_id": "p1"},
+        },
+    }
+
+
+def test_standard_data_may_not_override_the_envelope_fields():
+    with pytest.raises(ValueError, match="job_id"):
+        make_event("https://example.com/h", data={"job_id": "other"})
+
+
+def test_legacy_completed_has_the_seed_shape():
+    event = make_event("https://example.com/h", fmt="legacy")
+    assert json.loads(event.body) == {
+        "status": "completed",
+        "project_id": "p1",
+        "model_url": "https://cdn.example.com/p1/splat.ply",
+        "file_size": 52428800,
+    }
+
+
+@pytest.mark.parametrize("type, status", [("job.failed", "failed"), ("job.canceled", "canceled")])
+def test_legacy_failure_carries_the_error_message(type, status):
+    data = {"error": {"code": "invalid_input", "message": "Only 2 images; need at least 3"}}
+    event = make_event("https://example.com/h", type=type, fmt="legacy", data=data)
+    assert json.loads(event.body) == {"status": status, "project_id": "p1", "error": data["error"]["message"]}
+
+
+def test_legacy_video_job_includes_scene_id():
+    event = build_event(
+        url="https://example.com/h",
+        type="job.completed",
+        job_id="v1",
+        attempt=1,
+        seq=3,
+        data={"outputs": OUTPUTS},
+        fmt="legacy",
+        metadata={"scene_id": "my-scene-123"},
+    )
+    assert event is not None
+    assert json.loads(event.body)["scene_id"] == "my-scene-123"
+
+
+@pytest.mark.parametrize("type", ["job.started", "job.progress", "job.requeued"])
+def test_legacy_clients_get_no_intermediate_events(type):
+    event = build_event(
+        url="https://example.com/h",
+        type=type,
+        job_id="j",
+        attempt=1,
+        seq=1,
+        data={},
+        fmt="legacy",
+        metadata={"project_id": "p1"},
+    )
+    assert event is None
+
+
+def test_unknown_type_or_format_is_refused():
+    with pytest.raises(ValueError, match="type"):
+        build_event(url="u", type="job.done", job_id="j", attempt=1, seq=1, data={})
+    with pytest.raises(ValueError, match="format"):
+        build_event(url="u", type="job.failed", job_id="j", attempt=1, seq=1, data={}, fmt="v2")
+
+
+def test_naive_timestamps_are_refused():
+    with pytest.raises(ValueError, match="timezone"):
+        build_event(
+            url="u", type="job.failed", job_id="j", attempt=1, seq=1, data={}, at=datetime(2026, 1, 1)
+        )
+
+
+# -- delivery outcomes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status, retryable",
+    [
+        (500, True),
+        (503, True),
+        (429, True),
+        (408, True),
+        (409, True),
+        (425, True),
+        (400, False),
+        (404, False),
+        (410, False),
+        (301, False),
+    ],
+)
+def test_failure_statuses_are_classified(webhook_receiver, sender, status, retryable):
+    # Given a receiver that answers the next request with `status`
+    webhook_receiver.fail_next(1, status=status)
+
+    # When an event is delivered
+    outcome = sender.deliver(make_event(webhook_receiver.url + "/hook"))
+
+    # Then it failed, retryable or not as the status says, and nothing followed a redirect
+    assert not outcome.ok and outcome.status == status and outcome.retryable is retryable
+    assert outcome.error and str(status) in outcome.error
+    assert [a.path for a in webhook_receiver.attempts] == ["/hook"]
+
+
+def test_gone_and_redirect_say_what_to_do(webhook_receiver, sender):
+    webhook_receiver.fail_next(1, status=410)
+    assert "Gone" in (sender.deliver(make_event(webhook_receiver.url + "/h")).error or "")
+    webhook_receiver.fail_next(1, status=308)
+    assert "final callback URL" in (sender.deliver(make_event(webhook_receiver.url + "/h")).error or "")
+
+
+def test_timeout_is_retryable(webhook_receiver):
+    # Given a receiver that holds the request longer than the sender waits
+    webhook_receiver.stall_next(1, seconds=3.0)
+    with CallbackSender(CallbackSigner(webhook_receiver.secret), timeout_s=0.3) as sender:
+        # When an event is delivered
+        outcome = sender.deliver(make_event(webhook_receiver.url + "/hook"))
+
+    # Then the attempt gave up quickly and may be retried
+    assert not outcome.ok and outcome.retryable and outcome.status is None
+    assert "timed out" in (outcome.error or "") and outcome.elapsed_s < 2.0
+
+
+def test_connection_refused_is_retryable_and_error_hides_the_query():
+    # Given a loopback port with nobody listening
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    signer = CallbackSigner("whsec_" + base64.b64encode(b"x" * 24).decode())
+
+    # When an event with a token in its URL is delivered there
+    with CallbackSender(signer, timeout_s=1.0) as sender:
+        outcome = sender.deliver(make_event(f"http://127.0.0.1:{port}/h?token=sekrit"))
+
+    # Then it is a retryable failure whose error does not leak the token
+    assert not outcome.ok and outcome.retryable and outcome.status is None
+    assert outcome.error and "sekrit" not in outcome.error
+
+
+def test_refused_url_is_final_and_nothing_is_sent(webhook_receiver):
+    # Given an SSRF guard that refuses the URL (quoting it, as guards do)
+    def refuse(url: str) -> None:
+        raise InputError(f"{url} resolves to a loopback address")
+
+    url = webhook_receiver.url + "/hook?sig=sekrit"
+    with CallbackSender(CallbackSigner(webhook_receiver.secret), check_url=refuse) as sender:
+        # When an event for it is delivered
+        outcome = sender.deliver(make_event(url))
+
+    # Then the failure is not retryable, names the reason without the query, and no request was made
+    assert not outcome.ok and not outcome.retryable and outcome.status is None
+    assert outcome.error and "loopback" in outcome.error and "sekrit" not in outcome.error
+    assert webhook_receiver.attempts == [] and webhook_receiver.rejected == []
+
+
+def test_guard_is_called_with_the_url_before_connecting(webhook_receiver):
+    seen: list[str] = []
+    with CallbackSender(CallbackSigner(webhook_receiver.secret), check_url=seen.append) as sender:
+        assert sender.deliver(make_event(webhook_receiver.url + "/h")).ok
+    assert seen == [webhook_receiver.url + "/h"]
+
+
+@pytest.mark.parametrize("url", ["", "not a url?t=sekrit", "ftp://x/y?t=sekrit", "http://[::1/x?t=sekrit"])
+def test_unusable_urls_are_final_failures_not_exceptions(url):
+    signer = CallbackSigner("whsec_" + base64.b64encode(b"x" * 24).decode())
+    with CallbackSender(signer, timeout_s=1.0) as sender:
+        outcome = sender.deliver(make_event(url))
+    assert not outcome.ok and not outcome.retryable and outcome.status is None
+    assert outcome.error and "sekrit" not in outcome.error
+
+
+def test_redact_url_drops_credentials_query_and_fragment():
+    assert redact_url("https://u:pw@h.example:8443/p/q?token=s#frag") == "https://h.example:8443/p/q"
+
+
+# -- retrying -----------------------------------------------------------------------------------------
+
+
+def deliver_with_retries(sender: CallbackSender, event: CallbackEvent, *, max_tries: int = 8) -> int:
+    """The simplest caller loop: retry retryable failures after backoff_delay. Returns attempts made."""
+    rng = random.Random(1)
+    for tries in range(max_tries):
+        outcome = sender.deliver(event)
+        if outcome.ok or not outcome.retryable:
+            return tries + 1
+        time.sleep(backoff_delay(tries, base_s=0.01, rng=rng))
+    raise AssertionError("gave up")
+
+
+def test_retry_loop_outlasts_a_failing_receiver(webhook_receiver, sender):
+    # Given a receiver that fails the next three requests
+    webhook_receiver.fail_next(3)
+    event = make_event(webhook_receiver.url + "/hook")
+
+    # When a retry loop with backoff delivers the event
+    attempts = deliver_with_retries(sender, event)
+
+    # Then the fourth attempt lands, and all four carried the same id
+    assert attempts == 4
+    assert [a.status for a in webhook_receiver.attempts] == [500, 500, 500, 204]
+    assert {a.webhook_id for a in webhook_receiver.attempts} == {event.webhook_id}
+    assert len(webhook_receiver.events) == 1
+
+
+def test_retry_loop_outlasts_a_timed_outage(webhook_receiver, sender):
+    webhook_receiver.fail_for(0.3)
+    event = make_event(webhook_receiver.url + "/hook")
+    deliver_with_retries(sender, event, max_tries=12)
+    assert webhook_receiver.wait_for(lambda e: e.webhook_id == event.webhook_id)
+    assert {a.status for a in webhook_receiver.attempts} == {503, 204}
+
+
+def test_backoff_delay_stays_within_full_jitter_bounds_and_grows():
+    # Given a seeded rng, many draws per number of tries
+    rng = random.Random(42)
+    means = []
+    for tries in range(12):
+        ceiling = min(600.0, 2.0 * 2**tries)
+        draws = [backoff_delay(tries, rng=rng) for _ in range(400)]
+        # Then every delay is in [0, ceiling], and draws cover the range (full jitter, not equal jitter)
+        assert all(0.0 <= d <= ceiling for d in draws)
+        assert min(draws) < 0.1 * ceiling and max(draws) > 0.9 * ceiling
+        means.append(sum(draws) / len(draws))
+    # And the mean doubles until the cap, then stays near cap/2
+    assert all(b > 1.6 * a for a, b in zip(means[:8], means[1:9], strict=True))
+    assert 250 < means[-1] < 350
+
+
+def test_backoff_delay_is_reproducible_and_safe_for_huge_tries():
+    assert [backoff_delay(t, rng=random.Random(7)) for t in range(5)] == [
+        backoff_delay(t, rng=random.Random(7)) for t in range(5)
+    ]
+    assert 0.0 <= backoff_delay(10_000, cap_s=30.0) <= 30.0
+    with pytest.raises(ValueError):
+        backoff_delay(-1)
+
+
+# -- secrets ------------------------------------------------------------------------------------------
+
+SHORT = "whsec_" + base64.b64encode(b"s" * 16).decode()
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["", "c2VrcmV0LXNla3JldC1zZWtyZXQtc2VrcmV0", "whsec_", "whsec_not*base64!", "whsec_abc def", SHORT],
+)
+def test_bad_secret_is_a_config_error_that_does_not_echo_it(secret):
+    with pytest.raises(ConfigError) as info:
+        CallbackSigner(secret)
+    message = str(info.value)
+    assert message.startswith("CALLBACK_SECRET:")
+    body = secret.removeprefix("whsec_")
+    assert not body or body not in message
+    # No chained decoder error either: a traceback must not carry the value along
+    assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+def test_signer_accepts_unpadded_secrets_and_hides_them_in_repr():
+    raw = base64.b64encode(b"r" * 32).decode()
+    unpadded = "whsec_" + raw.rstrip("=")
+    signer = CallbackSigner(unpadded)
+    assert raw.rstrip("=") not in repr(signer) and raw.rstrip("=") not in str(signer)
+    event = make_event("https://example.com/h")
+    Webhook("whsec_" + raw).verify(event.body, signer.headers(event))
