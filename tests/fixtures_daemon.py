@@ -33,8 +33,33 @@ def sample_jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
+    """Static files, plus `/slow/<seconds>/<name>`: the file dripped over that many seconds, which is
+    how tests get a job that is still running when they kill, stop or cancel it."""
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        parts = self.path.split("/")
+        if len(parts) == 4 and parts[1] == "slow":
+            return self._drip(float(parts[2]), parts[3])
+        return super().do_GET()
+
+    def _drip(self, seconds: float, name: str) -> None:
+        data = (Path(self.directory) / name).read_bytes()
+        chunks = max(1, int(seconds * 10))
+        step = max(1, len(data) // chunks + 1)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            for start in range(0, len(data), step):
+                self.wfile.write(data[start : start + step])
+                self.wfile.flush()
+                time.sleep(seconds / chunks)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
 
 class FileServer:
@@ -54,6 +79,9 @@ class FileServer:
     def add(self, name: str, data: bytes) -> str:
         (self.root / name).write_bytes(data)
         return f"{self.base_url}/{name}"
+
+    def slow_url(self, name: str, seconds: float) -> str:
+        return f"{self.base_url}/slow/{seconds:g}/{name}"
 
     def close(self) -> None:
         self.httpd.shutdown()
