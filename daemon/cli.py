@@ -16,16 +16,17 @@ from .logs import setup_logging
 log = logging.getLogger("daemon")
 
 
-def _settings_and_logs() -> Settings:
+def _settings_and_logs(*, to_stdout: bool = False) -> Settings:
     from .runtime import secret_values
 
     settings = load_settings()
-    setup_logging(settings.log_level, secrets=secret_values(settings).values())
+    setup_logging(settings.log_level, secrets=secret_values(settings).values(),
+                  stream=sys.stdout if to_stdout else sys.stderr)
     return settings
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings = _settings_and_logs()
+    settings = _settings_and_logs(to_stdout=True)
     from .sentry import init_sentry
     from .worker import DaemonWorker
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 _job_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("job_context", default={})
 
@@ -75,10 +76,11 @@ class _Formatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "info", *, secrets: Iterable[str] = ()) -> None:
-    """Configure the root logger once, at start-up."""
+def setup_logging(level: str = "info", *, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
+    """Configure the root logger once, at start-up. The worker logs to stdout (journald); the operator
+    commands log to stderr, so their stdout stays machine-readable."""
     journald = bool(os.environ.get("JOURNAL_STREAM"))
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.addFilter(_ContextFilter())
     handler.setFormatter(_Formatter(journald=journald, secrets=secrets))
     root = logging.getLogger()

@@ -94,7 +94,7 @@ def merge_row(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
         if new_attempt < old_attempt or (new_attempt == old_attempt and old_terminal):
             return None
         merged = {**old, **new}
-        if new_attempt == old_attempt or not old_terminal:
+        if new_attempt == old_attempt:
             merged["progress"] = max(int(old.get("progress", 0)), int(new.get("progress", 0)))
         if old.get("heartbeat_at") and (merged.get("heartbeat_at") or "") < old["heartbeat_at"]:
             merged["heartbeat_at"] = old["heartbeat_at"]

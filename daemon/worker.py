@@ -140,6 +140,13 @@ class DaemonWorker(Worker):
                 log.exception("could not report abandoned job %s", job.id)
         return True  # let rq's own handling go on
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # rq blocks in BLPOP for worker_ttl - 15 s (405 s) while idle and runs maintenance only between
+        # two waits, so an idle worker would notice abandoned jobs every ~7 minutes. Waking up every
+        # maintenance interval keeps the ~90 s promise; a push still wakes the BLPOP at once.
+        return max(1, min(super().dequeue_timeout, self.settings.maintenance_interval_s))
+
     def maintain_heartbeats(self, job: Job, execution: Any) -> None:
         try:
             super().maintain_heartbeats(job, execution)

@@ -4,7 +4,7 @@
 -- Supabase outage, an instance that comes back after its job was requeued). The rules that keep the row
 -- truthful therefore live here, in one trigger, not in every writer:
 --   * a write from an older attempt than the row's is dropped (fencing);
---   * progress and heartbeat never go backwards within an attempt;
+--   * progress and heartbeat never go backwards within an attempt (a new attempt may start lower);
 --   * a terminal status (completed, failed, canceled) is final for its attempt.
 
 do $$ begin
@@ -39,23 +39,27 @@ create index if not exists jobs_owner_idx on public.jobs (owner_id);
 create or replace function public.jobs_guard() returns trigger
 language plpgsql as $$
 declare
-  old_terminal boolean := old.status in ('completed', 'failed', 'canceled');
+  old_terminal boolean;
 begin
-  if new.attempt < old.attempt then
-    return null;  -- stale attempt: keep the newer attempt's state
-  end if;
-  if new.attempt = old.attempt and old_terminal then
-    return null;  -- the attempt already ended; late progress must not reopen it
-  end if;
-  if new.attempt = old.attempt or not old_terminal then
-    new.progress := greatest(new.progress, old.progress);
-  end if;
-  if new.heartbeat_at is null or new.heartbeat_at < old.heartbeat_at then
-    new.heartbeat_at := old.heartbeat_at;
-  end if;
-  new.created_at := old.created_at;
-  new.started_at := coalesce(old.started_at, new.started_at);
   new.updated_at := now();
+  if tg_op = 'UPDATE' then
+    old_terminal := old.status in ('completed', 'failed', 'canceled');
+    if new.attempt < old.attempt then
+      return null;  -- stale attempt: keep the newer attempt's state
+    end if;
+    if new.attempt = old.attempt and old_terminal then
+      return null;  -- the attempt already ended; late progress must not reopen it
+    end if;
+    if new.attempt = old.attempt then
+      new.progress := greatest(new.progress, old.progress);
+    end if;
+    if new.heartbeat_at is null or new.heartbeat_at < old.heartbeat_at then
+      new.heartbeat_at := old.heartbeat_at;
+    end if;
+    new.created_at := old.created_at;
+    -- started_at is when the job first started, whichever attempt it is on now
+    new.started_at := coalesce(old.started_at, new.started_at);
+  end if;
   if new.status in ('completed', 'failed', 'canceled') then
     new.finished_at := coalesce(new.finished_at, now());
   else
@@ -65,7 +69,7 @@ begin
 end $$;
 
 drop trigger if exists jobs_guard on public.jobs;
-create trigger jobs_guard before update on public.jobs
+create trigger jobs_guard before insert or update on public.jobs
   for each row execute function public.jobs_guard();
 
 -- Row-level security: the daemon writes with the service-role key (which bypasses RLS); signed-in users

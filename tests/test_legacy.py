@@ -1,0 +1,336 @@
+"""Legacy request shapes (daemon/legacy.py): the replaced workers' clients keep working unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.errors import SpecError
+from daemon.handlers.params_splat import SplatParams
+from daemon.handlers.params_video import SplatVideoParams
+from daemon.legacy import looks_legacy, translate_legacy
+from daemon.spec import JobSpec, parse_spec
+from tests.test_spec import KINDS
+
+# The request examples exactly as the seed documents print them.
+SEED_000 = """
+{
+  "input": {
+    "project_id": "project-uuid",
+    "image_urls": [
+      "https://r2-bucket.com/photos/1.jpg",
+      "https://r2-bucket.com/photos/2.jpg",
+      "..."
+    ],
+    "iterations": 7000,
+    "upload_url": "https://r2-bucket.com/models/output.ply?presigned=...",
+    "webhook_url": "https://your-worker.workers.dev/api/webhook/job-id"
+  }
+}
+"""
+
+SEED_001 = """
+{
+  "image_urls": [
+    "https://your-bucket.com/image1.jpg",
+    "https://your-bucket.com/image2.jpg",
+    "https://your-bucket.com/image3.jpg"
+  ],
+  "upload_url": "https://your-bucket.com/output.ply?presigned-params",
+  "webhook_url": "https://your-api.com/webhook/job123",
+  "project_id": "unique-project-id",
+  "params": {
+    "iterations": 7000,
+    "position_lr_init": 0.00016,
+    "position_lr_final": 0.0000016,
+    "feature_lr": 0.0025,
+    "opacity_lr": 0.05,
+    "scaling_lr": 0.005,
+    "rotation_lr": 0.001,
+    "sh_degree": 3,
+    "densify_grad_threshold": 0.0002
+  }
+}
+"""
+
+SEED_002 = """
+{
+    "input": {
+        "video_url": "https://example.com/video.mp4",
+        "scene_id": "my-scene-123",
+        "params": {
+            "iterations": 30000,
+            "fps": 2
+        }
+    }
+}
+"""
+
+
+def seed(text: str) -> dict[str, Any]:
+    return json.loads(text)
+
+
+def accept(raw: dict[str, Any]) -> JobSpec[Any]:
+    """The daemon's edge: translate a legacy request, then validate it like any spec."""
+    assert looks_legacy(raw)
+    return parse_spec(translate_legacy(raw), kinds=KINDS)
+
+
+def refused(raw: dict[str, Any]) -> SpecError:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(translate_legacy(raw), kinds=KINDS)
+    return caught.value
+
+
+def seed_000_without_placeholder() -> dict[str, Any]:
+    raw = seed(SEED_000)
+    raw["input"]["image_urls"].remove("...")
+    return raw
+
+
+# --- The seeds' own examples ------------------------------------------------------------------------
+
+
+def test_seed_000_example_is_refused_for_its_placeholder_url():
+    # Given seed 000's example verbatim, whose URL list ends in a literal "..." placeholder
+    raw = seed(SEED_000)
+    # When translated, Then the placeholder is refused as a URL, named as the client sent it
+    error = refused(raw)
+    assert error.code == "invalid_url"
+    assert error.message.startswith("input.image_urls[2]: URL scheme must be http or https")
+
+
+def test_seed_000_request_translates():
+    # Given seed 000's example without the placeholder (a RunPod-wrapped photo request)
+    raw = seed_000_without_placeholder()
+    # When translated and parsed
+    spec = accept(raw)
+    # Then it is a splat job named after the project, with its top-level iterations as a param
+    assert (spec.job_id, spec.kind) == ("project-uuid", "splat")
+    assert [(i.url, i.name) for i in spec.inputs] == [
+        ("https://r2-bucket.com/photos/1.jpg", "1.jpg"),
+        ("https://r2-bucket.com/photos/2.jpg", "2.jpg"),
+    ]
+    assert isinstance(spec.params, SplatParams) and spec.params.steps == 7000
+    assert spec.output is not None
+    assert spec.output.presigned_put == {"splat.ply": "https://r2-bucket.com/models/output.ply?presigned=..."}
+    assert spec.callback_url == "https://your-worker.workers.dev/api/webhook/job-id"
+    assert spec.callback_format == "legacy"
+    assert spec.metadata == {"project_id": "project-uuid"}
+
+
+def test_seed_001_request_translates_with_params_unchanged():
+    # Given seed 001's example verbatim (no RunPod wrapper)
+    raw = seed(SEED_001)
+    # When translated
+    translated = translate_legacy(raw)
+    # Then the training params pass through untouched and the whole request parses
+    assert translated["params"] == raw["params"]
+    spec = parse_spec(translated, kinds=KINDS)
+    assert (spec.job_id, spec.kind, spec.callback_format) == ("unique-project-id", "splat", "legacy")
+    assert [i.name for i in spec.inputs] == ["image1.jpg", "image2.jpg", "image3.jpg"]
+    assert spec.params == SplatParams(iterations=7000)  # 001's documented values are exactly our defaults
+    assert spec.output is not None and spec.output.presigned_put is not None
+    assert spec.output.presigned_put["splat.ply"] == raw["upload_url"]
+
+
+def test_seed_002_video_request_translates():
+    # Given seed 002's example verbatim (a RunPod-wrapped video request)
+    raw = seed(SEED_002)
+    # When translated and parsed
+    spec = accept(raw)
+    # Then it is a splat_video job named after the scene, with one input and the daemon's storage
+    assert (spec.job_id, spec.kind) == ("my-scene-123", "splat_video")
+    assert [(i.url, i.name) for i in spec.inputs] == [("https://example.com/video.mp4", "video.mp4")]
+    assert isinstance(spec.params, SplatVideoParams)
+    assert (spec.params.steps, spec.params.fps) == (30000, 2.0)
+    assert spec.metadata == {"scene_id": "my-scene-123"}
+    assert spec.output is None and spec.callback_url is None
+
+
+@pytest.mark.parametrize("text", [SEED_001, SEED_002])
+def test_wrapper_is_optional_for_every_shape(text):
+    # Given a request with and without RunPod's {"input": ...} wrapper
+    body = seed(text).get("input", seed(text))
+    # When both are translated, Then they give the same spec
+    assert translate_legacy({"input": body}) == translate_legacy(body)
+
+
+def test_a_v1_spec_is_not_legacy():
+    spec = {"spec_version": 1, "job_id": "a", "kind": "splat", "inputs": [{"s3_key": "a.jpg"}]}
+    assert not looks_legacy(spec)
+    assert looks_legacy(seed(SEED_000)) and looks_legacy(seed(SEED_001)) and looks_legacy(seed(SEED_002))
+
+
+def test_a_wrapped_v1_spec_is_only_unwrapped():
+    spec = {"spec_version": 1, "job_id": "a", "kind": "splat", "inputs": [{"s3_key": "a.jpg"}]}
+    assert translate_legacy({"input": spec}) == spec
+
+
+# --- Input names ------------------------------------------------------------------------------------
+
+
+def test_input_names_are_safe_and_unique():
+    # Given URLs whose basenames repeat, carry unsafe characters, or are missing
+    urls = [
+        "https://a.example/day1/IMG_0001.JPG?X-Amz-Signature=1",
+        "https://a.example/day2/IMG_0001.JPG",
+        "https://a.example/my%20photo%20(2).jpg",
+        "https://a.example/%D1%84%D0%BE%D1%82%D0%BE.png",
+        "https://a.example/photos/",
+        "https://a.example/-rf.jpg",
+        "https://a.example/..",
+    ]
+    raw = {"project_id": "p1", "image_urls": urls}
+    # When translated
+    spec = parse_spec(translate_legacy(raw), kinds=KINDS)
+    # Then every input has a distinct safe name, the fallback numbering the image's position
+    assert [i.name for i in spec.inputs] == [
+        "IMG_0001.JPG",
+        "IMG_0001_2.JPG",
+        "my_photo__2_.jpg",
+        "image_0004.png",
+        "image_0005.jpg",
+        "rf.jpg",
+        "image_0007.jpg",
+    ]
+
+
+# --- Refused legacy requests ------------------------------------------------------------------------
+
+
+def test_project_id_that_is_no_job_id_is_refused_by_name():
+    raw = seed(SEED_001) | {"project_id": "my project/2"}
+    error = refused(raw)
+    assert error.code == "invalid_job_id"
+    assert error.message.startswith('project_id: cannot be the job id: "my project/2" is not a valid job id')
+
+
+def test_scene_id_that_is_no_job_id_is_refused_by_name():
+    raw = seed(SEED_002)
+    raw["input"]["scene_id"] = "scene 1"
+    error = refused(raw)
+    assert (error.code, error.message.split(":")[0]) == ("invalid_job_id", "input.scene_id")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "fragment"),
+    [
+        ({"image_urls": ["https://a.example/1.jpg"]}, "missing_field", "project_id: missing field"),
+        (
+            {"input": {"video_url": "https://a.example/v.mp4"}},
+            "missing_field",
+            "input.scene_id: missing field",
+        ),
+        (
+            {"project_id": "p", "image_url": ["https://a.example/1.jpg"]},
+            "unknown_field",
+            "did you mean 'image_urls'?",
+        ),
+        ({"project_id": "p"}, "missing_field", "image_urls: missing field"),
+        (
+            {"project_id": 7, "image_urls": ["https://a.example/1.jpg"]},
+            "wrong_type",
+            "project_id: expected string",
+        ),
+        (
+            {"project_id": "p", "image_urls": "https://a.example/1.jpg"},
+            "wrong_type",
+            "image_urls: expected array",
+        ),
+        ({"project_id": "p", "image_urls": []}, "invalid_value", "image_urls: needs at least one URL"),
+        ({"project_id": "p", "image_urls": [7]}, "wrong_type", "image_urls[0]: expected string, got integer"),
+        (
+            {"project_id": "p", "image_urls": ["file:///etc/passwd"]},
+            "invalid_url",
+            "image_urls[0]: URL scheme",
+        ),
+        (
+            {
+                "project_id": "p",
+                "image_urls": ["https://a.example/1.jpg"],
+                "upload_url": "https://u:p@a.example/",
+            },
+            "invalid_url",
+            "upload_url: URL must not contain credentials",
+        ),
+        (
+            {
+                "project_id": "p",
+                "image_urls": ["https://a.example/1.jpg"],
+                "iterations": 7000,
+                "params": {"iterations": 3000},
+            },
+            "conflicting_fields",
+            "iterations: also given as params.iterations",
+        ),
+        (
+            {
+                "scene_id": "s",
+                "video_url": "https://a.example/v.mp4",
+                "image_urls": ["https://a.example/1.jpg"],
+            },
+            "conflicting_fields",
+            "give either image_urls or video_url",
+        ),
+        (
+            {"input": {"scene_id": "s", "video_url": "https://a.example/v.mp4"}, "webhook": "https://h/"},
+            "unknown_field",
+            "webhook: unknown field",
+        ),
+        ({"input": ["https://a.example/1.jpg"]}, "wrong_type", "input: expected object, got array"),
+        (
+            {"scene_id": "s", "video_url": "https://a.example/v.mp4", "params": []},
+            "wrong_type",
+            "params: expected object",
+        ),
+        (
+            {"scene_id": "s", "video_url": "https://a.example/v.mp4", "fps": 2},
+            "unknown_field",
+            "fps: unknown field",
+        ),
+    ],
+)
+def test_malformed_legacy_request_is_refused(raw, code, fragment):
+    # Given a legacy request with one problem
+    # When translated, Then it is refused with a specific code, naming the field as the client sent it
+    with pytest.raises(SpecError) as caught:
+        translate_legacy(raw)
+    assert caught.value.code == code
+    assert fragment in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "fragment"),
+    [
+        ({"densify_until_iter": 15000}, "unknown_field", "params.densify_until_iter: unknown field"),
+        ({"sh_degree": 4}, "invalid_params", "params.sh_degree: should be less than or equal to 3"),
+        ({"iterations": "7000"}, "wrong_type", "params.iterations: expected integer, got string"),
+    ],
+)
+def test_legacy_params_are_validated_by_the_spec(params, code, fragment):
+    # Given a legacy photo request with bad training params
+    raw = seed(SEED_001) | {"params": params}
+    # When translated and parsed, Then the spec's params model refuses them
+    error = refused(raw)
+    assert (error.code, fragment in error.message) == (code, True)
+
+
+def test_video_params_out_of_range_are_refused():
+    raw = seed(SEED_002)
+    raw["input"]["params"]["fps"] = 30
+    error = refused(raw)
+    assert error.code == "invalid_params" and "params.fps" in error.message
+
+
+@pytest.mark.parametrize("raw", [seed_000_without_placeholder(), seed(SEED_001), seed(SEED_002)])
+def test_translated_requests_match_the_published_schema(raw):
+    # Given the committed JSON Schema (what the web app validates against)
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(__file__).resolve().parents[1] / "schema" / "job-spec.v1.json").read_text())
+    # When a translated legacy request is checked against it, Then it passes
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(translate_legacy(raw))) == []

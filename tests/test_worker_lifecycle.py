@@ -1,0 +1,139 @@
+"""The worker's guarantees beyond the happy path: cancel, abandoned jobs, forged jobs, bad specs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from redis import Redis
+
+from tests.fixtures_daemon import ROOT, sample_jpeg, wait_until
+from tests.test_worker_faults import enqueue, horse_pid, local_row, slow_spec, wait_status
+
+pytestmark = pytest.mark.slow
+
+
+def daemon_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "daemon", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def push_raw_job(redis: Redis, job_id: str, data: list, queue: str = "default") -> None:
+    """Write an rq job's keys by hand, as any Redis client could (the Node producer does the same)."""
+    now = "2026-11-25T00:00:00.000000Z"
+    with redis.pipeline() as pipe:
+        pipe.sadd("rq:queues", f"rq:queue:{queue}")
+        pipe.hset(f"rq:job:{job_id}", mapping={
+            "status": "queued", "created_at": now, "enqueued_at": now, "data": json.dumps(data),
+            "origin": queue, "description": job_id, "timeout": "60",
+        })
+        pipe.rpush(f"rq:queue:{queue}", job_id)
+        pipe.execute()
+
+
+def test_cancel_stops_a_running_job_within_seconds(daemon_env, file_server, start_worker, tmp_path,
+                                                   webhook_receiver):
+    # Given a running job
+    enqueue(daemon_env, slow_spec(file_server, "cancel-me", 30, callback_url=webhook_receiver.url))
+    worker = start_worker(daemon_env)
+    wait_until(lambda: horse_pid(worker), timeout=30)
+    wait_status(tmp_path, "cancel-me", "running", worker=worker)
+    # When the operator cancels it
+    started = time.monotonic()
+    done = daemon_cli(daemon_env, "cancel", "cancel-me")
+    # Then it stops within a few seconds, the row and the callback say canceled
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"] == "canceled"
+    assert time.monotonic() - started < 5
+    row = wait_status(tmp_path, "cancel-me", "canceled")
+    assert row["error_code"] == "canceled"
+    event = webhook_receiver.wait_for(lambda e: e.type == "job.canceled", timeout=30)
+    assert event.json["data"]["status"] == "canceled"
+    # And the worker goes on serving
+    enqueue(daemon_env, slow_spec(file_server, "after-cancel", 0.1))
+    wait_status(tmp_path, "after-cancel", "completed", worker=worker)
+
+
+def test_cancel_of_a_queued_job_reports_canceled_without_running_it(daemon_env, file_server, start_worker,
+                                                                   tmp_path, webhook_receiver):
+    # Given a queued job and no worker
+    enqueue(daemon_env, slow_spec(file_server, "cancel-queued", 0.1, callback_url=webhook_receiver.url))
+    # When it is canceled
+    done = daemon_cli(daemon_env, "cancel", "cancel-queued")
+    assert json.loads(done.stdout)["result"] == "canceled"
+    assert local_row(tmp_path, "cancel-queued")["status"] == "canceled"
+    # Then a worker never runs it, and its drainer delivers the canceled callback
+    worker = start_worker(daemon_env)
+    webhook_receiver.wait_for(lambda e: e.type == "job.canceled", timeout=30)
+    time.sleep(1)
+    assert "attempt started" not in worker.logs()
+
+
+def test_a_dead_workers_job_is_found_abandoned_and_retried(daemon_env, file_server, start_worker, tmp_path,
+                                                           webhook_receiver):
+    # Given a worker that dies with its job (instance lost: no chance to report anything)
+    enqueue(daemon_env, slow_spec(file_server, "abandoned", 20, callback_url=webhook_receiver.url))
+    first = start_worker(daemon_env, name="doomed")
+    pid = wait_until(lambda: horse_pid(first), timeout=30)
+    wait_status(tmp_path, "abandoned", "running", worker=first)
+    first.proc.kill()
+    import os
+    import signal
+
+    os.kill(pid, signal.SIGKILL)
+    lost_at = time.monotonic()
+    # When another worker runs its maintenance
+    second = start_worker(daemon_env, name="survivor")
+    # Then the job is noticed within about 90 s (heartbeat TTL = monitor interval + 60 s) and retried
+    requeued = webhook_receiver.wait_for(lambda e: e.type == "job.requeued", timeout=100)
+    assert time.monotonic() - lost_at < 90
+    assert requeued.json["data"]["error"]["code"] == "worker_lost"
+    row = wait_status(tmp_path, "abandoned", "completed", timeout=90, worker=second)
+    assert row["attempt"] == 2
+
+
+def test_a_job_naming_another_callable_is_refused_before_import(daemon_env, file_server, start_worker,
+                                                               tmp_path):
+    # Given forged jobs written straight to Redis, naming callables other than our entry point
+    redis = Redis.from_url(daemon_env["REDIS_URL"])
+    marker = tmp_path / "pwned"
+    push_raw_job(redis, "forged-1", ["os.system", None, [f"touch {marker}"], {}])
+    push_raw_job(redis, "forged-2", ["tests.never_imported_module.boom", None, [], {}])
+    enqueue(daemon_env, slow_spec(file_server, "honest", 0.1))
+    # When a worker takes them
+    worker = start_worker(daemon_env)
+    # Then the forged jobs fail without running anything, and the honest one completes
+    wait_status(tmp_path, "honest", "completed", worker=worker)
+    assert not marker.exists()
+    assert "forged-1 names 'os.system'" in worker.logs()
+    assert "never_imported_module" not in sys.modules
+    assert redis.hget("rq:job:forged-1", "status") == b"failed"
+    assert redis.hget("rq:job:forged-2", "status") == b"failed"
+
+
+def test_a_bad_spec_fails_with_a_specific_error_in_row_log_and_callback(daemon_env, file_server,
+                                                                       start_worker, tmp_path, webhook_receiver):
+    # Given a spec that skipped validation (written to Redis directly) with an unknown field
+    redis = Redis.from_url(daemon_env["REDIS_URL"])
+    spec = {"spec_version": 1, "job_id": "bad-spec", "kind": "inspect", "params": {},
+            "inputs": [{"url": file_server.add("x.jpg", sample_jpeg(1)), "nmae": "x.jpg"}],
+            "callback_url": webhook_receiver.url}
+    push_raw_job(redis, "bad-spec", ["daemon.entry.run_job", None, [spec], {}])
+    # And an input that is not an image at all, behind a valid spec
+    enqueue(daemon_env, {"spec_version": 1, "job_id": "not-image", "kind": "inspect", "params": {},
+                         "inputs": [{"url": file_server.add("notes.jpg", b"\xff\xd8\xff" + b"garbage" * 10)}],
+                         "callback_url": webhook_receiver.url})
+    # When the worker takes them
+    worker = start_worker(daemon_env)
+    # Then each fails with its own code, in the row, the log and the failure callback
+    row = wait_status(tmp_path, "bad-spec", "failed", worker=worker)
+    assert row["error_code"] == "unknown_field" and "inputs[0].nmae" in row["error_message"]
+    failed = webhook_receiver.wait_for(lambda e: e.type == "job.failed" and e.json["data"]["job_id"] == "bad-spec")
+    assert failed.json["data"]["error"]["code"] == "unknown_field"
+    row = wait_status(tmp_path, "not-image", "failed", worker=worker)
+    assert row["error_code"] == "corrupt_image" and "not a readable image" in row["error_message"]
+    assert "unknown_field" in worker.logs() and "corrupt_image" in worker.logs()
+    assert worker.proc.poll() is None
