@@ -63,5 +63,11 @@ def _report_canceled(runtime: Runtime, job: Job) -> None:
     attempt = runtime.ledger.get(spec.job_id).attempt
     runtime.ledger.set_status(spec.job_id, "canceled")
     write_row(runtime, {**base_row(identity, attempt, runtime.settings.worker_name), **_CANCELED})
-    notify(runtime, identity, attempt, "job.canceled", 100,
-           {"status": "canceled", "error": {"code": "canceled", "message": "canceled on request"}})
+    notify(
+        runtime,
+        identity,
+        attempt,
+        "job.canceled",
+        100,
+        {"status": "canceled", "error": {"code": "canceled", "message": "canceled on request"}},
+    )

@@ -20,8 +20,11 @@ def _settings_and_logs(*, to_stdout: bool = False) -> Settings:
     from .runtime import secret_values
 
     settings = load_settings()
-    setup_logging(settings.log_level, secrets=secret_values(settings).values(),
-                  stream=sys.stdout if to_stdout else sys.stderr)
+    setup_logging(
+        settings.log_level,
+        secrets=secret_values(settings).values(),
+        stream=sys.stdout if to_stdout else sys.stderr,
+    )
     return settings
 
 
@@ -32,15 +35,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     init_sentry(settings)
     worker = DaemonWorker(settings)
-    log.info("worker %s serving %s (storage=%s, rows=%s)", settings.worker_name, ",".join(settings.queues),
-             settings.storage_backend, "supabase" if settings.supabase_enabled else "local")
+    log.info(
+        "worker %s serving %s (storage=%s, rows=%s)",
+        settings.worker_name,
+        ",".join(settings.queues),
+        settings.storage_backend,
+        "supabase" if settings.supabase_enabled else "local",
+    )
     worker.work(burst=args.burst, logging_level=settings.log_level.upper(), max_jobs=args.max_jobs)
     return 0
 
 
 def _read_spec(source: str) -> Any:
-    text = sys.stdin.read() if source == "-" else (
-        source if source.lstrip().startswith("{") else Path(source).read_text()
+    text = (
+        sys.stdin.read()
+        if source == "-"
+        else (source if source.lstrip().startswith("{") else Path(source).read_text())
     )
     return text
 
@@ -74,7 +84,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     runtime = Runtime.for_this_process(settings)
     entry = runtime.ledger.get(args.job_id)
-    print(json.dumps({"ledger": entry.__dict__, "row": runtime.rows.read(args.job_id)}, indent=2, default=str))
+    print(
+        json.dumps({"ledger": entry.__dict__, "row": runtime.rows.read(args.job_id)}, indent=2, default=str)
+    )
     return 0
 
 
@@ -102,8 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = sub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job_id")
-    cancel.add_argument("--wait", type=float, default=10.0,
-                        help="seconds to let a running job stop by itself before it is killed")
+    cancel.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        help="seconds to let a running job stop by itself before it is killed",
+    )
     cancel.set_defaults(func=cmd_cancel)
 
     status = sub.add_parser("status", help="show a job's ledger entry and progress row")
@@ -125,4 +141,3 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"job refused: {exc}", file=sys.stderr)
         return 65  # EX_DATAERR
-

@@ -99,33 +99,72 @@ def _default_worker_name() -> str:
 
 VARIABLES: tuple[Var, ...] = (
     # Queue and worker
-    Var("REDIS_URL", _url(("redis", "rediss", "unix")), "redis://127.0.0.1:6379/0",
-        "Redis holding the queues. `make demo` starts a private one when unset."),
-    Var("DAEMON_QUEUES", _csv, "high,default,low",
-        "Queues this worker serves, highest priority first."),
-    Var("DAEMON_WORKER_NAME", _optional, "",
-        "Worker name in rq and in progress rows; default `<hostname>.<pid>`."),
-    Var("DAEMON_MONITOR_INTERVAL_S", _positive_int, "10",
-        "How often the worker heartbeats a running job; a dead worker's job expires after this + 60 s."),
-    Var("DAEMON_MAINTENANCE_INTERVAL_S", _positive_int, "20",
-        "How often a worker looks for abandoned jobs (rq's registry cleanup); rq's default is 600 s."),
-    Var("DAEMON_STOP_TIMEOUT_S", _positive_float, "90",
-        "After SIGTERM, how long a running job gets to stop and requeue before it is killed."),
-    Var("JOB_MAX_ATTEMPTS", _positive_int, "3",
-        "Attempts per job for retryable failures (crash, lost worker, network); preemptions don't count."),
-    Var("JOB_RETRY_BACKOFF_S", _positive_int, "30",
-        "Delay before the first retry of a failed attempt; doubles for each later one."),
+    Var(
+        "REDIS_URL",
+        _url(("redis", "rediss", "unix")),
+        "redis://127.0.0.1:6379/0",
+        "Redis holding the queues. `make demo` starts a private one when unset.",
+    ),
+    Var("DAEMON_QUEUES", _csv, "high,default,low", "Queues this worker serves, highest priority first."),
+    Var(
+        "DAEMON_WORKER_NAME",
+        _optional,
+        "",
+        "Worker name in rq and in progress rows; default `<hostname>.<pid>`.",
+    ),
+    Var(
+        "DAEMON_MONITOR_INTERVAL_S",
+        _positive_int,
+        "10",
+        "How often the worker heartbeats a running job; a dead worker's job expires after this + 60 s.",
+    ),
+    Var(
+        "DAEMON_MAINTENANCE_INTERVAL_S",
+        _positive_int,
+        "20",
+        "How often a worker looks for abandoned jobs (rq's registry cleanup); rq's default is 600 s.",
+    ),
+    Var(
+        "DAEMON_STOP_TIMEOUT_S",
+        _positive_float,
+        "90",
+        "After SIGTERM, how long a running job gets to stop and requeue before it is killed.",
+    ),
+    Var(
+        "JOB_MAX_ATTEMPTS",
+        _positive_int,
+        "3",
+        "Attempts per job for retryable failures (crash, lost worker, network); preemptions don't count.",
+    ),
+    Var(
+        "JOB_RETRY_BACKOFF_S",
+        _positive_int,
+        "30",
+        "Delay before the first retry of a failed attempt; doubles for each later one.",
+    ),
     Var("DAEMON_WORK_DIR", Path, "var/work", "Scratch space for running jobs (one folder per job)."),
-    Var("DAEMON_STATE_DIR", Path, "var/state",
-        "Where progress rows are kept as JSON files when Supabase is not configured."),
+    Var(
+        "DAEMON_STATE_DIR",
+        Path,
+        "var/state",
+        "Where progress rows are kept as JSON files when Supabase is not configured.",
+    ),
     # Storage
-    Var("STORAGE_BACKEND", _choice("local", "s3"), "local",
-        "Where outputs go when a job names no destination: `local` (DAEMON_OUTPUT_DIR) or `s3`."),
+    Var(
+        "STORAGE_BACKEND",
+        _choice("local", "s3"),
+        "local",
+        "Where outputs go when a job names no destination: `local` (DAEMON_OUTPUT_DIR) or `s3`.",
+    ),
     Var("DAEMON_OUTPUT_DIR", Path, "var/outputs", "Root of the local output store."),
     Var("S3_BUCKET", _optional, "", "Bucket for outputs and for inputs given as S3 keys."),
     Var("S3_PREFIX", _optional, "jobs", "Key prefix for outputs: `<prefix>/<job id>/<name>`."),
-    Var("S3_ENDPOINT_URL", _url(("http", "https")), "",
-        "S3-compatible endpoint (SeaweedFS, MinIO, R2); unset for AWS. Credentials: boto3's usual chain."),
+    Var(
+        "S3_ENDPOINT_URL",
+        _url(("http", "https")),
+        "",
+        "S3-compatible endpoint (SeaweedFS, MinIO, R2); unset for AWS. Credentials: boto3's usual chain.",
+    ),
     Var("AWS_REGION", _optional, "", "Region for S3 (boto3's default chain when unset)."),
     Var("S3_MULTIPART_THRESHOLD_MB", _positive_int, "64", "Files above this size upload in parts."),
     Var("S3_MULTIPART_CHUNK_MB", _positive_int, "16", "Part size for multipart uploads (min 5)."),
@@ -133,23 +172,39 @@ VARIABLES: tuple[Var, ...] = (
     Var("DOWNLOAD_MAX_BYTES", _positive_int, str(4 << 30), "Largest single input accepted, in bytes."),
     Var("DOWNLOAD_TIMEOUT_S", _positive_float, "600", "Wall-clock cap for one input download."),
     Var("DOWNLOAD_MAX_REDIRECTS", int, "5", "Redirects followed per download, each re-checked."),
-    Var("URL_ALLOW_NETWORKS", _networks, "",
-        "CIDRs exempt from the private-address guard (tests: 127.0.0.1/32). Keep empty in production."),
+    Var(
+        "URL_ALLOW_NETWORKS",
+        _networks,
+        "",
+        "CIDRs exempt from the private-address guard (tests: 127.0.0.1/32). Keep empty in production.",
+    ),
     # Progress rows
     Var("SUPABASE_URL", _url(("http", "https")), "", "Supabase project URL; unset = rows kept locally."),
     Var("SUPABASE_SERVICE_ROLE_KEY", _optional, "", "Service-role key used to write rows.", secret=True),
     Var("SUPABASE_JOBS_TABLE", _optional, "jobs", "Table holding one progress row per job."),
-    Var("PROGRESS_MIN_INTERVAL_S", _positive_float, "1.0",
-        "Least time between two progress writes of one job (latest value wins)."),
+    Var(
+        "PROGRESS_MIN_INTERVAL_S",
+        _positive_float,
+        "1.0",
+        "Least time between two progress writes of one job (latest value wins).",
+    ),
     Var("HEARTBEAT_INTERVAL_S", _positive_float, "15", "How often a running job's row heartbeat is written."),
     # Callbacks
-    Var("CALLBACK_SECRET", _optional, "",
+    Var(
+        "CALLBACK_SECRET",
+        _optional,
+        "",
         "Standard Webhooks secret (`whsec_…`). Jobs with a callback_url are refused without it.",
-        secret=True),
+        secret=True,
+    ),
     Var("CALLBACK_TIMEOUT_S", _positive_float, "10", "Timeout of one callback delivery."),
     Var("CALLBACK_MAX_AGE_S", _positive_int, str(24 * 3600), "Give up retrying a callback after this."),
-    Var("OUTBOX_POLL_INTERVAL_S", _positive_float, "1.0",
-        "How often the outbox (pending callbacks and row writes) is polled for due items."),
+    Var(
+        "OUTBOX_POLL_INTERVAL_S",
+        _positive_float,
+        "1.0",
+        "How often the outbox (pending callbacks and row writes) is polled for due items.",
+    ),
     # Logs and errors
     Var("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level."),
     Var("SENTRY_DSN", _optional, "", "Send errors (and abandoned jobs) to Sentry when set.", secret=True),
@@ -251,7 +306,9 @@ def _check_consistency(values: Mapping[str, Any]) -> None:
         raise ConfigError("S3_MULTIPART_CHUNK_MB: S3 parts must be at least 5 MB")
     secret = values["callback_secret"]
     if secret and not secret.startswith("whsec_"):
-        raise ConfigError("CALLBACK_SECRET=<hidden>: expected a Standard Webhooks secret starting with whsec_")
+        raise ConfigError(
+            "CALLBACK_SECRET=<hidden>: expected a Standard Webhooks secret starting with whsec_"
+        )
     for name in values["queues"]:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"DAEMON_QUEUES={','.join(values['queues'])!r}: bad queue name {name!r}")

@@ -34,7 +34,9 @@ class OutboxDrainer:
 
     def drain_once(self) -> int:
         sinks = {"callback": self.deliver_callback, "row": self.write_row}
-        return self.runtime.outbox.drain_once(sinks, delay=lambda tries: backoff_delay(tries, base_s=2.0, cap_s=300.0))
+        return self.runtime.outbox.drain_once(
+            sinks, delay=lambda tries: backoff_delay(tries, base_s=2.0, cap_s=300.0)
+        )
 
     def _run(self) -> None:
         interval = self.runtime.settings.outbox_poll_interval_s

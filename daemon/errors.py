@@ -63,7 +63,7 @@ class StorageError(JobError):
     retryable = True
 
 
-class WorkerLost(JobError):
+class WorkerLost(JobError):  # noqa: N818 - reads as what happened
     """The process running the job died (OOM kill, segfault, lost instance)."""
 
     code = "worker_lost"

@@ -60,7 +60,8 @@ class Ledger:
         self.redis.hset(self._key(job_id), "status", status)
 
     def get(self, job_id: str) -> LedgerEntry:
-        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(job_id)).items()}
+        stored: dict[bytes, bytes] = self.redis.hgetall(self._key(job_id))  # type: ignore[assignment]
+        raw = {k.decode(): v.decode() for k, v in stored.items()}
         return LedgerEntry(
             attempt=int(raw.get("attempt", 0)),
             failures=int(raw.get("failures", 0)),

@@ -15,7 +15,11 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-_job_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("job_context", default={})
+# The dict is never mutated, only replaced, so a shared empty default is safe.
+_job_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "job_context",
+    default={},  # noqa: B039
+)
 
 _SYSLOG_PRIORITY = {
     logging.CRITICAL: 2,

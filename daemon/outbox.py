@@ -11,6 +11,7 @@ deliverer died is delivered again later (at-least-once; receivers dedupe on webh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -72,7 +73,9 @@ Sink = Callable[[OutboxItem], Delivery]
 
 
 class Outbox:
-    def __init__(self, redis: Redis, *, max_age_s: float, base_delay_s: float = 2.0, cap_s: float = 300.0) -> None:
+    def __init__(
+        self, redis: Redis, *, max_age_s: float, base_delay_s: float = 2.0, cap_s: float = 300.0
+    ) -> None:
         self.redis = redis
         self.max_age_s = max_age_s
         self.base_delay_s = base_delay_s
@@ -151,10 +154,8 @@ class Outbox:
             pipe.multi()
             pipe.set(ITEM_PREFIX + item.item_id, json.dumps(env, sort_keys=True))
             pipe.zadd(DUE_KEY, {item.item_id: time.time() + delay_s})
-            try:
+            with contextlib.suppress(redis_lib.WatchError):
                 pipe.execute()
-            except redis_lib.WatchError:
-                pass
 
     def pending(self) -> int:
         return int(self.redis.zcard(DUE_KEY))
@@ -170,10 +171,14 @@ class Outbox:
                 self.finish(item)
                 landed += 1
             elif not outcome.retryable or age > self.max_age_s:
-                log.error("outbox: giving up on %s after %d tries (%s)", item.item_id, item.tries + 1, outcome.error)
+                log.error(
+                    "outbox: giving up on %s after %d tries (%s)", item.item_id, item.tries + 1, outcome.error
+                )
                 self.finish(item)
             else:
                 wait = delay(item.tries)
-                log.warning("outbox: %s not delivered (%s); retry in %.1fs", item.item_id, outcome.error, wait)
+                log.warning(
+                    "outbox: %s not delivered (%s); retry in %.1fs", item.item_id, outcome.error, wait
+                )
                 self.retry_later(item, wait)
         return landed

@@ -51,20 +51,28 @@ class Identity:
         so the failure still reaches the row and the client."""
         if not isinstance(raw, Mapping):
             return None
-        body = raw.get("input") if isinstance(raw.get("input"), Mapping) else raw
-        job_id = next((body.get(k) for k in ("job_id", "project_id", "scene_id") if isinstance(body.get(k), str)), None)
+        wrapped = raw.get("input")
+        body: Mapping[str, Any] = wrapped if isinstance(wrapped, Mapping) else raw
+        job_id = next(
+            (body.get(k) for k in ("job_id", "project_id", "scene_id") if isinstance(body.get(k), str)), None
+        )
         if not job_id or not _JOB_ID.match(job_id):
             return None
         url = body.get("callback_url") or body.get("webhook_url")
         url = url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
         legacy = "webhook_url" in body
         meta = {k: body[k] for k in ("project_id", "scene_id") if isinstance(body.get(k), str)}
-        kind = body.get("kind") if isinstance(body.get("kind"), str) else "unknown"
+        kind = str(body["kind"]) if isinstance(body.get("kind"), str) else "unknown"
         return cls(job_id, kind[:64], url, "legacy" if legacy else "standard", meta)
 
 
 def base_row(identity: Identity, attempt: int, worker: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"id": identity.job_id, "kind": identity.kind, "attempt": attempt, "worker_id": worker}
+    row: dict[str, Any] = {
+        "id": identity.job_id,
+        "kind": identity.kind,
+        "attempt": attempt,
+        "worker_id": worker,
+    }
     if identity.owner_id:
         row["owner_id"] = identity.owner_id
     return row

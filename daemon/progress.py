@@ -55,7 +55,9 @@ class ProgressReporter:
         """Merge fields into the row. Progress never goes backwards; nothing blocks."""
         with self._cond:
             if "progress" in fields:
-                fields["progress"] = max(int(self._state.get("progress", 0)), min(100, int(fields["progress"])))
+                fields["progress"] = max(
+                    int(self._state.get("progress", 0)), min(100, int(fields["progress"]))
+                )
             changed = any(self._state.get(k) != v for k, v in fields.items())
             if not changed:
                 return

@@ -50,7 +50,9 @@ class GuardedJob(Job):
 
     def _refuse_callback(self, which: str, name: str | None) -> None:
         if name:
-            raise ForbiddenCallable(f"job {self.id} sets a {which} callback {name!r}; callbacks are not allowed")
+            raise ForbiddenCallable(
+                f"job {self.id} sets a {which} callback {name!r}; callbacks are not allowed"
+            )
 
     @property
     def success_callback(self) -> Any:

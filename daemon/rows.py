@@ -45,8 +45,9 @@ class SupabaseRows:
     failed write is reported as `RowWriteError` and the caller's retry policy decides."""
 
     def __init__(self, url: str, key: str, table: str, *, timeout_s: float = 10.0) -> None:
-        from supabase import create_client
         from supabase.lib.client_options import SyncClientOptions
+
+        from supabase import create_client
 
         options = SyncClientOptions(postgrest_client_timeout=timeout_s, auto_refresh_token=False)
         self.client = create_client(url, key, options=options)
@@ -66,14 +67,16 @@ class SupabaseRows:
             # 4xx from PostgREST is a row the database refuses (constraint, unknown column): sending it
             # again cannot help. Anything else (5xx, proxy error page) may pass.
             status = _api_error_status(exc)
-            raise RowWriteError(f"supabase refused row: {exc.message or exc}", retryable=status >= 500) from exc
+            raise RowWriteError(
+                f"supabase refused row: {exc.message or exc}", retryable=status >= 500
+            ) from exc
         except Exception as exc:  # httpx transport errors, timeouts, JSON decode of an error page
             raise RowWriteError(f"supabase unreachable: {type(exc).__name__}: {exc}", retryable=True) from exc
 
     def read(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
             result = self.client.table(self.table).select("*").eq("id", job_id).execute()
-        return dict(result.data[0]) if result.data else None
+        return dict(result.data[0]) if result.data else None  # type: ignore[arg-type]
 
 
 def _api_error_status(exc: Exception) -> int:
@@ -133,5 +136,8 @@ class LocalRows:
             os.replace(tmp, self._path(row["id"]))
         log.info(
             "row %s status=%s stage=%s progress=%s",
-            merged["id"], merged.get("status"), merged.get("stage"), merged.get("progress"),
+            merged["id"],
+            merged.get("status"),
+            merged.get("stage"),
+            merged.get("progress"),
         )

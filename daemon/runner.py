@@ -58,7 +58,11 @@ class JobRunner:
         bind_context(job=spec.job_id, attempt=attempt)
         reporter = ProgressReporter(
             self.runtime.rows,
-            {**base_row(identity, attempt, self.settings.worker_name), "status": "running", "stage": "starting"},
+            {
+                **base_row(identity, attempt, self.settings.worker_name),
+                "status": "running",
+                "stage": "starting",
+            },
             outbox=self.runtime.outbox,
             min_interval_s=self.settings.progress_min_interval_s,
             heartbeat_s=self.settings.heartbeat_interval_s,
@@ -83,12 +87,12 @@ class JobRunner:
         except JobError as error:
             return self.handle_failure(identity, attempt, reporter, error)
         except JobTimeoutException:
-            error = JobError(f"attempt exceeded the {spec.kind} time limit", code="job_timeout")
-            return self.handle_failure(identity, attempt, reporter, error)
+            timeout = JobError(f"attempt exceeded the {spec.kind} time limit", code="job_timeout")
+            return self.handle_failure(identity, attempt, reporter, timeout)
         except Exception as exc:
             log.exception("unexpected error")
-            error = JobError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
-            return self.handle_failure(identity, attempt, reporter, error)
+            internal = JobError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+            return self.handle_failure(identity, attempt, reporter, internal)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -107,9 +111,14 @@ class JobRunner:
             identity = Identity.salvage(raw)
             if identity is not None:
                 bind_context(job=identity.job_id)
-                self.report_failed(identity, self.runtime.ledger.begin_attempt(
-                    identity.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
-                ), error, reporter=None)
+                self.report_failed(
+                    identity,
+                    self.runtime.ledger.begin_attempt(
+                        identity.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
+                    ),
+                    error,
+                    reporter=None,
+                )
             self._no_rq_retry()
             raise JobFailed(str(error)) from None
 
@@ -120,8 +129,14 @@ class JobRunner:
         workdir.mkdir(parents=True, exist_ok=True)
 
         def milestone(percent: int) -> None:
-            notify(self.runtime, identity, attempt, "job.progress", percent,
-                   {"status": "running", "progress": percent, "stage": reporter.state.get("stage")})
+            notify(
+                self.runtime,
+                identity,
+                attempt,
+                "job.progress",
+                percent,
+                {"status": "running", "progress": percent, "stage": reporter.state.get("stage")},
+            )
 
         ctx = JobContext(
             spec=spec,
@@ -139,26 +154,54 @@ class JobRunner:
 
     # -- endings ---------------------------------------------------------------------------------
 
-    def handle_success(self, identity: Identity, attempt: int, reporter: ProgressReporter, outputs: Any) -> Any:
+    def handle_success(
+        self, identity: Identity, attempt: int, reporter: ProgressReporter, outputs: Any
+    ) -> Any:
         with self.interrupts.shielded():
             data = outputs_data(outputs)
-            reporter.close(status="completed", stage="done", progress=100, outputs=data,
-                           error_code=None, error_message=None)
+            reporter.close(
+                status="completed",
+                stage="done",
+                progress=100,
+                outputs=data,
+                error_code=None,
+                error_message=None,
+            )
             self.runtime.ledger.set_status(identity.job_id, "completed")
-            notify(self.runtime, identity, attempt, "job.completed", 100, {"status": "completed", "outputs": data})
+            notify(
+                self.runtime,
+                identity,
+                attempt,
+                "job.completed",
+                100,
+                {"status": "completed", "outputs": data},
+            )
             log.info("attempt completed: %d output(s)", len(data))
             return {"status": "completed", "job_id": identity.job_id, "attempt": attempt, "outputs": data}
 
-    def handle_failure(self, identity: Identity, attempt: int, reporter: ProgressReporter, error: JobError) -> Any:
+    def handle_failure(
+        self, identity: Identity, attempt: int, reporter: ProgressReporter, error: JobError
+    ) -> Any:
         with self.interrupts.shielded():
             failures = self.runtime.ledger.record_failure(identity.job_id) if error.retryable else 0
             if error.retryable and failures < self.settings.job_max_attempts:
                 delay = retry_delay(self.settings, failures)
-                log.warning("attempt failed (%s); retry %d of %d in %ds", error, failures,
-                            self.settings.job_max_attempts - 1, delay)
+                log.warning(
+                    "attempt failed (%s); retry %d of %d in %ds",
+                    error,
+                    failures,
+                    self.settings.job_max_attempts - 1,
+                    delay,
+                )
                 reporter.close(status="requeued", **error_fields(error))
-                notify(self.runtime, identity, attempt, "job.requeued", 100,
-                       {"status": "requeued", "error": {"code": error.code, "message": error.message}})
+                notify(
+                    self.runtime,
+                    identity,
+                    attempt,
+                    "job.requeued",
+                    100,
+                    {"status": "requeued", "error": {"code": error.code, "message": error.message}},
+                )
                 return self._retry(delay=delay, at_front=False)
             self.report_failed(identity, attempt, error, reporter=reporter)
             self._no_rq_retry()
@@ -172,19 +215,34 @@ class JobRunner:
         assert isinstance(interrupt, JobPreempted)
         with self.interrupts.shielded():
             log.warning("attempt preempted; requeued at the front of its queue")
-            reporter.close(status="requeued", error_code="preempted",
-                           error_message="the worker stopped; the job was requeued")
+            reporter.close(
+                status="requeued",
+                error_code="preempted",
+                error_message="the worker stopped; the job was requeued",
+            )
             self.runtime.ledger.set_status(identity.job_id, "requeued")
-            notify(self.runtime, identity, attempt, "job.requeued", 100,
-                   {"status": "requeued", "error": {"code": "preempted", "message": "worker stopping"}})
+            notify(
+                self.runtime,
+                identity,
+                attempt,
+                "job.requeued",
+                100,
+                {"status": "requeued", "error": {"code": "preempted", "message": "worker stopping"}},
+            )
             return self._retry(delay=0, at_front=True)
 
     def handle_cancel(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> Any:
         with self.interrupts.shielded():
             reporter.close(status="canceled", error_code="canceled", error_message="canceled on request")
             self.runtime.ledger.set_status(identity.job_id, "canceled")
-            notify(self.runtime, identity, attempt, "job.canceled", 100,
-                   {"status": "canceled", "error": {"code": "canceled", "message": "canceled on request"}})
+            notify(
+                self.runtime,
+                identity,
+                attempt,
+                "job.canceled",
+                100,
+                {"status": "canceled", "error": {"code": "canceled", "message": "canceled on request"}},
+            )
             log.warning("attempt canceled")
             return {"status": "canceled", "job_id": identity.job_id, "attempt": attempt}
 
@@ -198,8 +256,14 @@ class JobRunner:
         else:
             write_row(self.runtime, {**base_row(identity, attempt, self.settings.worker_name), **fields})
         self.runtime.ledger.set_status(identity.job_id, "failed")
-        notify(self.runtime, identity, attempt, "job.failed", 100,
-               {"status": "failed", "error": {"code": error.code, "message": error.message}})
+        notify(
+            self.runtime,
+            identity,
+            attempt,
+            "job.failed",
+            100,
+            {"status": "failed", "error": {"code": error.code, "message": error.message}},
+        )
 
     # -- rq plumbing -----------------------------------------------------------------------------
 

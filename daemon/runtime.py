@@ -24,7 +24,6 @@ from .outbox import Outbox
 from .rows import LocalRows, RowStore, SupabaseRows
 from .storage import LocalStore, OutputStore, PresignedPutStore, S3Store, s3_client
 
-
 _PER_PROCESS: dict[tuple[int, int], Runtime] = {}
 
 
@@ -86,7 +85,8 @@ class Runtime:
             raise SpecError("this daemon has no S3_BUCKET configured for S3 inputs or outputs", code="no_s3")
         mb = 1024 * 1024
         transfer = TransferConfig(
-            multipart_threshold=s.s3_multipart_threshold_mb * mb, multipart_chunksize=s.s3_multipart_chunk_mb * mb
+            multipart_threshold=s.s3_multipart_threshold_mb * mb,
+            multipart_chunksize=s.s3_multipart_chunk_mb * mb,
         )
         return S3Store(self.s3, s.s3_bucket, prefix if prefix is not None else s.s3_prefix, transfer)
 
@@ -105,7 +105,9 @@ class Runtime:
         s = self.settings
         if not s.callback_secret:
             return None
-        return CallbackSender(CallbackSigner(s.callback_secret), timeout_s=s.callback_timeout_s, check_url=self.check_url)
+        return CallbackSender(
+            CallbackSigner(s.callback_secret), timeout_s=s.callback_timeout_s, check_url=self.check_url
+        )
 
     def input_source(self) -> InputSource:
         return InputSource(self)

@@ -7,22 +7,17 @@ anything reaches Redis, and by `run-local`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import SpecError
 from .handlers import params_models
 from .legacy import looks_legacy, translate_legacy
-from .spec import JobSpec, parse_spec
+from .spec import JobSpec, load_spec_json, parse_spec
 
 
 def parse_job(raw: Any) -> JobSpec:
     if isinstance(raw, str | bytes):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise SpecError(f"spec is not JSON: {exc}", code="not_json") from None
+        raw = load_spec_json(raw)  # size cap and strict JSON, before anything looks inside
     if isinstance(raw, Mapping) and looks_legacy(raw):
         raw = translate_legacy(raw)
     return parse_spec(raw, kinds=params_models())

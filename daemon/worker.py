@@ -17,6 +17,7 @@ What we change in rq, and why:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -116,10 +117,8 @@ class DaemonWorker(Worker):
             self._signal_horse(signal.SIGKILL)
 
     def _signal_horse(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.horse_pid, sig)
-        except ProcessLookupError:
-            pass
 
     # -- rq hooks --------------------------------------------------------------------------------
 
@@ -135,7 +134,9 @@ class DaemonWorker(Worker):
         if exc_type is AbandonedJobError or isinstance(exc_value, AbandonedJobError):
             capture_abandoned(job)
             try:
-                after_lost_attempt(self.runtime, job, cause="its worker stopped heartbeating", preempted=False)
+                after_lost_attempt(
+                    self.runtime, job, cause="its worker stopped heartbeating", preempted=False
+                )
             except Exception:
                 log.exception("could not report abandoned job %s", job.id)
         return True  # let rq's own handling go on

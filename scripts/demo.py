@@ -40,8 +40,19 @@ def start_private_redis() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="demo-redis-")
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", data_dir],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            data_dir,
+        ],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10

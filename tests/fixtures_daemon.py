@@ -25,8 +25,13 @@ def sample_jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
     from PIL import Image
 
     img = Image.new("RGB", size)
-    img.putdata([((x * 4 + seed * 40) % 256, (y * 5 + seed * 7) % 256, (seed * 60) % 256)
-                 for y in range(size[1]) for x in range(size[0])])
+    img.putdata(
+        [
+            ((x * 4 + seed * 40) % 256, (y * 5 + seed * 7) % 256, (seed * 60) % 256)
+            for y in range(size[1])
+            for x in range(size[0])
+        ]
+    )
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=90)
     return out.getvalue()
@@ -103,7 +108,10 @@ class WorkerProcess:
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "worker", *args],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def logs(self) -> str:
@@ -176,8 +184,12 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         worker.stop()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
-               message: str | Callable[[], str] = "condition not met") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    message: str | Callable[[], str] = "condition not met",
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

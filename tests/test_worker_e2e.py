@@ -23,7 +23,8 @@ NODE_PRODUCER = ROOT / "scripts" / "node" / "enqueue.mjs"
 
 def inspect_spec(file_server, job_id: str, count: int = 3, **extra) -> dict:
     inputs = [
-        {"url": file_server.add(f"{job_id}-{i}.jpg", sample_jpeg(i)), "name": f"photo_{i}.jpg"} for i in range(count)
+        {"url": file_server.add(f"{job_id}-{i}.jpg", sample_jpeg(i)), "name": f"photo_{i}.jpg"}
+        for i in range(count)
     ]
     return {"spec_version": 1, "job_id": job_id, "kind": "inspect", "inputs": inputs, "params": {}, **extra}
 
@@ -47,7 +48,12 @@ def full_env(daemon_env, supabase_env, s3_bucket):
 
 def run_node_producer(env: dict, spec: dict) -> dict:
     done = subprocess.run(
-        ["node", str(NODE_PRODUCER), "-"], input=json.dumps(spec), env=env, capture_output=True, text=True, timeout=60
+        ["node", str(NODE_PRODUCER), "-"],
+        input=json.dumps(spec),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -57,16 +63,23 @@ def test_node_producer_to_completed_row_s3_object_and_verified_callback(
     full_env, file_server, start_worker, jobs_rows, s3_bucket, webhook_receiver
 ):
     # Given a spec sent by the Node producer (as the Next.js API does), with a callback URL
-    spec = inspect_spec(file_server, "e2e-node-1", callback_url=f"{webhook_receiver.url}/hooks/jobs",
-                        metadata={"project_id": "p-42"})
+    spec = inspect_spec(
+        file_server,
+        "e2e-node-1",
+        callback_url=f"{webhook_receiver.url}/hooks/jobs",
+        metadata={"project_id": "p-42"},
+    )
     assert run_node_producer(full_env, spec) == {"job_id": "e2e-node-1", "queue": "default"}
 
     # When a worker runs
     start_worker(full_env)
 
     # Then the row reaches completed with the output listed
-    row = wait_until(lambda: next((r for r in jobs_rows(id="e2e-node-1") if r["status"] == "completed"), None),
-                     timeout=60, message=lambda: f"rows: {jobs_rows(id='e2e-node-1')}")
+    row = wait_until(
+        lambda: next((r for r in jobs_rows(id="e2e-node-1") if r["status"] == "completed"), None),
+        timeout=60,
+        message=lambda: f"rows: {jobs_rows(id='e2e-node-1')}",
+    )
     assert row["progress"] == 100 and row["attempt"] == 1 and row["kind"] == "inspect"
     manifest = row["outputs"]["manifest.json"]
     server, bucket = s3_bucket
@@ -89,32 +102,65 @@ def test_rq_cli_enqueue_runs_the_job(daemon_env, file_server, start_worker, tmp_
     spec = inspect_spec(file_server, "e2e-rq-cli", count=2)
     rq = Path(sys.executable).parent / "rq"
     subprocess.run(
-        [str(rq), "enqueue", "-u", daemon_env["REDIS_URL"], "-S", "json", "-q", "default", "--job-id",
-         "e2e-rq-cli", "--timeout", "600", "daemon.entry.run_job", ":" + json.dumps(spec)],
-        check=True, env=daemon_env, cwd=ROOT, capture_output=True,
+        [
+            str(rq),
+            "enqueue",
+            "-u",
+            daemon_env["REDIS_URL"],
+            "-S",
+            "json",
+            "-q",
+            "default",
+            "--job-id",
+            "e2e-rq-cli",
+            "--timeout",
+            "600",
+            "daemon.entry.run_job",
+            ":" + json.dumps(spec),
+        ],
+        check=True,
+        env=daemon_env,
+        cwd=ROOT,
+        capture_output=True,
     )
     # When the worker runs it
     worker = start_worker(daemon_env)
     row_file = tmp_path / "state" / "jobs" / "e2e-rq-cli.json"
-    wait_until(lambda: row_file.exists() and json.loads(row_file.read_text())["status"] == "completed",
-               timeout=60, message=lambda: worker.logs()[-3000:])
+    wait_until(
+        lambda: row_file.exists() and json.loads(row_file.read_text())["status"] == "completed",
+        timeout=60,
+        message=lambda: worker.logs()[-3000:],
+    )
     # Then the output is in the local store
     assert (tmp_path / "outputs" / "e2e-rq-cli" / "manifest.json").is_file()
 
 
 def test_daemon_cli_enqueue_validates_and_runs(daemon_env, file_server, start_worker, tmp_path):
     # Given our CLI, which validates before anything reaches Redis
-    bad = subprocess.run([sys.executable, "-m", "daemon", "enqueue", json.dumps({"job_id": "x/../y"})],
-                         env=daemon_env, cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "daemon", "enqueue", json.dumps({"job_id": "x/../y"})],
+        env=daemon_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 65 and "job refused" in bad.stderr
     spec = inspect_spec(file_server, "e2e-cli", count=2, priority="high")
-    done = subprocess.run([sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)],
-                          env=daemon_env, cwd=ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)],
+        env=daemon_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(done.stdout)["queue"] == "high"
     # When a worker runs
     start_worker(daemon_env)
     row_file = tmp_path / "state" / "jobs" / "e2e-cli.json"
-    wait_until(lambda: row_file.exists() and json.loads(row_file.read_text())["status"] == "completed", timeout=60)
+    wait_until(
+        lambda: row_file.exists() and json.loads(row_file.read_text())["status"] == "completed", timeout=60
+    )
     # Then rq recorded the job as finished with our result
     job = Job.fetch("e2e-cli", connection=Redis.from_url(daemon_env["REDIS_URL"]), serializer=JSONSerializer)
     assert wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=10)

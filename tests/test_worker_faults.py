@@ -21,9 +21,14 @@ def slow_spec(file_server, job_id: str, seconds: float, **extra) -> dict:
     file_server.add(f"{job_id}-slow.jpg", sample_jpeg(7, size=(160, 120)))
     quick = file_server.add(f"{job_id}-quick.jpg", sample_jpeg(3))
     return {
-        "spec_version": 1, "job_id": job_id, "kind": "inspect", "params": {},
-        "inputs": [{"url": quick, "name": "a.jpg"}, {"url": file_server.slow_url(f"{job_id}-slow.jpg", seconds),
-                                                     "name": "b.jpg"}],
+        "spec_version": 1,
+        "job_id": job_id,
+        "kind": "inspect",
+        "params": {},
+        "inputs": [
+            {"url": quick, "name": "a.jpg"},
+            {"url": file_server.slow_url(f"{job_id}-slow.jpg", seconds), "name": "b.jpg"},
+        ],
         **extra,
     }
 
@@ -34,8 +39,13 @@ def enqueue(env: dict, spec: dict) -> None:
 
     from tests.fixtures_daemon import ROOT
 
-    subprocess.run([sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)], env=env, cwd=ROOT,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
 
 
 def horse_pid(worker) -> int | None:
@@ -65,8 +75,9 @@ def wait_status(tmp_path, job_id, status, timeout=60, worker=None):
     )
 
 
-def test_job_process_killed_with_sigkill_is_retried_and_completes(daemon_env, file_server, start_worker,
-                                                                  tmp_path, webhook_receiver):
+def test_job_process_killed_with_sigkill_is_retried_and_completes(
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+):
     # Given a running job
     enqueue(daemon_env, slow_spec(file_server, "kill-horse", 4, callback_url=webhook_receiver.url))
     worker = start_worker(daemon_env)
@@ -128,8 +139,9 @@ def test_second_signal_forces_the_stop_and_still_requeues(daemon_env, file_serve
     assert b"forced" in redis.lrange("rq:queue:default", 0, -1)
 
 
-def test_redis_restart_mid_job_does_not_lose_the_job(daemon_env, file_server, start_worker, tmp_path,
-                                                     redis_server, webhook_receiver):
+def test_redis_restart_mid_job_does_not_lose_the_job(
+    daemon_env, file_server, start_worker, tmp_path, redis_server, webhook_receiver
+):
     # Given a running job
     enqueue(daemon_env, slow_spec(file_server, "redis-blip", 5, callback_url=webhook_receiver.url))
     worker = start_worker(daemon_env)
@@ -153,13 +165,18 @@ def test_supabase_outage_never_fails_the_job_and_the_final_row_lands_later(
     enqueue(env, slow_spec(file_server, "pg-outage", 2))
     worker = start_worker(env)
     # When the job finishes during the outage
-    wait_until(lambda: "attempt completed" in worker.logs(), timeout=60, message=lambda: worker.logs()[-3000:])
+    wait_until(
+        lambda: "attempt completed" in worker.logs(), timeout=60, message=lambda: worker.logs()[-3000:]
+    )
     assert jobs_rows(id="pg-outage") == []
     assert any(r.status == 503 for r in supabase_server.requests)
     # Then once Supabase is back the final state is written
     supabase_server.clear_outage()
-    row = wait_until(lambda: next((r for r in jobs_rows(id="pg-outage") if r["status"] == "completed"), None),
-                     timeout=60, message=lambda: worker.logs()[-3000:])
+    row = wait_until(
+        lambda: next((r for r in jobs_rows(id="pg-outage") if r["status"] == "completed"), None),
+        timeout=60,
+        message=lambda: worker.logs()[-3000:],
+    )
     assert row["progress"] == 100 and row["outputs"]["manifest.json"]["size"] > 0
 
 

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def daemon_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def push_raw_job(redis: Redis, job_id: str, data: list, queue: str = "default") -> None:
@@ -26,16 +27,25 @@ def push_raw_job(redis: Redis, job_id: str, data: list, queue: str = "default") 
     now = "2026-11-25T00:00:00.000000Z"
     with redis.pipeline() as pipe:
         pipe.sadd("rq:queues", f"rq:queue:{queue}")
-        pipe.hset(f"rq:job:{job_id}", mapping={
-            "status": "queued", "created_at": now, "enqueued_at": now, "data": json.dumps(data),
-            "origin": queue, "description": job_id, "timeout": "60",
-        })
+        pipe.hset(
+            f"rq:job:{job_id}",
+            mapping={
+                "status": "queued",
+                "created_at": now,
+                "enqueued_at": now,
+                "data": json.dumps(data),
+                "origin": queue,
+                "description": job_id,
+                "timeout": "60",
+            },
+        )
         pipe.rpush(f"rq:queue:{queue}", job_id)
         pipe.execute()
 
 
-def test_cancel_stops_a_running_job_within_seconds(daemon_env, file_server, start_worker, tmp_path,
-                                                   webhook_receiver):
+def test_cancel_stops_a_running_job_within_seconds(
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+):
     # Given a running job
     enqueue(daemon_env, slow_spec(file_server, "cancel-me", 30, callback_url=webhook_receiver.url))
     worker = start_worker(daemon_env)
@@ -57,8 +67,9 @@ def test_cancel_stops_a_running_job_within_seconds(daemon_env, file_server, star
     wait_status(tmp_path, "after-cancel", "completed", worker=worker)
 
 
-def test_cancel_of_a_queued_job_reports_canceled_without_running_it(daemon_env, file_server, start_worker,
-                                                                   tmp_path, webhook_receiver):
+def test_cancel_of_a_queued_job_reports_canceled_without_running_it(
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+):
     # Given a queued job and no worker
     enqueue(daemon_env, slow_spec(file_server, "cancel-queued", 0.1, callback_url=webhook_receiver.url))
     # When it is canceled
@@ -72,8 +83,9 @@ def test_cancel_of_a_queued_job_reports_canceled_without_running_it(daemon_env, 
     assert "attempt started" not in worker.logs()
 
 
-def test_a_dead_workers_job_is_found_abandoned_and_retried(daemon_env, file_server, start_worker, tmp_path,
-                                                           webhook_receiver):
+def test_a_dead_workers_job_is_found_abandoned_and_retried(
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+):
     # Given a worker that dies with its job (instance lost: no chance to report anything)
     enqueue(daemon_env, slow_spec(file_server, "abandoned", 20, callback_url=webhook_receiver.url))
     first = start_worker(daemon_env, name="doomed")
@@ -95,8 +107,9 @@ def test_a_dead_workers_job_is_found_abandoned_and_retried(daemon_env, file_serv
     assert row["attempt"] == 2
 
 
-def test_a_job_naming_another_callable_is_refused_before_import(daemon_env, file_server, start_worker,
-                                                               tmp_path):
+def test_a_job_naming_another_callable_is_refused_before_import(
+    daemon_env, file_server, start_worker, tmp_path
+):
     # Given forged jobs written straight to Redis, naming callables other than our entry point
     redis = Redis.from_url(daemon_env["REDIS_URL"])
     marker = tmp_path / "pwned"
@@ -114,24 +127,40 @@ def test_a_job_naming_another_callable_is_refused_before_import(daemon_env, file
     assert redis.hget("rq:job:forged-2", "status") == b"failed"
 
 
-def test_a_bad_spec_fails_with_a_specific_error_in_row_log_and_callback(daemon_env, file_server,
-                                                                       start_worker, tmp_path, webhook_receiver):
+def test_a_bad_spec_fails_with_a_specific_error_in_row_log_and_callback(
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+):
     # Given a spec that skipped validation (written to Redis directly) with an unknown field
     redis = Redis.from_url(daemon_env["REDIS_URL"])
-    spec = {"spec_version": 1, "job_id": "bad-spec", "kind": "inspect", "params": {},
-            "inputs": [{"url": file_server.add("x.jpg", sample_jpeg(1)), "nmae": "x.jpg"}],
-            "callback_url": webhook_receiver.url}
+    spec = {
+        "spec_version": 1,
+        "job_id": "bad-spec",
+        "kind": "inspect",
+        "params": {},
+        "inputs": [{"url": file_server.add("x.jpg", sample_jpeg(1)), "nmae": "x.jpg"}],
+        "callback_url": webhook_receiver.url,
+    }
     push_raw_job(redis, "bad-spec", ["daemon.entry.run_job", None, [spec], {}])
     # And an input that is not an image at all, behind a valid spec
-    enqueue(daemon_env, {"spec_version": 1, "job_id": "not-image", "kind": "inspect", "params": {},
-                         "inputs": [{"url": file_server.add("notes.jpg", b"\xff\xd8\xff" + b"garbage" * 10)}],
-                         "callback_url": webhook_receiver.url})
+    enqueue(
+        daemon_env,
+        {
+            "spec_version": 1,
+            "job_id": "not-image",
+            "kind": "inspect",
+            "params": {},
+            "inputs": [{"url": file_server.add("notes.jpg", b"\xff\xd8\xff" + b"garbage" * 10)}],
+            "callback_url": webhook_receiver.url,
+        },
+    )
     # When the worker takes them
     worker = start_worker(daemon_env)
     # Then each fails with its own code, in the row, the log and the failure callback
     row = wait_status(tmp_path, "bad-spec", "failed", worker=worker)
     assert row["error_code"] == "unknown_field" and "inputs[0].nmae" in row["error_message"]
-    failed = webhook_receiver.wait_for(lambda e: e.type == "job.failed" and e.json["data"]["job_id"] == "bad-spec")
+    failed = webhook_receiver.wait_for(
+        lambda e: e.type == "job.failed" and e.json["data"]["job_id"] == "bad-spec"
+    )
     assert failed.json["data"]["error"]["code"] == "unknown_field"
     row = wait_status(tmp_path, "not-image", "failed", worker=worker)
     assert row["error_code"] == "corrupt_image" and "not a readable image" in row["error_message"]
