@@ -98,6 +98,22 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_table() -> str:
+    """The README's configuration table, generated from the settings' own docs."""
+    from .config import VARIABLES
+
+    lines = ["| Variable | Default | What it sets |", "| --- | --- | --- |"]
+    for var in VARIABLES:
+        default = f"`{var.default}`" if var.default else "(unset)"
+        lines.append(f"| `{var.name}` | {default} | {var.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_config_doc(args: argparse.Namespace) -> int:
+    sys.stdout.write(config_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m daemon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the job spec")
     schema.set_defaults(func=cmd_schema)
+
+    config_doc = sub.add_parser("config-doc", help="print the configuration table of the README")
+    config_doc.set_defaults(func=cmd_config_doc)
     return parser
 
 
