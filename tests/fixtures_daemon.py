@@ -146,6 +146,15 @@ class WorkerProcess:
 
 
 @pytest.fixture
+def sentry_ingest() -> Iterator[Any]:
+    from tests.servers.sentry_ingest import SentryIngest
+
+    ingest = SentryIngest()
+    yield ingest
+    ingest.close()
+
+
+@pytest.fixture
 def daemon_env(redis_url: str, tmp_path: Path, webhook_receiver: Any) -> dict[str, str]:
     """A complete environment for a worker: private Redis, local rows and outputs under tmp_path,
     callbacks signed for the test receiver, loopback allowed for input URLs."""

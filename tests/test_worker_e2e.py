@@ -72,7 +72,7 @@ def test_node_producer_to_completed_row_s3_object_and_verified_callback(
     assert run_node_producer(full_env, spec) == {"job_id": "e2e-node-1", "queue": "default"}
 
     # When a worker runs
-    start_worker(full_env)
+    worker = start_worker({**full_env, "LOG_LEVEL": "debug"})
 
     # Then the row reaches completed with the output listed
     row = wait_until(
@@ -95,6 +95,9 @@ def test_node_producer_to_completed_row_s3_object_and_verified_callback(
     assert completed.path == "/hooks/jobs"
     assert any(e.type == "job.started" for e in webhook_receiver.events)
     assert webhook_receiver.rejected == []
+    # And no secret reached the log
+    logs = worker.logs()
+    assert full_env["SUPABASE_SERVICE_ROLE_KEY"] not in logs and full_env["CALLBACK_SECRET"] not in logs
 
 
 def test_rq_cli_enqueue_runs_the_job(daemon_env, file_server, start_worker, tmp_path):

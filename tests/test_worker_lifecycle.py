@@ -84,7 +84,7 @@ def test_cancel_of_a_queued_job_reports_canceled_without_running_it(
 
 
 def test_a_dead_workers_job_is_found_abandoned_and_retried(
-    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver, sentry_ingest
 ):
     # Given a worker that dies with its job (instance lost: no chance to report anything)
     enqueue(daemon_env, slow_spec(file_server, "abandoned", 20, callback_url=webhook_receiver.url))
@@ -98,13 +98,16 @@ def test_a_dead_workers_job_is_found_abandoned_and_retried(
     os.kill(pid, signal.SIGKILL)
     lost_at = time.monotonic()
     # When another worker runs its maintenance
-    second = start_worker(daemon_env, name="survivor")
+    second = start_worker({**daemon_env, "SENTRY_DSN": sentry_ingest.dsn}, name="survivor")
     # Then the job is noticed within about 90 s (heartbeat TTL = monitor interval + 60 s) and retried
     requeued = webhook_receiver.wait_for(lambda e: e.type == "job.requeued", timeout=100)
     assert time.monotonic() - lost_at < 90
     assert requeued.json["data"]["error"]["code"] == "worker_lost"
     row = wait_status(tmp_path, "abandoned", "completed", timeout=90, worker=second)
     assert row["attempt"] == 2
+    # And Sentry heard of it, which rq's integration alone never would
+    event = sentry_ingest.wait_for(lambda e: "abandoned job abandoned" in (e.get("message") or ""))
+    assert event["tags"]["rq_job_id"] == "abandoned"
 
 
 def test_a_job_naming_another_callable_is_refused_before_import(
@@ -128,7 +131,7 @@ def test_a_job_naming_another_callable_is_refused_before_import(
 
 
 def test_a_bad_spec_fails_with_a_specific_error_in_row_log_and_callback(
-    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver, sentry_ingest
 ):
     # Given a spec that skipped validation (written to Redis directly) with an unknown field
     redis = Redis.from_url(daemon_env["REDIS_URL"])
@@ -153,8 +156,8 @@ def test_a_bad_spec_fails_with_a_specific_error_in_row_log_and_callback(
             "callback_url": webhook_receiver.url,
         },
     )
-    # When the worker takes them
-    worker = start_worker(daemon_env)
+    # When the worker takes them (reporting to Sentry)
+    worker = start_worker({**daemon_env, "SENTRY_DSN": sentry_ingest.dsn})
     # Then each fails with its own code, in the row, the log and the failure callback
     row = wait_status(tmp_path, "bad-spec", "failed", worker=worker)
     assert row["error_code"] == "unknown_field" and "inputs[0].nmae" in row["error_message"]
@@ -166,3 +169,6 @@ def test_a_bad_spec_fails_with_a_specific_error_in_row_log_and_callback(
     assert row["error_code"] == "corrupt_image" and "not a readable image" in row["error_message"]
     assert "unknown_field" in worker.logs() and "corrupt_image" in worker.logs()
     assert worker.proc.poll() is None
+    # And Sentry's rq integration reported the failures from the job process
+    event = sentry_ingest.wait_for(lambda e: "corrupt_image" in sentry_ingest.describe(e))
+    assert "JobFailed" in sentry_ingest.describe(event)
