@@ -183,7 +183,9 @@ class WorkerProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                print(f"bench: {self.kind} worker did not stop in {timeout:.0f}s; killing it", file=sys.stderr)
+                print(
+                    f"bench: {self.kind} worker did not stop in {timeout:.0f}s; killing it", file=sys.stderr
+                )
                 self.proc.kill()
                 self.proc.wait(5)
         for child in family:
@@ -291,9 +293,7 @@ class Pickup:
 
 
 def pickup_of(redis: Redis, job_id: str) -> Pickup:
-    enqueued, started = (
-        _time(v) for v in redis.hmget(f"rq:job:{job_id}", ["enqueued_at", "started_at"])
-    )
+    enqueued, started = (_time(v) for v in redis.hmget(f"rq:job:{job_id}", ["enqueued_at", "started_at"]))
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     result = Result.fetch_latest(job, serializer=JSONSerializer)
     execution_created: datetime | None = result.execution_started_at if result else None
@@ -446,7 +446,9 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=200, help="jobs per worker for each phase (default 200)")
     parser.add_argument("--rounds", type=int, default=2, help="pairs of runs, order alternating (default 2)")
     parser.add_argument(
@@ -471,7 +473,12 @@ def main(argv: list[str] | None = None) -> int:
         (tmp / "files").mkdir()
         httpd, jpeg_url = serve_file(tmp / "files", "tiny.jpg", tiny_jpeg())
         ctx = BenchContext(
-            Redis.from_url(redis_url), redis_url, jpeg_url, worker_env(redis_url, tmp), tmp, args.jobs,
+            Redis.from_url(redis_url),
+            redis_url,
+            jpeg_url,
+            worker_env(redis_url, tmp),
+            tmp,
+            args.jobs,
             args.plain_cold,
         )
         print(

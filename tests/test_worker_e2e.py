@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,45 @@ def test_daemon_cli_enqueue_validates_and_runs(daemon_env, file_server, start_wo
     # Then rq recorded the job as finished with our result
     job = Job.fetch("e2e-cli", connection=Redis.from_url(daemon_env["REDIS_URL"]), serializer=JSONSerializer)
     assert wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=10)
+
+
+def test_s3_key_inputs_and_a_presigned_put_output_on_seaweedfs(
+    daemon_env, seaweed_s3, start_worker, tmp_path, webhook_receiver
+):
+    # Given an input uploaded to the daemon's bucket and a presigned PUT URL for the output, on an S3
+    # server that checks signatures (SeaweedFS)
+    bucket = seaweed_s3.create_bucket(f"e2e-{int(time.time() * 1000) % 10**9}")
+    client = seaweed_s3.client()
+    client.put_object(Bucket=bucket, Key="uploads/u1/IMG_1.jpg", Body=sample_jpeg(5))
+    put_url = client.generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "deliveries/scan-7/manifest.json"}, ExpiresIn=600
+    )
+    env = {
+        **daemon_env,
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": seaweed_s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": seaweed_s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": seaweed_s3.secret_key,
+        "AWS_REGION": seaweed_s3.region,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    spec = {
+        "spec_version": 1,
+        "job_id": "e2e-presigned",
+        "kind": "inspect",
+        "inputs": [{"s3_key": "uploads/u1/IMG_1.jpg", "name": "IMG_1.jpg"}],
+        "output": {"presigned_put": {"manifest.json": put_url}},
+        "callback_url": webhook_receiver.url,
+    }
+    subprocess.run(
+        [sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)], env=env, cwd=ROOT, check=True
+    )
+    # When the worker runs it
+    worker = start_worker(env)
+    completed = webhook_receiver.wait_for(lambda e: e.type == "job.completed", timeout=60)
+    # Then the manifest went to the presigned URL, and describes the S3 input
+    body = client.get_object(Bucket=bucket, Key="deliveries/scan-7/manifest.json")["Body"].read()
+    assert json.loads(body)["files"][0]["name"] == "IMG_1.jpg"
+    uri = completed.json["data"]["outputs"]["manifest.json"]["uri"]
+    assert uri.endswith("/deliveries/scan-7/manifest.json") and "?" not in uri  # no signature leaked
+    assert "X-Amz-Signature" not in worker.logs()
