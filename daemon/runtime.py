@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as RedisRetry
 
 from .callbacks import CallbackSender, CallbackSigner
 from .config import Settings
@@ -23,6 +27,22 @@ from .ledger import Ledger
 from .outbox import Outbox
 from .rows import LocalRows, RowStore, SupabaseRows
 from .storage import LocalStore, OutputStore, PresignedPutStore, S3Store, s3_client
+
+REDIS_RETRIES = 10
+"""Each Redis command is retried this often (backoff capped at 1 s): a Redis restart of a few seconds
+is invisible to the worker and to running jobs, instead of ending the one or failing the other."""
+
+
+def redis_client(url: str) -> Redis:
+    # health_check_interval: a connection idle across a Redis restart is re-made, not reused broken.
+    return Redis.from_url(
+        url,
+        retry=RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=15,
+        socket_timeout=30,
+    )
+
 
 _PER_PROCESS: dict[tuple[int, int], Runtime] = {}
 
@@ -40,8 +60,7 @@ class Runtime:
 
     @cached_property
     def redis(self) -> Redis:
-        # health_check_interval: a connection idle across a Redis restart is re-made, not reused broken.
-        return Redis.from_url(self.settings.redis_url, health_check_interval=15, socket_timeout=30)
+        return redis_client(self.settings.redis_url)
 
     @cached_property
     def ledger(self) -> Ledger:

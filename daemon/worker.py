@@ -25,8 +25,6 @@ import threading
 from typing import Any
 
 import redis as redis_lib
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry as RedisRetry
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -38,31 +36,16 @@ from .entry import configure
 from .interrupts import PREEMPT_SIGNAL
 from .queue import GuardedJob, make_queue
 from .recovery import after_lost_attempt, describe_exit
-from .runtime import Runtime
+from .runtime import Runtime, redis_client
 from .sentry import capture_abandoned
 
 log = logging.getLogger(__name__)
-
-REDIS_RETRIES = 10
-"""Each Redis command is retried this often (backoff capped at 1 s): a restart of a few seconds is
-invisible to the worker instead of ending it."""
-
-
-def worker_redis(settings: Settings) -> redis_lib.Redis:
-    retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES)
-    return redis_lib.Redis.from_url(
-        settings.redis_url,
-        retry=retry,
-        retry_on_error=[redis_lib.ConnectionError, redis_lib.TimeoutError],
-        health_check_interval=15,
-    )
-
 
 class DaemonWorker(Worker):
     def __init__(self, settings: Settings, *, connection: redis_lib.Redis | None = None) -> None:
         self.settings = settings
         self.runtime = Runtime.for_this_process(settings)
-        connection = connection or worker_redis(settings)
+        connection = connection or redis_client(settings.redis_url)
         super().__init__(
             [make_queue(name, connection) for name in settings.queues],
             name=settings.worker_name,

@@ -44,11 +44,25 @@ class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    failures: dict[str, int] = {}  # noqa: RUF012 - shared on purpose: counts across requests
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         parts = self.path.split("/")
         if len(parts) == 4 and parts[1] == "slow":
             return self._drip(float(parts[2]), parts[3])
+        if len(parts) == 4 and parts[1] == "flaky":
+            return self._flaky(int(parts[2]), parts[3])
         return super().do_GET()
+
+    def _flaky(self, fail_times: int, name: str) -> None:
+        """`/flaky/<n>/<name>`: 503 for the first n requests of that name, then the file."""
+        seen = _QuietHandler.failures.get(name, 0)
+        _QuietHandler.failures[name] = seen + 1
+        if seen < fail_times:
+            self.send_error(503, "try again")
+            return
+        self.path = f"/{name}"
+        super().do_GET()
 
     def _drip(self, seconds: float, name: str) -> None:
         data = (Path(self.directory) / name).read_bytes()
@@ -84,6 +98,9 @@ class FileServer:
     def add(self, name: str, data: bytes) -> str:
         (self.root / name).write_bytes(data)
         return f"{self.base_url}/{name}"
+
+    def flaky_url(self, name: str, fail_times: int) -> str:
+        return f"{self.base_url}/flaky/{fail_times}/{name}"
 
     def slow_url(self, name: str, seconds: float) -> str:
         return f"{self.base_url}/slow/{seconds:g}/{name}"

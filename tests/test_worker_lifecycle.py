@@ -190,3 +190,37 @@ def test_a_bad_spec_fails_with_a_specific_error_in_row_log_and_callback(
     # And Sentry's rq integration reported the failures from the job process
     event = sentry_ingest.wait_for(lambda e: "corrupt_image" in sentry_ingest.describe(e))
     assert "JobFailed" in sentry_ingest.describe(event)
+
+
+def test_a_retryable_failure_is_retried_with_backoff_until_attempts_run_out(
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+):
+    # Given one input whose server fails once, and another whose server never recovers
+    file_server.add("flaky-once.jpg", sample_jpeg(2))
+    file_server.add("flaky-always.jpg", sample_jpeg(3))
+
+    def spec(job_id: str, url: str) -> dict:
+        return {
+            "spec_version": 1,
+            "job_id": job_id,
+            "kind": "inspect",
+            "params": {},
+            "inputs": [{"url": url}],
+            "callback_url": webhook_receiver.url,
+        }
+
+    enqueue(daemon_env, spec("recovers", file_server.flaky_url("flaky-once.jpg", 1)))
+    enqueue(daemon_env, spec("gives-up", file_server.flaky_url("flaky-always.jpg", 99)))
+    # When a worker runs them (JOB_MAX_ATTEMPTS=3, backoff 1 s doubling)
+    worker = start_worker(daemon_env)
+    # Then the first completes on its second attempt, after a requeued row and callback
+    row = wait_status(tmp_path, "recovers", "completed", worker=worker)
+    assert row["attempt"] == 2
+    requeued = webhook_receiver.wait_for(
+        lambda e: e.type == "job.requeued" and e.json["data"]["job_id"] == "recovers"
+    )
+    assert requeued.json["data"]["error"]["code"] == "download_http_error"
+    # And the second fails for good after three attempts, with the download's own error code
+    row = wait_status(tmp_path, "gives-up", "failed", worker=worker)
+    assert (row["attempt"], row["error_code"]) == (3, "download_http_error")
+    webhook_receiver.wait_for(lambda e: e.type == "job.failed" and e.json["data"]["job_id"] == "gives-up")
