@@ -33,13 +33,30 @@ from rq.worker import Worker
 from .config import Settings
 from .drainer import OutboxDrainer
 from .entry import configure
+from .handlers import registry
 from .interrupts import PREEMPT_SIGNAL
 from .queue import GuardedJob, make_queue
 from .recovery import after_lost_attempt, describe_exit
 from .runtime import Runtime, redis_client
 from .sentry import capture_abandoned
+from .spec_io import parse_job
 
 log = logging.getLogger(__name__)
+
+
+def apply_kind_timeout(job: Job) -> None:
+    """Run every job under its kind's time limit, whatever its producer wrote: `rq enqueue` without
+    --timeout would give an hour-long training rq's default of 180 s. Unknown or invalid specs keep
+    theirs; they fail fast anyway."""
+    try:
+        kind = parse_job(job.args[0]).kind
+    except Exception:
+        return
+    handler = registry().get(kind)
+    if handler is not None and job.timeout != handler.timeout_s:
+        log.info("job %s: timeout %ss (kind %s)", job.id, handler.timeout_s, kind)
+        job.timeout = handler.timeout_s
+
 
 class DaemonWorker(Worker):
     def __init__(self, settings: Settings, *, connection: redis_lib.Redis | None = None) -> None:
@@ -104,6 +121,10 @@ class DaemonWorker(Worker):
             os.kill(self.horse_pid, sig)
 
     # -- rq hooks --------------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Any) -> None:
+        apply_kind_timeout(job)
+        super().execute_job(job, queue)
 
     def on_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         cause = describe_exit(ret_val)

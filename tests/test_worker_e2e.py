@@ -101,7 +101,9 @@ def test_node_producer_to_completed_row_s3_object_and_verified_callback(
     assert full_env["SUPABASE_SERVICE_ROLE_KEY"] not in logs and full_env["CALLBACK_SECRET"] not in logs
 
 
-def test_rq_cli_enqueue_runs_the_job(daemon_env, file_server, start_worker, tmp_path):
+def test_rq_cli_enqueue_runs_the_job_under_its_kinds_time_limit(
+    daemon_env, file_server, start_worker, tmp_path
+):
     # Given a job enqueued by hand with `rq enqueue` and the JSON serializer
     spec = inspect_spec(file_server, "e2e-rq-cli", count=2)
     rq = Path(sys.executable).parent / "rq"
@@ -117,8 +119,6 @@ def test_rq_cli_enqueue_runs_the_job(daemon_env, file_server, start_worker, tmp_
             "default",
             "--job-id",
             "e2e-rq-cli",
-            "--timeout",
-            "600",
             "daemon.entry.run_job",
             ":" + json.dumps(spec),
         ],
@@ -137,6 +137,8 @@ def test_rq_cli_enqueue_runs_the_job(daemon_env, file_server, start_worker, tmp_
     )
     # Then the output is in the local store
     assert (tmp_path / "outputs" / "e2e-rq-cli" / "manifest.json").is_file()
+    # And the job ran under its kind's time limit, not rq's 180 s default the CLI left on it
+    assert "job e2e-rq-cli: timeout 1800s (kind inspect)" in worker.logs()
 
 
 def test_daemon_cli_enqueue_validates_and_runs(daemon_env, file_server, start_worker, tmp_path):
