@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -56,6 +57,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 def _optional(raw: str) -> str | None:
     return raw.strip() or None
 
@@ -91,6 +99,17 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str | None]:
         return value
 
     return parse
+
+
+def redact_password(value: str) -> str:
+    """`scheme://user:secret@host` → `scheme://user:***@host`, for URLs shown in errors and logs."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value)
+
+
+def url_password(url: str | None) -> str | None:
+    """The password inside a URL (a Redis URL may carry one), to mask it in logs."""
+    match = re.search(r"://[^/@:]*:([^/@]+)@", url or "")
+    return match.group(1) if match else None
 
 
 def _default_worker_name() -> str:
@@ -171,7 +190,9 @@ VARIABLES: tuple[Var, ...] = (
     # Downloads of user URLs
     Var("DOWNLOAD_MAX_BYTES", _positive_int, str(4 << 30), "Largest single input accepted, in bytes."),
     Var("DOWNLOAD_TIMEOUT_S", _positive_float, "600", "Wall-clock cap for one input download."),
-    Var("DOWNLOAD_MAX_REDIRECTS", int, "5", "Redirects followed per download, each re-checked."),
+    Var(
+        "DOWNLOAD_MAX_REDIRECTS", _non_negative_int, "5", "Redirects followed per download, each re-checked."
+    ),
     Var(
         "URL_ALLOW_NETWORKS",
         _networks,
@@ -287,7 +308,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[_field_name(var)] = var.parse(raw)
         except (ValueError, TypeError) as exc:
-            shown = "<hidden>" if var.secret else repr(raw)
+            shown = "<hidden>" if var.secret else repr(redact_password(raw))
             raise ConfigError(f"{var.name}={shown}: {exc}") from None
     values["worker_name"] = values["worker_name"] or _default_worker_name()
     values["s3_prefix"] = (values["s3_prefix"] or "jobs").strip("/")

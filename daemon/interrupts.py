@@ -4,7 +4,8 @@ Both arrive as signals to the work-horse: SIGUSR2 = cancel (sent by the horse's 
 `python -m daemon cancel` sets the flag in Redis), SIGUSR1 = preempt (sent by the worker parent on
 SIGTERM or a spot notice). The handler raises `JobCanceled` / `JobPreempted` in the job's main thread
 right away (so a blocking download or sleep stops within a moment), except inside `shielded()` blocks,
-where the runner writes final state; there the request is remembered and raised at the block's end.
+where the runner writes final state; there the request is remembered, and raised by the next
+`raise_if_requested()` (every stage boundary and progress report calls it).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Interrupts:
             self.requested = kind
         log.warning("%s requested", kind.reason)
         if self._shield == 0:
-            raise kind(kind.reason)
+            raise self.requested(self.requested.reason)
 
     def raise_if_requested(self) -> None:
         if self.requested is not None and self._shield == 0:

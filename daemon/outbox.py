@@ -160,12 +160,22 @@ class Outbox:
     def pending(self) -> int:
         return int(self.redis.zcard(DUE_KEY))
 
+    @staticmethod
+    def _deliver(sinks: Mapping[str, Sink], item: OutboxItem) -> Delivery:
+        sink = sinks.get(item.kind)
+        if sink is None:
+            return Delivery(ok=False, retryable=False, error=f"no sink for {item.kind!r} items")
+        try:
+            return sink(item)
+        except Exception as exc:  # one bad item must not stall the batch behind it
+            log.exception("outbox: delivering %s raised", item.item_id)
+            return Delivery(ok=False, retryable=True, error=f"{type(exc).__name__}: {exc}")
+
     def drain_once(self, sinks: Mapping[str, Sink], *, delay: Callable[[int], float]) -> int:
         """Deliver every due item once; returns how many landed."""
         landed = 0
         for item in self.claim_due():
-            sink = sinks.get(item.kind)
-            outcome = sink(item) if sink else Delivery(ok=False, retryable=False, error="no sink")
+            outcome = self._deliver(sinks, item)
             age = time.time() - item.created
             if outcome.ok:
                 self.finish(item)

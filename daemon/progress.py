@@ -102,45 +102,54 @@ class ProgressReporter:
     def _run(self) -> None:
         backoff = 0.0
         last_write = 0.0
+        last_beat = time.monotonic()
         while True:
             with self._cond:
-                wait = self._next_wait(last_write, backoff)
+                wait = self._next_wait(last_write, last_beat, backoff)
                 if wait > 0:
                     self._cond.wait(timeout=wait)
-                if time.monotonic() - last_write >= self.heartbeat_s:
+                now = time.monotonic()
+                # The heartbeat has its own clock: a job reporting progress all the time must still
+                # show a fresh heartbeat, or the web app would take it for dead.
+                if now - last_beat >= self.heartbeat_s:
                     self._state["heartbeat_at"] = utcnow_iso()
                     self._version += 1
+                    last_beat = now
                 if self._landed >= self._version:
                     if self._closing:
                         return
                     continue
-                if not self._closing and time.monotonic() - last_write < max(self.min_interval_s, backoff):
+                if not self._closing and now - last_write < max(self.min_interval_s, backoff):
                     continue
                 version, snapshot = self._version, dict(self._state)
             last_write = time.monotonic()
-            try:
-                self.rows.write(snapshot)
-            except RowWriteError as exc:
-                if not exc.retryable:
-                    log.error("row write refused, dropping this version: %s", exc)
-                    self._mark_landed(version)
-                    continue
-                backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
-                log.warning("row write failed (%s); retrying in %.0fs", exc, backoff)
-                continue
-            except Exception:
-                log.exception("row write raised unexpectedly")
-                backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
-                continue
-            backoff = 0.0
-            self._mark_landed(version)
+            backoff = self._write(version, snapshot, backoff)
 
-    def _next_wait(self, last_write: float, backoff: float) -> float:
-        since = time.monotonic() - last_write
-        until_heartbeat = self.heartbeat_s - since
+    def _write(self, version: int, snapshot: dict[str, Any], backoff: float) -> float:
+        """One write attempt; returns the backoff to apply before the next one."""
+        try:
+            self.rows.write(snapshot)
+        except RowWriteError as exc:
+            if not exc.retryable:
+                log.error("row write refused, dropping this version: %s", exc)
+                self._mark_landed(version)
+                return 0.0
+            backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
+            log.warning("row write failed (%s); retrying in %.0fs", exc, backoff)
+            return backoff
+        except Exception:
+            log.exception("row write raised unexpectedly")
+            return min(MAX_BACKOFF_S, max(1.0, backoff * 2))
+        self._mark_landed(version)
+        return 0.0
+
+    def _next_wait(self, last_write: float, last_beat: float, backoff: float) -> float:
+        now = time.monotonic()
+        until_beat = self.heartbeat_s - (now - last_beat)
         if self._landed >= self._version:
-            return until_heartbeat if not self._closing else 0.0
-        return max(0.0, min(until_heartbeat, max(self.min_interval_s, backoff) - since))
+            return 0.0 if self._closing else until_beat
+        until_write = max(self.min_interval_s, backoff) - (now - last_write)
+        return max(0.0, min(until_beat, until_write))
 
     def _mark_landed(self, version: int) -> None:
         with self._cond:

@@ -7,6 +7,7 @@ Supabase (`supabase/migrations/`), and by `merge_row` for local files, so writer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -82,6 +83,9 @@ class SupabaseRows:
 def _api_error_status(exc: Exception) -> int:
     code = str(getattr(exc, "code", "") or "")
     # postgrest-py puts the HTTP status nowhere stable; PostgREST's own codes tell 4xx from 5xx.
+    # PGRST000-003 mean the database is unreachable or timing out (503/504): worth retrying.
+    if code.startswith("PGRST0"):
+        return 503
     if code.startswith("PGRST") or (len(code) == 5 and code[:2] in {"22", "23", "42"}):
         return 400
     return 503
@@ -131,9 +135,14 @@ class LocalRows:
                 return
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".row-")
-            with os.fdopen(fd, "w") as out:
-                json.dump(merged, out, indent=2, sort_keys=True)
-            os.replace(tmp, self._path(row["id"]))
+            try:
+                with os.fdopen(fd, "w") as out:
+                    json.dump(merged, out, indent=2, sort_keys=True)
+                os.replace(tmp, self._path(row["id"]))
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
         log.info(
             "row %s status=%s stage=%s progress=%s",
             merged["id"],

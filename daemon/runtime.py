@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as RedisRetry
 
 from .callbacks import CallbackSender, CallbackSigner
-from .config import Settings
+from .config import Settings, url_password
 from .errors import SpecError
 from .fetch import FetchPolicy, check_url, fetch_to_file
 from .ledger import Ledger
@@ -151,5 +151,6 @@ def secret_values(settings: Settings) -> Mapping[str, str]:
         "SUPABASE_SERVICE_ROLE_KEY": settings.supabase_key,
         "CALLBACK_SECRET": settings.callback_secret,
         "SENTRY_DSN": settings.sentry_dsn,
+        "REDIS_URL password": url_password(settings.redis_url),
     }
     return {k: v for k, v in pairs.items() if v}

@@ -72,6 +72,9 @@ class DaemonWorker(Worker):
             job_monitoring_interval=settings.monitor_interval_s,
             maintenance_interval=settings.maintenance_interval_s,
             exception_handlers=[self.on_job_exception],
+            # rq's CLI makes the description the call with its arguments: the spec, presigned URLs and
+            # all. Log the job id only.
+            log_job_description=False,
             work_horse_killed_handler=self.on_horse_killed,
         )
         self._preempting = False

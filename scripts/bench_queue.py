@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                 redis_proc.kill()
                 redis_proc.wait(5)
         if args.keep:
-            print(f"bench: logs kept in {tmp}", file=sys.stderr)
+            print(f"bench: worker logs kept in {tmp}", flush=True)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,4 +1,4 @@
-"""Settings: defaults, one ConfigError per kind of bad value, secrets kept out of errors, `.env` precedence."""
+"""Settings: defaults, a ConfigError per kind of bad value, secrets kept out of errors, `.env` precedence."""
 
 from __future__ import annotations
 
@@ -91,11 +91,6 @@ def test_bad_value_stops_with_the_variable_named(env, name, raw):
     assert named_variable(message) == name, message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: DOWNLOAD_MAX_REDIRECTS is parsed with plain int(), so -1 is accepted and every download "
-    "later fails with too_many_redirects (range(max_redirects + 1) is empty)",
-)
 def test_negative_redirect_limit_stops_start_up(env):
     # Given a negative redirect limit
     env["DOWNLOAD_MAX_REDIRECTS"] = "-1"
@@ -153,11 +148,6 @@ def test_bad_secret_is_hidden_in_the_error(env):
     assert "my-very-private-hmac-key" not in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: REDIS_URL is not secret, so a malformed URL carrying a password is echoed whole in the "
-    "ConfigError (and thus in journald/Sentry)",
-)
 def test_password_in_a_bad_redis_url_is_not_echoed(env):
     # Given a Redis URL with a password and a wrong scheme
     env["REDIS_URL"] = "http://:hunter2-redis-password@redis.internal:6379/0"

@@ -1,0 +1,232 @@
+"""Cancel and preempt signals, sent to this very process: raised at once, deferred while shielded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from daemon.errors import JobCanceled, JobInterrupted, JobPreempted
+from daemon.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, CancelWatcher, Interrupts
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers() -> Iterator[None]:
+    """Interrupts.install() replaces SIGUSR1/SIGUSR2 handlers of the test process: put them back."""
+    saved = {signum: signal.getsignal(signum) for signum in (PREEMPT_SIGNAL, CANCEL_SIGNAL)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.fixture
+def interrupts() -> Interrupts:
+    installed = Interrupts()
+    installed.install()
+    return installed
+
+
+def send(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+
+
+def let_signals_run(seconds: float = 2.0) -> None:
+    """Give Python the chance to run pending signal handlers (they run between bytecodes, main thread);
+    an interrupt raised by one ends this early."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+# -- raised at once -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("signum", "raised"),
+    [(CANCEL_SIGNAL, JobCanceled), (PREEMPT_SIGNAL, JobPreempted)],
+    ids=["cancel", "preempt"],
+)
+def test_signal_raises_in_the_job_at_once(interrupts, signum, raised):
+    # Given a job running with interrupts installed
+    # When the signal arrives while it is busy (sleeping, say)
+    with pytest.raises(raised) as caught:
+        send(signum)
+        let_signals_run()
+
+    # Then the matching interrupt is raised right there, and remembered
+    assert caught.type is raised
+    assert interrupts.requested is raised
+
+
+def test_interrupt_is_not_swallowed_by_except_exception(interrupts):
+    # Given handler code that catches every Exception around its work
+    swallowed = []
+
+    # When a cancel arrives inside it
+    with pytest.raises(JobCanceled):
+        try:
+            send(CANCEL_SIGNAL)
+            let_signals_run()
+        except Exception as exc:  # what careless handler code does
+            swallowed.append(exc)
+
+    # Then the interrupt went through: it is a BaseException
+    assert swallowed == []
+    assert issubclass(JobCanceled, JobInterrupted) and not issubclass(JobInterrupted, Exception)
+
+
+# -- deferred while shielded -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("signum", "raised"),
+    [(CANCEL_SIGNAL, JobCanceled), (PREEMPT_SIGNAL, JobPreempted)],
+    ids=["cancel", "preempt"],
+)
+def test_shielded_block_defers_the_interrupt_to_raise_if_requested(interrupts, signum, raised):
+    # Given final state being written inside a shielded block
+    finished_block = False
+    with interrupts.shielded():
+        # When the signal arrives
+        send(signum)
+        let_signals_run(0.2)
+        interrupts.raise_if_requested()  # still shielded: must not raise
+        finished_block = True
+
+    # Then the block ran to its end, the request was remembered, and it is raised at the next check
+    assert finished_block
+    assert interrupts.requested is raised
+    with pytest.raises(raised):
+        interrupts.raise_if_requested()
+
+
+def test_nested_shields_defer_until_the_outermost_ends(interrupts):
+    # Given nested shielded blocks
+    with interrupts.shielded():
+        with interrupts.shielded():
+            send(CANCEL_SIGNAL)
+            let_signals_run(0.1)
+        # When the inner block ends
+        # Then the outer one still defers
+        interrupts.raise_if_requested()
+
+    with pytest.raises(JobCanceled):
+        interrupts.raise_if_requested()
+
+
+def test_nothing_requested_means_no_raise(interrupts):
+    # Given no signal
+    # When the job checks / Then it goes on
+    interrupts.raise_if_requested()
+    assert interrupts.requested is None
+
+
+@pytest.mark.parametrize(
+    "order",
+    [(PREEMPT_SIGNAL, CANCEL_SIGNAL), (CANCEL_SIGNAL, PREEMPT_SIGNAL)],
+    ids=["preempt-first", "cancel-first"],
+)
+def test_cancel_outranks_preemption(interrupts, order):
+    # Given both a preemption and a cancel arriving while shielded, in either order
+    with interrupts.shielded():
+        for signum in order:
+            send(signum)
+            let_signals_run(0.1)
+
+    # When the job next checks
+    # Then it is canceled (a canceled job must not be requeued)
+    assert interrupts.requested is JobCanceled
+    with pytest.raises(JobCanceled):
+        interrupts.raise_if_requested()
+
+
+# -- the cancel watcher --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def received() -> list[int]:
+    """CANCEL_SIGNAL deliveries to this process, recorded instead of raised."""
+    got: list[int] = []
+    signal.signal(CANCEL_SIGNAL, lambda signum, frame: got.append(signum))
+    return got
+
+
+def test_watcher_signals_the_process_when_cancel_is_requested(received):
+    # Given a watcher polling a flag that turns on after a few polls
+    polls = []
+
+    def requested() -> bool:
+        polls.append(time.monotonic())
+        return len(polls) >= 3
+
+    watcher = CancelWatcher(requested, interval_s=0.01).start()
+
+    # When the flag turns on
+    # Then the process gets the cancel signal, once, and the watcher stops polling
+    assert wait_for(lambda: received), "no cancel signal"
+    settled = len(polls)
+    time.sleep(0.1)
+    assert received == [CANCEL_SIGNAL]
+    assert len(polls) == settled == 3
+    watcher.stop()
+
+
+def test_watcher_survives_a_predicate_that_raises(received):
+    # Given a flag that cannot be read for a while (Redis away), then reads as requested
+    answers = iter([ConnectionError("redis down"), ConnectionError("redis down"), False, True])
+
+    def requested() -> bool:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    watcher = CancelWatcher(requested, interval_s=0.01).start()
+
+    # When the flag is finally read as requested
+    # Then the cancel still reaches the process
+    assert wait_for(lambda: received), "watcher died on the predicate's error"
+    watcher.stop()
+
+
+def test_stopped_watcher_never_signals(received):
+    # Given a watcher stopped while no cancel was requested
+    flag = threading.Event()
+    watcher = CancelWatcher(flag.is_set, interval_s=0.01).start()
+    time.sleep(0.05)
+    watcher.stop()
+
+    # When the flag turns on afterwards (the job already ended)
+    flag.set()
+    time.sleep(0.1)
+
+    # Then no signal is sent
+    assert received == []
+
+
+def test_watcher_and_interrupts_cancel_a_running_job(interrupts):
+    # Given a job with interrupts installed and a watcher on its cancel flag
+    flag = threading.Event()
+    watcher = CancelWatcher(flag.is_set, interval_s=0.01).start()
+
+    # When someone requests the cancel while the job is busy
+    with pytest.raises(JobCanceled):
+        flag.set()
+        let_signals_run()
+
+    # Then the job was interrupted as canceled
+    assert interrupts.requested is JobCanceled
+    watcher.stop()
