@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import redis as redis_lib
@@ -35,6 +36,7 @@ from .drainer import OutboxDrainer
 from .entry import configure
 from .handlers import registry
 from .interrupts import PREEMPT_SIGNAL
+from .legacy import looks_legacy
 from .queue import GuardedJob, make_queue
 from .recovery import after_lost_attempt, describe_exit
 from .runtime import Runtime, redis_client
@@ -44,15 +46,25 @@ from .spec_io import parse_job
 log = logging.getLogger(__name__)
 
 
+def job_kind(job: Job) -> str | None:
+    """The kind a job names, read without validating the spec: this runs in the parent before every
+    fork, where a full parse would cost up to tens of ms on a big spec (the horse validates anyway)."""
+    try:
+        raw = job.args[0] if job.args else None
+        if isinstance(raw, Mapping) and not looks_legacy(raw):
+            kind = raw.get("kind")
+            return kind if isinstance(kind, str) else None
+        return parse_job(raw).kind  # a JSON string or a legacy shape: rare, parse it
+    except Exception:
+        return None
+
+
 def apply_kind_timeout(job: Job) -> None:
     """Run every job under its kind's time limit, whatever its producer wrote: `rq enqueue` without
     --timeout would give an hour-long training rq's default of 180 s. Unknown or invalid specs keep
     theirs; they fail fast anyway."""
-    try:
-        kind = parse_job(job.args[0]).kind
-    except Exception:
-        return
-    handler = registry().get(kind)
+    kind = job_kind(job)
+    handler = registry().get(kind) if kind else None
     if handler is not None and job.timeout != handler.timeout_s:
         log.info("job %s: timeout %ss (kind %s)", job.id, handler.timeout_s, kind)
         job.timeout = handler.timeout_s

@@ -12,8 +12,8 @@ What is measured, for trivial jobs (an `inspect` of one tiny JPEG served on 127.
   the parent's own `job.started_at = now()` in `monitor_work_horse` stays in its memory. So the hash holds
   a horse-side time for both workers: the latency covers BLPOP wake-up, the parent's bookkeeping, fork and
   the horse's first Redis pipeline. It is split in two with the execution's `created_at` (written by the
-  parent before the fork, kept in the rq Result): "dequeue" (enqueued → execution created) and "fork"
-  (execution created → started).
+  parent before the fork, kept in the rq Result): "dequeue" (enqueued → execution created) and
+  "fork+prep" (execution created → started).
 - Throughput: M jobs (`--jobs`) pushed in one Redis pipeline, jobs/s = M / (last job's `ended_at` - the
   moment the pipeline was sent).
 
@@ -28,6 +28,10 @@ pickup latency is unaffected, `started_at` is written before the job's function 
 Per round the two workers run one after the other (FLUSHALL between, a few warm-up jobs first); round 2
 runs them in the opposite order so ordering effects show. Nothing is asserted: the script prints a table
 and one verdict line per goal (our pickup ≤ plain rq's; our p99 < 50 ms).
+
+Time: the "trivial" job takes ~120 ms in a fresh work-horse (httpx/PIL imports and an SSL context per
+job), so the defaults (2 rounds × 2 workers × 400 jobs) take ~4-5 minutes on 2 cores; `--jobs 100` about
+half that. Other load on the machine shows up as noise in both columns: compare ratios, not absolutes.
 
     .venv/bin/python scripts/bench_queue.py                        # defaults: 200 jobs, 2 rounds
     .venv/bin/python scripts/bench_queue.py --jobs 20 --rounds 1   # quick look
@@ -240,9 +244,13 @@ def enqueue_burst(redis: Redis, specs: list[JobSpec]) -> tuple[float, list[str]]
     return sent_at, [spec.job_id for spec in specs]
 
 
+def _text(raw: Any) -> str:
+    """A Redis reply (bytes, or nothing) as text."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw or "")
+
+
 def _status(redis: Redis, job_id: str) -> str:
-    raw = redis.hget(f"rq:job:{job_id}", "status")
-    return raw.decode() if raw else ""
+    return _text(redis.hget(f"rq:job:{job_id}", "status"))
 
 
 def _fail(redis: Redis, job_id: str, worker: WorkerProcess) -> None:
@@ -270,7 +278,7 @@ def wait_all_finished(redis: Redis, total: int, queue: str, worker: WorkerProces
     deadline = time.monotonic() + JOB_TIMEOUT_S + 2 * total
     while time.monotonic() < deadline:
         if redis.zcard(f"rq:failed:{queue}"):
-            failed = redis.zrange(f"rq:failed:{queue}", 0, 0)[0].decode()
+            failed = _text(redis.zrange(f"rq:failed:{queue}", 0, 0)[0])
             _fail(redis, failed, worker)
         if redis.zcard(f"rq:finished:{queue}") >= total:
             return
@@ -279,10 +287,10 @@ def wait_all_finished(redis: Redis, total: int, queue: str, worker: WorkerProces
     raise RuntimeError(f"burst not finished in time on the {worker.kind} worker")
 
 
-def _time(raw: bytes | None) -> float:
+def _time(raw: Any) -> float:
     if not raw:
         raise RuntimeError("job hash lacks a timestamp")
-    return utcparse(raw.decode()).timestamp()
+    return utcparse(_text(raw)).timestamp()
 
 
 @dataclass
@@ -306,6 +314,21 @@ def pickup_of(redis: Redis, job_id: str) -> Pickup:
 
 
 # -- measurements -------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchContext:
+    """What every measurement needs: the shared Redis and input, the workers' environment."""
+
+    redis: Redis
+    redis_url: str
+    jpeg_url: str
+    env: dict[str, str]
+    tmp: Path
+    jobs: int
+    plain_cold: bool
+    started: int = 0
+    running: WorkerProcess | None = None
 
 
 @dataclass
@@ -340,12 +363,11 @@ def measure_throughput(redis: Redis, jpeg_url: str, count: int, worker: WorkerPr
 
 
 def measure_worker(kind: str, ctx: BenchContext) -> Measurement:
+    """Start one worker on an empty Redis, warm it up, measure pickup then throughput, stop it."""
     ctx.redis.flushall()
-    log_path = ctx.tmp / f"{kind}-{len(ctx.log_paths)}.log"
-    ctx.log_paths.append(log_path)
+    ctx.started += 1
     command = worker_command(kind, ctx.redis_url, plain_cold=ctx.plain_cold)
-    worker = WorkerProcess(kind, command, ctx.env, log_path)
-    ctx.running = worker
+    worker = ctx.running = WorkerProcess(kind, command, ctx.env, ctx.tmp / f"{ctx.started}-{kind}.log")
     try:
         run_one_by_one(ctx.redis, ctx.jpeg_url, WARMUP_JOBS, worker)  # also waits for start-up
         ids = run_one_by_one(ctx.redis, ctx.jpeg_url, ctx.jobs, worker)
@@ -355,19 +377,6 @@ def measure_worker(kind: str, ctx: BenchContext) -> Measurement:
     finally:
         worker.stop()
         ctx.running = None
-
-
-@dataclass
-class BenchContext:
-    redis: Redis
-    redis_url: str
-    jpeg_url: str
-    env: dict[str, str]
-    tmp: Path
-    jobs: int
-    plain_cold: bool
-    log_paths: list[Path] = field(default_factory=list)
-    running: WorkerProcess | None = None
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -463,6 +472,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     started = time.monotonic()
@@ -506,22 +516,36 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup must not be cut short by a second Ctrl-C
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if ctx is not None and ctx.running is not None:
-            ctx.running.stop()
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if redis_proc is not None:
-            redis_proc.terminate()
-            try:
-                redis_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                redis_proc.kill()
-                redis_proc.wait(5)
+        stop_everything(ctx.running if ctx else None, httpd, redis_proc)
         if args.keep:
             print(f"bench: worker logs kept in {tmp}", flush=True)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stop_everything(
+    worker: WorkerProcess | None,
+    httpd: ThreadingHTTPServer | None,
+    redis_proc: subprocess.Popen[bytes] | None,
+) -> None:
+    """The running worker (SIGTERM, then kill), the file server, Redis; then whatever we started that is
+    still alive (a horse or scheduler of a worker killed mid-job), so nothing outlives the script."""
+    leftovers = psutil.Process().children(recursive=True)
+    if worker is not None:
+        worker.stop()
+    if httpd is not None:
+        httpd.shutdown()
+        httpd.server_close()
+    if redis_proc is not None:
+        redis_proc.terminate()
+        try:
+            redis_proc.wait(10)
+        except subprocess.TimeoutExpired:
+            redis_proc.kill()
+            redis_proc.wait(5)
+    for proc in leftovers:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+
 from ..errors import InputError
 from . import Handler, Stage
 from .params_inspect import InspectParams
@@ -49,8 +51,6 @@ def _sha256(path: Path) -> str:
 
 
 def _image_facts(path: Path) -> dict[str, Any]:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             orientation = img.getexif().get(0x0112, 1)
