@@ -18,6 +18,7 @@ What we change in rq, and why:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -97,6 +98,9 @@ class DaemonWorker(Worker):
 
     def work(self, **kwargs: Any) -> bool:  # type: ignore[override]
         configure(self.settings)
+        # Everything imported so far lives as long as the worker: move it out of the collector's
+        # reach, so a forked job's garbage collections don't touch (and copy) the parent's pages.
+        gc.freeze()
         self.drainer.start()
         try:
             return super().work(with_scheduler=True, **kwargs)
