@@ -15,13 +15,11 @@ from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from .outcomes import Identity, base_row, notify, write_row
+from .outcomes import CANCELED, Identity, base_row, error_fields, notify_ended, write_row
 from .runtime import Runtime
 from .spec_io import parse_job
 
 log = logging.getLogger(__name__)
-
-_CANCELED = {"status": "canceled", "error_code": "canceled", "error_message": "canceled on request"}
 
 
 def cancel_job(runtime: Runtime, job_id: str, *, wait_s: float) -> str:
@@ -62,12 +60,12 @@ def _report_canceled(runtime: Runtime, job: Job) -> None:
     identity = Identity.of(spec)
     attempt = runtime.ledger.get(spec.job_id).attempt
     runtime.ledger.set_status(spec.job_id, "canceled")
-    write_row(runtime, {**base_row(identity, attempt, runtime.settings.worker_name), **_CANCELED})
-    notify(
+    write_row(
         runtime,
-        identity,
-        attempt,
-        "job.canceled",
-        100,
-        {"status": "canceled", "error": {"code": "canceled", "message": "canceled on request"}},
+        {
+            **base_row(identity, attempt, runtime.settings.worker_name),
+            "status": "canceled",
+            **error_fields(CANCELED),
+        },
     )
+    notify_ended(runtime, identity, attempt, "canceled", error=CANCELED)

@@ -89,6 +89,31 @@ def outputs_data(outputs: Mapping[str, StoredObject]) -> dict[str, Any]:
     }
 
 
+CANCELED = JobError("canceled on request", code="canceled")
+
+
+def preemption(cause: str) -> JobError:
+    return JobError(cause, code="preempted", retryable=True)
+
+
+def notify_ended(
+    runtime: Runtime,
+    identity: Identity,
+    attempt: int,
+    status: str,
+    *,
+    error: JobError | None = None,
+    outputs: Mapping[str, Any] | None = None,
+) -> None:
+    """The callback that ends an attempt: `job.<status>`, with the error or the outputs."""
+    data: dict[str, Any] = {"status": status}
+    if error is not None:
+        data["error"] = {"code": error.code, "message": error.message}
+    if outputs is not None:
+        data["outputs"] = dict(outputs)
+    notify(runtime, identity, attempt, f"job.{status}", 100, data)
+
+
 def write_row(runtime: Runtime, row: Mapping[str, Any]) -> None:
     """Write a row now; if the store is down, leave it to the outbox (used outside a running job)."""
     row = {**row, "heartbeat_at": utcnow_iso()}

@@ -17,7 +17,7 @@ from rq.job import Job
 
 from .errors import WorkerLost
 from .logs import log_context
-from .outcomes import Identity, base_row, error_fields, notify, write_row
+from .outcomes import Identity, base_row, error_fields, notify_ended, preemption, write_row
 from .runner import retry_delay
 from .runtime import Runtime
 from .spec_io import parse_job
@@ -51,17 +51,9 @@ def after_lost_attempt(runtime: Runtime, job: Job, *, cause: str, preempted: boo
         if preempted:
             log.warning("attempt stopped with the worker (%s); requeued at the front", cause)
             _set_rq_retry(job, delay=0, at_front=True)
-            write_row(
-                runtime, {**row, "status": "requeued", "error_code": "preempted", "error_message": cause}
-            )
-            notify(
-                runtime,
-                identity,
-                entry.attempt,
-                "job.requeued",
-                100,
-                {"status": "requeued", "error": {"code": "preempted", "message": cause}},
-            )
+            stopped = preemption(cause)
+            write_row(runtime, {**row, "status": "requeued", **error_fields(stopped)})
+            notify_ended(runtime, identity, entry.attempt, "requeued", error=stopped)
             return "requeued"
         error = WorkerLost(cause)
         failures = runtime.ledger.record_failure(spec.job_id)
@@ -70,27 +62,13 @@ def after_lost_attempt(runtime: Runtime, job: Job, *, cause: str, preempted: boo
             log.error("attempt lost (%s); retry %d in %ds", cause, failures, delay)
             _set_rq_retry(job, delay=delay, at_front=False)
             write_row(runtime, {**row, "status": "requeued", **error_fields(error)})
-            notify(
-                runtime,
-                identity,
-                entry.attempt,
-                "job.requeued",
-                100,
-                {"status": "requeued", "error": {"code": error.code, "message": cause}},
-            )
+            notify_ended(runtime, identity, entry.attempt, "requeued", error=error)
             return "requeued"
         log.error("attempt lost (%s); no attempts left, job failed", cause)
         job.retries_left = None
         runtime.ledger.set_status(spec.job_id, "failed")
         write_row(runtime, {**row, "status": "failed", **error_fields(error)})
-        notify(
-            runtime,
-            identity,
-            entry.attempt,
-            "job.failed",
-            100,
-            {"status": "failed", "error": {"code": error.code, "message": cause}},
-        )
+        notify_ended(runtime, identity, entry.attempt, "failed", error=error)
         return "failed"
 
 

@@ -23,7 +23,17 @@ from .errors import JobCanceled, JobError, JobInterrupted, JobPreempted, SpecErr
 from .handlers import registry
 from .interrupts import CancelWatcher, Interrupts
 from .logs import bind_context
-from .outcomes import Identity, base_row, error_fields, notify, outputs_data, write_row
+from .outcomes import (
+    CANCELED,
+    Identity,
+    base_row,
+    error_fields,
+    notify,
+    notify_ended,
+    outputs_data,
+    preemption,
+    write_row,
+)
 from .progress import ProgressReporter
 from .runtime import Runtime
 from .spec_io import parse_job
@@ -168,14 +178,7 @@ class JobRunner:
                 error_message=None,
             )
             self.runtime.ledger.set_status(identity.job_id, "completed")
-            notify(
-                self.runtime,
-                identity,
-                attempt,
-                "job.completed",
-                100,
-                {"status": "completed", "outputs": data},
-            )
+            notify_ended(self.runtime, identity, attempt, "completed", outputs=data)
             log.info("attempt completed: %d output(s)", len(data))
             return {"status": "completed", "job_id": identity.job_id, "attempt": attempt, "outputs": data}
 
@@ -194,14 +197,7 @@ class JobRunner:
                     delay,
                 )
                 reporter.close(status="requeued", **error_fields(error))
-                notify(
-                    self.runtime,
-                    identity,
-                    attempt,
-                    "job.requeued",
-                    100,
-                    {"status": "requeued", "error": {"code": error.code, "message": error.message}},
-                )
+                notify_ended(self.runtime, identity, attempt, "requeued", error=error)
                 return self._retry(delay=delay, at_front=False)
             self.report_failed(identity, attempt, error, reporter=reporter)
             self._no_rq_retry()
@@ -215,34 +211,17 @@ class JobRunner:
         assert isinstance(interrupt, JobPreempted)
         with self.interrupts.shielded():
             log.warning("attempt preempted; requeued at the front of its queue")
-            reporter.close(
-                status="requeued",
-                error_code="preempted",
-                error_message="the worker stopped; the job was requeued",
-            )
+            stopped = preemption("the worker stopped; the job was requeued")
+            reporter.close(status="requeued", **error_fields(stopped))
             self.runtime.ledger.set_status(identity.job_id, "requeued")
-            notify(
-                self.runtime,
-                identity,
-                attempt,
-                "job.requeued",
-                100,
-                {"status": "requeued", "error": {"code": "preempted", "message": "worker stopping"}},
-            )
+            notify_ended(self.runtime, identity, attempt, "requeued", error=stopped)
             return self._retry(delay=0, at_front=True)
 
     def handle_cancel(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> Any:
         with self.interrupts.shielded():
-            reporter.close(status="canceled", error_code="canceled", error_message="canceled on request")
+            reporter.close(status="canceled", **error_fields(CANCELED))
             self.runtime.ledger.set_status(identity.job_id, "canceled")
-            notify(
-                self.runtime,
-                identity,
-                attempt,
-                "job.canceled",
-                100,
-                {"status": "canceled", "error": {"code": "canceled", "message": "canceled on request"}},
-            )
+            notify_ended(self.runtime, identity, attempt, "canceled", error=CANCELED)
             log.warning("attempt canceled")
             return {"status": "canceled", "job_id": identity.job_id, "attempt": attempt}
 
@@ -256,14 +235,7 @@ class JobRunner:
         else:
             write_row(self.runtime, {**base_row(identity, attempt, self.settings.worker_name), **fields})
         self.runtime.ledger.set_status(identity.job_id, "failed")
-        notify(
-            self.runtime,
-            identity,
-            attempt,
-            "job.failed",
-            100,
-            {"status": "failed", "error": {"code": error.code, "message": error.message}},
-        )
+        notify_ended(self.runtime, identity, attempt, "failed", error=error)
 
     # -- rq plumbing -----------------------------------------------------------------------------
 

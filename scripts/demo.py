@@ -103,6 +103,7 @@ def main() -> int:
         print(f"demo: started a private Redis at {env['REDIS_URL']}")
     env.setdefault("URL_ALLOW_NETWORKS", "127.0.0.1/32")
     env.setdefault("STORAGE_BACKEND", "local")
+    env.setdefault("PROGRESS_MIN_INTERVAL_S", "0.05")  # a short job: show every step of progress
     env["PYTHONUNBUFFERED"] = "1"
     files = VAR / "demo" / "files"
     shutil.rmtree(files, ignore_errors=True)
