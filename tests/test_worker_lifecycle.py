@@ -224,3 +224,28 @@ def test_a_retryable_failure_is_retried_with_backoff_until_attempts_run_out(
     row = wait_status(tmp_path, "gives-up", "failed", worker=worker)
     assert (row["attempt"], row["error_code"]) == (3, "download_http_error")
     webhook_receiver.wait_for(lambda e: e.type == "job.failed" and e.json["data"]["job_id"] == "gives-up")
+
+
+def test_cancel_kills_a_job_stuck_in_native_code_and_still_reports_canceled(
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+):
+    # Given a running job that cannot act on signals (stopped, as if stuck inside a C call)
+    enqueue(daemon_env, slow_spec(file_server, "stuck", 30, callback_url=webhook_receiver.url))
+    worker = start_worker(daemon_env)
+    pid = wait_until(lambda: horse_pid(worker), timeout=30)
+    wait_status(tmp_path, "stuck", "running", worker=worker)
+    import os
+    import signal
+
+    os.kill(pid, signal.SIGSTOP)
+    # When the operator cancels it with a short grace
+    done = daemon_cli(daemon_env, "cancel", "stuck", "--wait", "2")
+    # Then its work-horse is killed through rq's stop-job command, and the cancel is reported anyway
+    assert json.loads(done.stdout)["result"] == "killed", done.stderr
+    wait_until(lambda: horse_pid(worker) is None, timeout=20, message=lambda: worker.logs()[-3000:])
+    assert wait_status(tmp_path, "stuck", "canceled")["error_code"] == "canceled"
+    webhook_receiver.wait_for(lambda e: e.type == "job.canceled", timeout=30)
+    # And it is not retried; the worker takes the next job
+    enqueue(daemon_env, slow_spec(file_server, "after-stuck", 0.1))
+    wait_status(tmp_path, "after-stuck", "completed", worker=worker)
+    assert Redis.from_url(daemon_env["REDIS_URL"]).hget("rq:job:stuck", "status") == b"stopped"
