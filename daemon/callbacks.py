@@ -220,9 +220,11 @@ class CallbackSender:
     Redirects are not followed: a receiver must give its final URL, and following one would let a
     receiver bounce a signed request past the SSRF guard to an address of its choosing.
 
-    `check_url` runs before each attempt, but httpx resolves the host again when it connects, so a
-    DNS answer that changes in between (rebinding) is not caught here; pinning the address needs a custom
-    transport. `timeout_s` bounds each phase (connect, write, each read), not the attempt as a whole.
+    `pin` (the daemon passes `fetch.pinned_request`) builds each request against the address the SSRF
+    guard approved, so a DNS answer that changes between check and connect (rebinding) cannot redirect
+    a signed request; a refusal from it is final unless the error says it is retryable (a DNS hiccup).
+    Without `pin`, `check_url` runs before each attempt and httpx resolves the host again.
+    `timeout_s` bounds each phase (connect, write, each read), not the attempt as a whole.
     """
 
     def __init__(
@@ -231,11 +233,13 @@ class CallbackSender:
         *,
         timeout_s: float = 10.0,
         check_url: Callable[[str], None] | None = None,
+        pin: Callable[..., httpx.Request] | None = None,
         user_agent: str = "capture-daemon/1",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._signer = signer
         self._check_url = check_url
+        self._pin = pin
         self._clock = clock
         self._timeout_s = timeout_s
         # trust_env=False: no proxy variables, and no ~/.netrc credentials sent to customer URLs.
@@ -262,14 +266,19 @@ class CallbackSender:
         def outcome(ok: bool, status: int | None, retryable: bool, error: str | None) -> DeliveryOutcome:
             return DeliveryOutcome(ok, status, retryable, error, time.monotonic() - started)
 
-        refusal = self._refusal(event.url)
-        if refusal is not None:
-            return outcome(False, None, False, refusal)
         headers = self._signer.headers(event, now=self._clock())
         try:
-            # stream(): we need only the status, so a receiver's (possibly huge) body is never read.
-            with self._client.stream("POST", event.url, content=event.body, headers=headers) as response:
+            request = self._build_request(event, headers)
+        except Exception as exc:  # the SSRF guard refused (fail closed)
+            retryable = bool(getattr(exc, "retryable", False))
+            return outcome(False, None, retryable, _redact(f"callback URL refused: {exc}", event.url))
+        try:
+            # stream: we need only the status, so a receiver's (possibly huge) body is never read.
+            response = self._client.send(request, stream=True)
+            try:
                 status = response.status_code
+            finally:
+                response.close()
         except httpx.TimeoutException as exc:
             return outcome(False, None, True, f"timed out after {self._timeout_s:g}s ({type(exc).__name__})")
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
@@ -279,15 +288,12 @@ class CallbackSender:
         ok, retryable, error = classify_status(status)
         return outcome(ok, status, retryable, error)
 
-    def _refusal(self, url: str) -> str | None:
-        """Ask the SSRF guard; any exception from it refuses the URL (fail closed)."""
-        if self._check_url is None:
-            return None
-        try:
-            self._check_url(url)
-        except Exception as exc:
-            return _redact(f"callback URL refused: {exc}", url)
-        return None
+    def _build_request(self, event: CallbackEvent, headers: dict[str, str]) -> httpx.Request:
+        if self._pin is not None:
+            return self._pin(self._client, "POST", event.url, content=event.body, headers=headers)
+        if self._check_url is not None:
+            self._check_url(event.url)
+        return self._client.build_request("POST", event.url, content=event.body, headers=headers)
 
 
 def classify_status(status: int) -> tuple[bool, bool, str | None]:

@@ -22,7 +22,7 @@ from redis.retry import Retry as RedisRetry
 from .callbacks import CallbackSender, CallbackSigner
 from .config import Settings, url_password
 from .errors import SpecError
-from .fetch import FetchPolicy, check_url, fetch_to_file
+from .fetch import FetchPolicy, check_url, fetch_to_file, pinned_request
 from .ledger import Ledger
 from .outbox import Outbox
 from .rows import LocalRows, RowStore, SupabaseRows
@@ -124,8 +124,11 @@ class Runtime:
         s = self.settings
         if not s.callback_secret:
             return None
+        policy = self.fetch_policy
         return CallbackSender(
-            CallbackSigner(s.callback_secret), timeout_s=s.callback_timeout_s, check_url=self.check_url
+            CallbackSigner(s.callback_secret),
+            timeout_s=s.callback_timeout_s,
+            pin=lambda client, method, url, **kw: pinned_request(client, method, url, policy, **kw),
         )
 
     def input_source(self) -> InputSource:

@@ -426,3 +426,38 @@ def test_signer_accepts_unpadded_secrets_and_hides_them_in_repr():
     assert raw.rstrip("=") not in repr(signer) and raw.rstrip("=") not in str(signer)
     event = make_event("https://example.com/h")
     Webhook("whsec_" + raw).verify(event.body, signer.headers(event))
+
+
+def _pinning(policy):
+    from daemon.fetch import pinned_request
+
+    return lambda client, method, url, **kw: pinned_request(client, method, url, policy, **kw)
+
+
+def test_pinned_delivery_reaches_an_allowed_receiver_with_its_host_header(webhook_receiver):
+    # Given the daemon's SSRF pinning, with the receiver's loopback network allowed
+    import ipaddress
+
+    from daemon.fetch import FetchPolicy
+
+    policy = FetchPolicy(allow_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+    host_url = webhook_receiver.url.replace("127.0.0.1", "localhost") + "/pinned"
+    with CallbackSender(CallbackSigner(webhook_receiver.secret), pin=_pinning(policy)) as sender:
+        # When an event for a host name is delivered
+        outcome = sender.deliver(make_event(host_url))
+    # Then it arrives, verified, and the receiver saw the real host name, not the pinned address
+    assert outcome.ok, outcome.error
+    received = webhook_receiver.events[-1]
+    assert received.path == "/pinned" and received.headers["host"].startswith("localhost:")
+
+
+def test_pinned_delivery_refuses_a_private_address_without_sending(webhook_receiver):
+    # Given the default policy (no network exempt) and a receiver on loopback
+    from daemon.fetch import FetchPolicy
+
+    with CallbackSender(CallbackSigner(webhook_receiver.secret), pin=_pinning(FetchPolicy())) as sender:
+        outcome = sender.deliver(make_event(webhook_receiver.url + "/x?token=sekrit"))
+    # Then the refusal is final, says why, hides the query, and nothing reached the receiver
+    assert not outcome.ok and not outcome.retryable
+    assert "url_address_forbidden" in (outcome.error or "") and "sekrit" not in (outcome.error or "")
+    assert webhook_receiver.attempts == []
