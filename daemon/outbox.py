@@ -162,19 +162,22 @@ class Outbox:
 
     @staticmethod
     def _deliver(sinks: Mapping[str, Sink], item: OutboxItem) -> Delivery:
-        sink = sinks.get(item.kind)
-        if sink is None:
-            return Delivery(ok=False, retryable=False, error=f"no sink for {item.kind!r} items")
         try:
-            return sink(item)
+            return sinks[item.kind](item)
         except Exception as exc:  # one bad item must not stall the batch behind it
             log.exception("outbox: delivering %s raised", item.item_id)
             return Delivery(ok=False, retryable=True, error=f"{type(exc).__name__}: {exc}")
 
-    def drain_once(self, sinks: Mapping[str, Sink], *, delay: Callable[[int], float]) -> int:
-        """Deliver every due item once; returns how many landed."""
+    def drain_once(
+        self, sinks: Mapping[str, Sink], *, delay: Callable[[int], float], now: float | None = None
+    ) -> int:
+        """Deliver every due item once; returns how many landed. An item of a kind this drainer has no
+        sink for stays leased and untouched, for a worker that has one (a worker without
+        CALLBACK_SECRET must not drop the fleet's callbacks)."""
         landed = 0
-        for item in self.claim_due():
+        for item in self.claim_due(now=now):
+            if item.kind not in sinks:
+                continue
             outcome = self._deliver(sinks, item)
             age = time.time() - item.created
             if outcome.ok:

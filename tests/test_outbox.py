@@ -263,15 +263,19 @@ def test_drain_gives_up_on_an_item_older_than_max_age(redis):
     assert outbox.pending() == 0
 
 
-def test_drain_drops_an_item_without_a_sink(outbox):
-    # Given a callback but only a row sink
+def test_drain_leaves_an_item_without_a_sink_for_a_worker_that_has_one(outbox):
+    # Given a callback, drained by a worker that cannot send callbacks (no CALLBACK_SECRET)
     outbox.put_callback(callback_data(), webhook_id="msg_1")
 
-    # When the outbox is drained
+    # When the outbox is drained with a row sink only
     landed = outbox.drain_once({"row": Recorder(Delivery(ok=True))}, delay=never)
 
-    # Then the callback is given up, not retried forever
-    assert landed == 0 and outbox.pending() == 0
+    # Then the callback is neither sent nor dropped: it waits, untouched, for a worker with a sender
+    assert landed == 0 and outbox.pending() == 1
+    (item,) = outbox.claim_due(now=time.time() + LEASE_S + 1)
+    assert item.item_id == "callback:msg_1" and item.tries == 0
+    sink = Recorder(Delivery(ok=True))
+    assert outbox.drain_once({"callback": sink}, now=time.time() + 2 * LEASE_S + 2, delay=never) == 1
 
 
 def test_drain_mixed_batch(outbox):
