@@ -1,0 +1,1 @@
+"""Tests of the splat job kind."""
