@@ -11,6 +11,7 @@ for every format.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -67,7 +68,9 @@ def write_ply(path: Path, params: dict[str, torch.Tensor]) -> int:
     return n
 
 
-def write_compressed(path: Path, params: dict[str, torch.Tensor], fmt: str) -> None:
+def write_compressed(
+    path: Path, params: dict[str, torch.Tensor], fmt: Literal["ply_compressed", "splat"]
+) -> None:
     """gsplat's `ply_compressed` (SuperSplat) or `.splat` (antimatter15), from filtered rows."""
     from gsplat import export_splats
 
@@ -79,7 +82,7 @@ def write_compressed(path: Path, params: dict[str, torch.Tensor], fmt: str) -> N
         opacities=p["opacities"].reshape(-1),
         sh0=p["sh0"],
         shN=p["shN"],
-        format=fmt,  # type: ignore[arg-type]
+        format=fmt,
         save_to=str(path),
     )
 
