@@ -1,0 +1,205 @@
+"""The SfM stage on synthetic scenes with known cameras (tests/scenes.py): accuracy, matchers, the
+error codes and stopping. Small images and 2 threads keep the whole file around half a minute."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pycolmap = pytest.importorskip("pycolmap")
+
+from daemon.errors import JobCanceled, JobError  # noqa: E402
+from daemon.handlers.splat.sfm import SfmOptions, SfmResult, run_sfm  # noqa: E402
+from daemon.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, Interrupts  # noqa: E402
+from tests import scenes  # noqa: E402
+
+FAST = SfmOptions(max_image_size=640, max_num_features=2048, num_threads=2, time_limit_s=300)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_colmap():
+    level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 2  # COLMAP logs every image at INFO
+    yield
+    pycolmap.logging.minloglevel = level
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory) -> scenes.Scene:
+    """16 views of the textured room from a full circle around the box."""
+    return scenes.render_textured_scene(tmp_path_factory.mktemp("ring"), count=16, seed=0)
+
+
+def helpers_still_running() -> list[str]:
+    """Names of run_sfm's helper threads that do not end within a second (they have signalled
+    completion when run_sfm returns; only the thread's own exit may still be in flight)."""
+    helpers = [t for t in threading.enumerate() if t.name.startswith("sfm-")]
+    for thread in helpers:
+        thread.join(1)
+    return [t.name for t in helpers if t.is_alive()]
+
+
+def rotation_errors(scene: scenes.Scene, result: SfmResult) -> np.ndarray:
+    model = pycolmap.Reconstruction(result.model_dir)
+    known, found = [], []
+    for index, view in enumerate(scene.views):
+        image = model.find_image_with_name(f"{index:05d}_{view.path.name}")
+        if image is not None and image.has_pose:
+            pose = image.cam_from_world()
+            known.append((view.R, view.t))
+            found.append((pose.rotation.matrix(), pose.translation))
+    return scenes.rotation_errors_deg(known, found)
+
+
+def test_ring_registers_every_view_with_accurate_rotations(ring, tmp_path):
+    # Given 16 photos of a textured scene from known cameras on a circle
+    progress: list[float] = []
+    # When SfM runs with one shared camera
+    result = run_sfm(ring.paths, tmp_path, replace(FAST, single_camera=True), progress=progress.append)
+    # Then every image is registered, and after a similarity alignment the cameras' rotations match
+    errors = rotation_errors(ring, result)
+    print(
+        f"ring: registered {result.registered}/{result.total}, median rotation error {np.median(errors):.3f}°"
+    )
+    assert result.registered == result.total == 16
+    assert np.median(errors) < 1.0
+    assert result.points > 200 and result.mean_reprojection_error < 1.0
+    # And the model handed to training is undistorted pinhole, with its images beside it
+    model = pycolmap.Reconstruction(result.model_dir)
+    assert {camera.model_name for camera in model.cameras.values()} == {"PINHOLE"}
+    assert len(list(result.images_dir.iterdir())) == 16
+    assert set(result.timings) == {"extract", "match", "map", "undistort"}
+    # And progress only moves forward, to the end
+    assert progress == sorted(progress) and progress[-1] == 1.0
+
+
+def test_sequential_matcher_on_ordered_frames_reruns_over_leftovers(tmp_path):
+    # Given ordered frames along a 150° arc, and a first attempt that hit its time limit midway
+    scene = scenes.render_textured_scene(tmp_path / "frames", count=14, seed=3, arc_deg=150)
+    started = time.monotonic()
+    with pytest.raises(JobError) as timed_out:
+        run_sfm(scene.paths, tmp_path / "work", replace(FAST, time_limit_s=0.3))
+    assert timed_out.value.code == "sfm_timeout" and not timed_out.value.retryable
+    assert time.monotonic() - started < 5
+    # When SfM runs again in the same workdir with the sequential matcher and a short overlap
+    options = replace(FAST, matcher="sequential", sequential_overlap=3, single_camera=True)
+    result = run_sfm(scene.paths, tmp_path / "work", options)
+    # Then it matched far fewer pairs than exhaustive would, and still registered every frame
+    with pycolmap.Database.open(tmp_path / "work" / "database.db") as db:
+        pairs = db.num_matched_image_pairs()
+    assert pairs < 14 * 13 // 2 * 0.6
+    errors = rotation_errors(scene, result)
+    print(f"sequential: {pairs} pairs, registered {result.registered}/14, median {np.median(errors):.3f}°")
+    assert result.registered == 14
+    assert np.median(errors) < 1.0
+
+
+def test_pycolmap_synthetic_dataset_runs_through(tmp_path):
+    # Given pycolmap's own synthetic images with the poses it drew
+    scene = scenes.synthesize_colmap_scene(tmp_path / "synthetic", count=10)
+    # When SfM runs on them
+    result = run_sfm(scene.paths, tmp_path / "work", replace(FAST, single_camera=True))
+    # Then all views are registered at the right rotations
+    errors = rotation_errors(scene, result)
+    print(f"synthetic: registered {result.registered}/10, median rotation error {np.median(errors):.3f}°")
+    assert result.registered == 10
+    assert np.median(errors) < 1.0
+
+
+def test_flat_grey_photos_have_no_features(tmp_path):
+    # Given photos with nothing in them
+    paths = scenes.write_flat_images(tmp_path / "flat", 5, (320, 240))
+    # When SfM runs, then it fails as a featureless set, not as a crash
+    with pytest.raises(JobError) as failed:
+        run_sfm(paths, tmp_path / "work", FAST)
+    assert failed.value.code == "sfm_no_features" and not failed.value.retryable
+    assert "0 of 5 images" in failed.value.message
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_too_few_or_unrelated_photos_build_no_model(tmp_path, count):
+    # Given one photo, or two photos with features that show nothing in common
+    paths = scenes.write_noise_images(tmp_path / "noise", count, (320, 240), seed=count)
+    # When SfM runs, then no model can be built
+    with pytest.raises(JobError) as failed:
+        run_sfm(paths, tmp_path / "work", FAST)
+    assert failed.value.code == "sfm_failed" and not failed.value.retryable
+
+
+def test_too_few_registered_fails_with_counts_in_the_message(ring, tmp_path):
+    # Given 8 views of the scene mixed with 10 unrelated images
+    paths = ring.paths[:8] + scenes.write_noise_images(tmp_path / "noise", 10, (320, 240), seed=7)
+    # When SfM must register at least half of them
+    with pytest.raises(JobError) as failed:
+        run_sfm(paths, tmp_path / "work", replace(FAST, min_registered_ratio=0.5))
+    # Then it fails, saying how many were registered out of how many
+    assert failed.value.code == "sfm_too_few_registered" and not failed.value.retryable
+    assert re.fullmatch(r"registered [5-8] of 18 images \(need ≥ 50%\)", failed.value.message)
+
+
+def test_should_stop_is_polled_during_long_steps_and_its_interrupt_propagates(ring, tmp_path):
+    # Given a caller whose should_stop raises its own interrupt once matching is under way
+    raised_at: list[float] = []
+
+    def should_stop() -> bool:
+        if any(thread.name == "sfm-match" for thread in threading.enumerate()):
+            raised_at.append(time.monotonic())
+            raise JobCanceled("canceled")
+        return False
+
+    # When SfM runs, then that very interrupt comes out, promptly, and pycolmap has stopped
+    with pytest.raises(JobCanceled):
+        run_sfm(ring.paths, tmp_path / "work", FAST, should_stop=should_stop)
+    assert raised_at and time.monotonic() - raised_at[0] < 5
+    assert not helpers_still_running()
+
+
+def test_daemon_cancel_signal_stops_sfm_mid_call(ring, tmp_path):
+    # Given the work-horse's interrupt handlers, and a cancel signal sent once matching is under way
+    interrupts = Interrupts()
+    saved = {signum: signal.getsignal(signum) for signum in (CANCEL_SIGNAL, PREEMPT_SIGNAL)}
+    interrupts.install()
+    sent_at: list[float] = []
+
+    def send_cancel_when_matching() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not sent_at:
+            if any(thread.name == "sfm-match" for thread in threading.enumerate()):
+                sent_at.append(time.monotonic())
+                os.kill(os.getpid(), CANCEL_SIGNAL)
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=send_cancel_when_matching)
+    sender.start()
+    try:
+        # When SfM runs, then the handler's JobCanceled comes out of run_sfm within a moment
+        with pytest.raises(JobCanceled):
+            run_sfm(ring.paths, tmp_path / "work", FAST)
+    finally:
+        sender.join()
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert sent_at and time.monotonic() - sent_at[0] < 5
+    assert not helpers_still_running()
+
+
+def test_should_stop_returning_true_stops_with_its_own_code(ring, tmp_path):
+    # Given a plain predicate that turns true while features are being extracted
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(threading.current_thread().name)
+        return any(thread.name == "sfm-extract" for thread in threading.enumerate())
+
+    # When SfM runs, then it stops with sfm_stopped, having polled only from the calling thread
+    with pytest.raises(JobError) as stopped:
+        run_sfm(ring.paths, tmp_path / "work", FAST, should_stop=should_stop)
+    assert stopped.value.code == "sfm_stopped"
+    assert set(calls) == {threading.current_thread().name}
