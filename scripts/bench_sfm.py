@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pycolmap  # noqa: E402
 
 from daemon.errors import JobError  # noqa: E402
-from daemon.handlers.splat.sfm import STEP_SPANS, SfmOptions, SfmResult, run_sfm  # noqa: E402
+from daemon.handlers.splat.sfm import STEP_SPANS, SfmOptions, run_sfm  # noqa: E402
 from tests import scenes  # noqa: E402
 
 BASELINE = (1024, 4096, "exhaustive")
@@ -61,18 +61,6 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def rotation_errors(scene: scenes.Scene, result: SfmResult) -> np.ndarray:
-    model = pycolmap.Reconstruction(result.model_dir)
-    known, found = [], []
-    for index, view in enumerate(scene.views):
-        image = model.find_image_with_name(f"{index:05d}_{view.path.name}")
-        if image is not None and image.has_pose:
-            pose = image.cam_from_world()
-            known.append((view.R, view.t))
-            found.append((pose.rotation.matrix(), pose.translation))
-    return scenes.rotation_errors_deg(known, found)
-
-
 def run_one(scene: scenes.Scene, workdir: Path, options: SfmOptions) -> dict[str, object]:
     """One `run_sfm`; CPU seconds per sub-step come from process CPU time sampled at each progress
     report (every 0.2 s), split at the sub-steps' progress boundaries. Under load from other
@@ -90,7 +78,7 @@ def run_one(scene: scenes.Scene, workdir: Path, options: SfmOptions) -> dict[str
     row["cpu"] = samples[-1][1] - samples[0][1]
     with pycolmap.Database.open(workdir / "database.db") as db:
         row["pairs"] = db.num_matched_image_pairs()
-    errors = rotation_errors(scene, result)
+    errors = scenes.model_rotation_errors(scene, result)
     row.update(
         registered=f"{result.registered}/{result.total}",
         points=result.points,

@@ -17,7 +17,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -456,3 +456,19 @@ def rotation_errors_deg(
         cos = (np.trace(R_fk @ R_k.T) - 1) / 2
         errors.append(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
     return np.array(errors)
+
+
+def model_rotation_errors(scene: Scene, result: Any) -> np.ndarray:
+    """Rotation error (degrees) of every registered view of an SfM result against the scene's known
+    cameras, after alignment (`run_sfm` names images `<index:05d>_<input name>`)."""
+    import pycolmap
+
+    model = pycolmap.Reconstruction(result.model_dir)
+    known, found = [], []
+    for index, view in enumerate(scene.views):
+        image = model.find_image_with_name(f"{index:05d}_{view.path.name}")
+        if image is not None and image.has_pose:
+            pose = image.cam_from_world()
+            known.append((view.R, view.t))
+            found.append((pose.rotation.matrix(), pose.translation))
+    return rotation_errors_deg(known, found)

@@ -16,7 +16,7 @@ import pytest
 pycolmap = pytest.importorskip("pycolmap")
 
 from daemon.errors import JobCanceled, JobError  # noqa: E402
-from daemon.handlers.splat.sfm import SfmOptions, SfmResult, run_sfm  # noqa: E402
+from daemon.handlers.splat.sfm import SfmOptions, run_sfm  # noqa: E402
 from daemon.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, Interrupts  # noqa: E402
 from tests import scenes  # noqa: E402
 
@@ -46,25 +46,13 @@ def helpers_still_running() -> list[str]:
     return [t.name for t in helpers if t.is_alive()]
 
 
-def rotation_errors(scene: scenes.Scene, result: SfmResult) -> np.ndarray:
-    model = pycolmap.Reconstruction(result.model_dir)
-    known, found = [], []
-    for index, view in enumerate(scene.views):
-        image = model.find_image_with_name(f"{index:05d}_{view.path.name}")
-        if image is not None and image.has_pose:
-            pose = image.cam_from_world()
-            known.append((view.R, view.t))
-            found.append((pose.rotation.matrix(), pose.translation))
-    return scenes.rotation_errors_deg(known, found)
-
-
 def test_ring_registers_every_view_with_accurate_rotations(ring, tmp_path):
     # Given 16 photos of a textured scene from known cameras on a circle
     progress: list[float] = []
     # When SfM runs with one shared camera
     result = run_sfm(ring.paths, tmp_path, replace(FAST, single_camera=True), progress=progress.append)
     # Then every image is registered, and after a similarity alignment the cameras' rotations match
-    errors = rotation_errors(ring, result)
+    errors = scenes.model_rotation_errors(ring, result)
     print(
         f"ring: registered {result.registered}/{result.total}, median rotation error {np.median(errors):.3f}°"
     )
@@ -95,7 +83,7 @@ def test_sequential_matcher_on_ordered_frames_reruns_over_leftovers(tmp_path):
     with pycolmap.Database.open(tmp_path / "work" / "database.db") as db:
         pairs = db.num_matched_image_pairs()
     assert pairs < 14 * 13 // 2 * 0.6
-    errors = rotation_errors(scene, result)
+    errors = scenes.model_rotation_errors(scene, result)
     print(f"sequential: {pairs} pairs, registered {result.registered}/14, median {np.median(errors):.3f}°")
     assert result.registered == 14
     assert np.median(errors) < 1.0
@@ -107,7 +95,7 @@ def test_pycolmap_synthetic_dataset_runs_through(tmp_path):
     # When SfM runs on them
     result = run_sfm(scene.paths, tmp_path / "work", replace(FAST, single_camera=True))
     # Then all views are registered at the right rotations
-    errors = rotation_errors(scene, result)
+    errors = scenes.model_rotation_errors(scene, result)
     print(f"synthetic: registered {result.registered}/10, median rotation error {np.median(errors):.3f}°")
     assert result.registered == 10
     assert np.median(errors) < 1.0
