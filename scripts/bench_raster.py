@@ -27,7 +27,6 @@ and the load average.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -50,23 +49,10 @@ CASES = ((64, 48, 2_000, True), (128, 128, 10_000, True), (256, 192, 50_000, Fal
 
 
 def make_scene(n: int, width: int, height: int, seed: int = 0) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(seed)
+    """One camera's worth of the tests' random scene (same generator, so bench and tests agree)."""
+    from tests.splat.test_raster import make_scene as test_scene
 
-    def u(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=g)
-
-    f = 0.9 * width
-    z = 2.0 + 4.0 * u(n)
-    x, y = (u(n) - 0.5) * 1.2 * z * width / f, (u(n) - 0.5) * 1.2 * z * height / f
-    return {
-        "means": torch.stack([x, y, z], -1),
-        "quats": torch.randn(n, 4, generator=g),
-        "scales": torch.exp(math.log(0.02) + u(n, 3) * math.log(8.0)) * 64 / width,
-        "opacities": torch.sigmoid(torch.randn(n, generator=g) * 1.5),
-        "colors": u(n, 3),
-        "viewmats": torch.eye(4)[None],
-        "Ks": torch.tensor([[[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]]]),
-    }
+    return test_scene(n, width, height, cameras=1, seed=seed)
 
 
 def run_once(
