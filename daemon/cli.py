@@ -90,6 +90,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_local(args: argparse.Namespace) -> int:
+    settings = _settings_and_logs()
+    from .local import run_local
+    from .spec_io import parse_job
+
+    spec = parse_job(_read_spec(args.spec))
+    ended = run_local(
+        settings,
+        spec,
+        workdir=Path(args.workdir).absolute() if args.workdir else None,
+        out_dir=Path(args.out).absolute() if args.out else None,
+        until=args.until,
+    )
+    print(json.dumps(ended, indent=2, sort_keys=True))
+    return 0 if ended["status"] in ("completed", "stopped") else 1
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from .handlers import params_models
     from .schema_file import render_schema
@@ -141,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job's ledger entry and progress row")
     status.add_argument("job_id")
     status.set_defaults(func=cmd_status)
+
+    local = sub.add_parser(
+        "run-local", help="run one job in this process: no queue, Redis, Supabase or callbacks"
+    )
+    local.add_argument("spec", help="a spec file, '-' for stdin, or the JSON itself")
+    local.add_argument(
+        "--workdir", help="keep the work folder here; a rerun over it skips the stages that finished"
+    )
+    local.add_argument("--out", help="store outputs in this directory instead of where the spec says")
+    local.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. sfm)")
+    local.set_defaults(func=cmd_run_local)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the job spec")
     schema.set_defaults(func=cmd_schema)

@@ -23,6 +23,10 @@ MILESTONES = (25, 50, 75)
 """Progress percentages that also send a `job.progress` callback (rows carry every percent)."""
 
 
+class StopAfterStage(Exception):  # noqa: N818 - a requested stop, not a failure
+    """Raised when the stage named by `JobContext.stop_after` has finished."""
+
+
 class InputSource(Protocol):
     def fetch(self, item: Any, dest: Path, accept: Callable[[str, bytes], bool] | None) -> Path: ...
 
@@ -39,6 +43,13 @@ class JobContext:
     interrupts: Interrupts
     on_milestone: Callable[[int], None]
     outputs: dict[str, StoredObject] = field(default_factory=dict)
+    # What the job reports back besides its outputs (the splat manifest): the runner puts it in the
+    # row's `result`, the completed callback and rq's job result.
+    result: dict[str, Any] | None = None
+    # Wall seconds per finished stage, in order.
+    timings: dict[str, float] = field(default_factory=dict)
+    # End the run once this stage has finished (`run-local --until`); the worker never sets it.
+    stop_after: str | None = None
     _stage_index: int = -1
     _sent_milestones: set[int] = field(default_factory=set)
 
@@ -66,7 +77,10 @@ class JobContext:
             log.info("stage started")
             yield
             self.progress(1.0)
-            log.info("stage done in %.1fs", time.monotonic() - started)
+            self.timings[name] = round(time.monotonic() - started, 3)
+            log.info("stage done in %.1fs", self.timings[name])
+        if name == self.stop_after:
+            raise StopAfterStage(name)
 
     def progress(self, fraction: float) -> None:
         """Report progress within the current stage (0.0–1.0). Cheap: call it as often as you like."""

@@ -104,13 +104,17 @@ def notify_ended(
     *,
     error: JobError | None = None,
     outputs: Mapping[str, Any] | None = None,
+    result: Mapping[str, Any] | None = None,
 ) -> None:
-    """The callback that ends an attempt: `job.<status>`, with the error or the outputs."""
+    """The callback that ends an attempt: `job.<status>`, with the error or the outputs (and the
+    job's result, e.g. the splat manifest)."""
     data: dict[str, Any] = {"status": status}
     if error is not None:
         data["error"] = {"code": error.code, "message": error.message}
     if outputs is not None:
         data["outputs"] = dict(outputs)
+    if result is not None:
+        data["result"] = dict(result)
     notify(runtime, identity, attempt, f"job.{status}", 100, data)
 
 

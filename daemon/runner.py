@@ -88,10 +88,10 @@ class JobRunner:
         workdir = self.settings.work_dir / spec.job_id / f"attempt-{attempt}"
         try:
             try:
-                outputs = self.perform(spec, attempt, workdir, reporter, identity)
+                done = self.perform(spec, attempt, workdir, reporter, identity)
             finally:
                 watcher.stop()
-            return self.handle_success(identity, attempt, reporter, outputs)
+            return self.handle_success(identity, attempt, reporter, done.outputs, done.result)
         except JobInterrupted as interrupt:
             return self.handle_interrupt(identity, attempt, reporter, interrupt)
         except JobError as error:
@@ -134,7 +134,7 @@ class JobRunner:
 
     def perform(
         self, spec: Any, attempt: int, workdir: Any, reporter: ProgressReporter, identity: Identity
-    ) -> dict[str, Any]:
+    ) -> JobContext:
         handler = registry()[spec.kind]
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -160,12 +160,17 @@ class JobRunner:
             on_milestone=milestone,
         )
         handler.run(ctx)
-        return ctx.outputs
+        return ctx
 
     # -- endings ---------------------------------------------------------------------------------
 
     def handle_success(
-        self, identity: Identity, attempt: int, reporter: ProgressReporter, outputs: Any
+        self,
+        identity: Identity,
+        attempt: int,
+        reporter: ProgressReporter,
+        outputs: Any,
+        result: dict[str, Any] | None = None,
     ) -> Any:
         with self.interrupts.shielded():
             data = outputs_data(outputs)
@@ -174,13 +179,15 @@ class JobRunner:
                 stage="done",
                 progress=100,
                 outputs=data,
+                result=result,
                 error_code=None,
                 error_message=None,
             )
             self.runtime.ledger.set_status(identity.job_id, "completed")
-            notify_ended(self.runtime, identity, attempt, "completed", outputs=data)
+            notify_ended(self.runtime, identity, attempt, "completed", outputs=data, result=result)
             log.info("attempt completed: %d output(s)", len(data))
-            return {"status": "completed", "job_id": identity.job_id, "attempt": attempt, "outputs": data}
+            ended = {"status": "completed", "job_id": identity.job_id, "attempt": attempt, "outputs": data}
+            return {**ended, "result": result} if result is not None else ended
 
     def handle_failure(
         self, identity: Identity, attempt: int, reporter: ProgressReporter, error: JobError

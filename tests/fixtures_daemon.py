@@ -197,6 +197,23 @@ def daemon_env(redis_url: str, tmp_path: Path, webhook_receiver: Any) -> dict[st
 
 
 @pytest.fixture
+def full_env(daemon_env, supabase_env, s3_bucket):
+    """The production shape: rows in Supabase, outputs in S3, callbacks signed."""
+    server, bucket = s3_bucket
+    return {
+        **daemon_env,
+        **supabase_env,
+        "STORAGE_BACKEND": "s3",
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        "AWS_REGION": server.region,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+@pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 

@@ -30,23 +30,6 @@ def inspect_spec(file_server, job_id: str, count: int = 3, **extra) -> dict:
     return {"spec_version": 1, "job_id": job_id, "kind": "inspect", "inputs": inputs, "params": {}, **extra}
 
 
-@pytest.fixture
-def full_env(daemon_env, supabase_env, s3_bucket):
-    """The production shape: rows in Supabase, outputs in S3, callbacks signed."""
-    server, bucket = s3_bucket
-    return {
-        **daemon_env,
-        **supabase_env,
-        "STORAGE_BACKEND": "s3",
-        "S3_BUCKET": bucket,
-        "S3_ENDPOINT_URL": server.endpoint_url,
-        "AWS_ACCESS_KEY_ID": server.access_key,
-        "AWS_SECRET_ACCESS_KEY": server.secret_key,
-        "AWS_REGION": server.region,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-
-
 def run_node_producer(env: dict, spec: dict) -> dict:
     done = subprocess.run(
         ["node", str(NODE_PRODUCER), "-"],

@@ -39,8 +39,9 @@ class Handler:
 
 def _load() -> dict[str, Handler]:
     from . import inspect as inspect_kind
+    from .splat import handler as splat_kind
 
-    handlers = [inspect_kind.HANDLER]
+    handlers = [inspect_kind.HANDLER, splat_kind.HANDLER]
     return {h.kind: h for h in handlers}
 
 

@@ -68,6 +68,19 @@ class SplatParams(BaseModel):
     min_images: int = Field(default=5, ge=3, le=1000)
     """Refuse the job when fewer usable images than this remain (SfM needs several viewpoints)."""
 
+    min_registered_ratio: float = Field(default=0.5, ge=0, le=1)
+    """Fail when structure from motion places fewer than this share of the usable images."""
+
+    max_gaussians: int = Field(default=2_000_000, ge=1_000, le=10_000_000)
+    """Cap on the model's size: densification stops adding Gaussians beyond it (bounds GPU memory)."""
+
+    holdout_every: int = Field(default=8, ge=0, le=100)
+    """Hold out every Nth image (in input order) for the PSNR/SSIM evaluation; 0 trains on all.
+    Needs at least 2N usable images, else every image is trained on and evaluated."""
+
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Random seed of training; on CPU the same seed gives the same model bit for bit."""
+
     @model_validator(mode="after")
     def _lr_decays(self) -> SplatParams:
         # The schedule interpolates from init to final; a rising position lr is always a client mistake.

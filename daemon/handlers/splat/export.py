@@ -10,6 +10,7 @@ for every format.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,7 @@ import torch
 from ...errors import JobError
 
 
-def finite_rows(params: dict[str, torch.Tensor]) -> torch.Tensor:
+def finite_rows(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Mask of Gaussians whose every value is finite."""
     n = len(params["means"])
     ok = torch.ones(n, dtype=torch.bool)
@@ -28,9 +29,10 @@ def finite_rows(params: dict[str, torch.Tensor]) -> torch.Tensor:
     return ok
 
 
-def _filtered(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    keep = finite_rows(params)
-    out = {k: v.detach().cpu()[keep] for k, v in params.items()}
+def _filtered(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    on_cpu = {k: v.detach().cpu() for k, v in params.items()}
+    keep = finite_rows(on_cpu)
+    out = {k: v[keep] for k, v in on_cpu.items()}
     if len(out["means"]) == 0:
         raise JobError("the trained model has no finite Gaussians left to export", code="export_failed")
     return out
@@ -44,7 +46,7 @@ def ply_property_names(sh_rest: int) -> list[str]:
     return names
 
 
-def write_ply(path: Path, params: dict[str, torch.Tensor]) -> int:
+def write_ply(path: Path, params: Mapping[str, torch.Tensor]) -> int:
     """Write the standard PLY; returns the number of Gaussians written."""
     p = _filtered(params)
     n = len(p["means"])
@@ -69,7 +71,7 @@ def write_ply(path: Path, params: dict[str, torch.Tensor]) -> int:
 
 
 def write_compressed(
-    path: Path, params: dict[str, torch.Tensor], fmt: Literal["ply_compressed", "splat"]
+    path: Path, params: Mapping[str, torch.Tensor], fmt: Literal["ply_compressed", "splat"]
 ) -> None:
     """gsplat's `ply_compressed` (SuperSplat) or `.splat` (antimatter15), from filtered rows."""
     from gsplat import export_splats

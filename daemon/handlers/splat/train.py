@@ -83,11 +83,21 @@ class TrainConfig:
     def from_params(cls, params: Any, **overrides: Any) -> TrainConfig:
         """Map the job's params (legacy 3DGS names) to gsplat's: position_lr_* → means lr,
         feature_lr → sh0 (and shN = feature_lr / 20), opacity/scaling/rotation_lr → opacities/scales/
-        quats, densify_grad_threshold → grow_grad2d, iterations/preset → steps."""
+        quats, densify_grad_threshold → grow_grad2d, iterations/preset → steps, max_gaussians and
+        seed as they are.
+
+        Runs shorter than 5,000 steps start densifying and raising the SH degree earlier, so that a
+        short run still does both (from 5,000 steps up these are gsplat's 500 and 1,000). The
+        densification interval stays gsplat's 100 steps whatever the length: each pass may double
+        the model, and every 10 steps grew 800 SfM points to 136k Gaussians in 300 steps."""
         steps = int(params.steps)
         return cls(
             steps=steps,
+            seed=params.seed,
+            max_gaussians=params.max_gaussians,
             sh_degree=params.sh_degree,
+            sh_degree_interval=min(1_000, max(1, steps // 5)),
+            refine_start_iter=min(500, steps // 10),
             means_lr_init=params.position_lr_init,
             means_lr_final=params.position_lr_final,
             sh0_lr=params.feature_lr,
@@ -127,6 +137,8 @@ def init_params(
     points: torch.Tensor, colors: torch.Tensor, config: TrainConfig
 ) -> dict[str, torch.nn.Parameter]:
     """Gaussians at the SfM points, coloured by them, sized by their neighbours, like simple_trainer."""
+    device = points.device
+    points, colors = points.cpu(), colors.cpu()
     n = len(points)
     scales = torch.log(_mean_neighbour_distance(points) * config.init_scale).unsqueeze(-1).repeat(1, 3)
     quats = torch.rand((n, 4))
@@ -142,7 +154,8 @@ def init_params(
         "sh0": sh[:, :1, :].contiguous(),
         "shN": sh[:, 1:, :].contiguous(),
     }
-    return {name: torch.nn.Parameter(t.float()) for name, t in tensors.items()}
+    # Random draws happen on the CPU generator (captured in checkpoints), then move to the points' device.
+    return {name: torch.nn.Parameter(t.float().to(device)) for name, t in tensors.items()}
 
 
 @dataclass

@@ -1,0 +1,37 @@
+"""Kind `splat`: its declaration for the registry. Light on purpose (no torch): the worker's parent
+imports every handler declaration to validate specs and set time limits; the work lives in `job`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import Handler, Stage
+from ..params_splat import SplatParams
+
+STAGES = (
+    Stage("download", 3),
+    Stage("images", 2),
+    Stage("sfm", 20),
+    Stage("train", 68),
+    Stage("evaluate", 2),
+    Stage("export", 5),
+)
+"""Progress weights: the time split of a medium job on one GPU (SfM on CPU threads meanwhile)."""
+
+
+def run(ctx: Any) -> None:
+    from . import job  # torch, gsplat, pycolmap: only ever imported in the work-horse
+
+    job.run(ctx)
+
+
+HANDLER = Handler(
+    kind="splat",
+    params_model=SplatParams,
+    # A "best" (30k-step) job on many photos takes about an hour on one GPU; 6 h leaves room for
+    # slow SfM and CPU laptops while still catching a job that hangs.
+    timeout_s=6 * 3600,
+    stages=STAGES,
+    run=run,
+    description="Photos → SfM (pycolmap) → Gaussian splat training (gsplat) → PLY, previews, manifest.",
+)

@@ -1,0 +1,305 @@
+"""The `splat` job, stage by stage: download → images → sfm → train → evaluate → export.
+
+Each stage is a function over the job's `Workspace` that records what it produced, so a run over a
+folder where some stages finished skips them (see workspace.py). Imported only inside the work-horse:
+it pulls in torch, gsplat and pycolmap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import JobError
+from ..params_splat import SplatParams
+from .export import write_compressed, write_ply
+from .inputs import ImageOptions, prepare_images
+from .report import save_curves, save_preview
+from .scene import Scene, load_scene
+from .sfm import SfmOptions, run_sfm
+from .train import Camera, StepStats, TrainConfig, Trainer
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+CURVE_POINTS = 200
+"""Training-history samples kept for the curves (every steps/200-th step)."""
+
+EVAL_POINTS = 10
+"""Held-out PSNR evaluations during training, for the curves."""
+
+CURVE_EVAL_VIEWS = 4
+"""At most this many views are rendered for each of those evaluations (the final one uses all)."""
+
+OUTPUT_TYPES = {
+    "splat.ply": "application/x-ply",
+    "splat.compressed.ply": "application/x-ply",
+    "splat.splat": "application/octet-stream",
+    "preview.png": "image/png",
+    "curves.png": "image/png",
+}
+
+
+def run(ctx: Any) -> None:
+    params: SplatParams = ctx.params
+    ws = Workspace(ctx.workdir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with ctx.stage("download"):
+        files = download(ctx, ws)
+    with ctx.stage("images"):
+        images = normalise_images(ws, files, params, ctx.progress)
+    with ctx.stage("sfm"):
+        sfm = reconstruct(ws, images, params, ctx.progress)
+    with ctx.stage("train"):
+        scene = load_scene(sfm_model_dir(ws), ws.sfm / "undistorted" / "images",
+                           holdout_every=params.holdout_every, device=device)  # fmt: skip
+        training = train(ws, scene, params, ctx.progress)
+    with ctx.stage("evaluate"):
+        metrics = evaluate(ws, scene, params)
+    with ctx.stage("export"):
+        started = time.monotonic()
+        outputs = export(ws, scene, params)
+        for name, path in outputs.items():
+            ctx.put_output(name, path, OUTPUT_TYPES[name])
+        timings = {**ctx.timings, "export": round(time.monotonic() - started, 3)}
+        manifest = build_manifest(ctx, images, sfm, training, metrics, timings)
+        manifest_path = ws.outputs / "manifest.json"
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        ctx.put_output("manifest.json", manifest_path, "application/json")
+        ctx.result = manifest
+
+
+# -- stages ------------------------------------------------------------------------------------------
+
+
+def _finished(ws: Workspace, stage: str) -> dict[str, Any] | None:
+    done = ws.finished(stage)
+    if done is not None:
+        log.info("%s finished in an earlier run over this folder: reusing its results", stage)
+    return done
+
+
+def download(ctx: Any, ws: Workspace) -> list[Path]:
+    done = _finished(ws, "download")
+    if done is not None:
+        return [ws.downloads / name for name in done["files"]]
+    files = ctx.fetch_inputs()
+    ws.record("download", {"files": [p.name for p in files]})
+    return list(files)
+
+
+def normalise_images(ws: Workspace, files: list[Path], params: SplatParams, progress: Any) -> dict[str, Any]:
+    done = _finished(ws, "images")
+    if done is not None:
+        return done
+    options = ImageOptions(max_image_size=params.max_image_size, min_images=params.min_images)
+    prepared = prepare_images(files, ws.images, options, progress=progress)
+    for rejected in prepared.rejected:
+        log.warning("image skipped: %s", rejected)
+    summary = {
+        "given": len(files),
+        "used": len(prepared.paths),
+        "paths": [p.name for p in prepared.paths],
+        "sources": prepared.sources,
+        "sizes": [list(size) for size in prepared.sizes],
+        "duplicates": prepared.duplicates,
+        "rejected": [asdict(r) for r in prepared.rejected],
+    }
+    ws.record("images", summary)
+    return summary
+
+
+def reconstruct(ws: Workspace, images: dict[str, Any], params: SplatParams, progress: Any) -> dict[str, Any]:
+    done = _finished(ws, "sfm")
+    if done is not None:
+        return done
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 2  # warnings and errors only: COLMAP's info lines flood journald
+    paths = [ws.images / name for name in images["paths"]]
+    result = run_sfm(paths, ws.sfm, SfmOptions(min_registered_ratio=params.min_registered_ratio),
+                     progress=progress)  # fmt: skip
+    summary = {
+        "registered": result.registered,
+        "total": result.total,
+        "points": result.points,
+        "mean_reprojection_error_px": round(result.mean_reprojection_error, 4),
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+    }
+    ws.record("sfm", summary)
+    return summary
+
+
+def sfm_model_dir(ws: Workspace) -> Path:
+    return ws.sfm / "undistorted" / "sparse"
+
+
+@contextlib.contextmanager
+def memory_guard(stage: str, params: SplatParams) -> Iterator[None]:
+    """Out of memory (GPU or host) becomes a job error saying which knobs bound memory."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        raise JobError(
+            f"out of memory during {stage} ({type(exc).__name__}); lower max_image_size "
+            f"(now {params.max_image_size}) or max_gaussians (now {params.max_gaussians})",
+            code="out_of_memory",
+        ) from None
+
+
+def train(ws: Workspace, scene: Scene, params: SplatParams, progress: Any) -> dict[str, Any]:
+    done = _finished(ws, "train")
+    if done is not None:
+        return done
+    config = TrainConfig.from_params(params)
+    trainer = Trainer(scene.train, scene.points, scene.colors, config)
+    views = eval_views(scene)
+    with memory_guard("training", params):
+        initial = trainer.evaluate(views)
+        history: dict[str, list[float]] = {
+            "step": [],
+            "loss": [],
+            "gaussians": [],
+            "eval_step": [],
+            "psnr": [],
+        }
+        curve_every = max(1, config.steps // CURVE_POINTS)
+        eval_every = max(1, config.steps // EVAL_POINTS)
+
+        def on_step(stats: StepStats) -> None:
+            if stats.step % curve_every == 0 or stats.step == config.steps:
+                history["step"].append(stats.step)
+                history["loss"].append(stats.loss)
+                history["gaussians"].append(stats.gaussians)
+            if stats.step % eval_every == 0 or stats.step == config.steps:
+                score = trainer.evaluate(views[:CURVE_EVAL_VIEWS])["psnr"]
+                history["eval_step"].append(stats.step)
+                history["psnr"].append(score)
+                log.info(
+                    "step %d/%d: loss %.4f, %d Gaussians, PSNR %.2f dB",
+                    stats.step, config.steps, stats.loss, stats.gaussians, score,
+                )  # fmt: skip
+            progress(stats.step / config.steps)
+
+        trainer.train(on_step=on_step)
+    ws.model.parent.mkdir(parents=True, exist_ok=True)
+    params_cpu = {k: v.detach().cpu() for k, v in trainer.params.items()}
+    torch.save({"params": params_cpu, "history": history}, ws.model)
+    summary = {
+        "steps": config.steps,
+        "seed": config.seed,
+        "device": str(scene.points.device),
+        "backend": "gsplat" if scene.points.is_cuda else "cpu",
+        "gaussians": len(params_cpu["means"]),
+        "train_views": len(scene.train),
+        "initial": initial,
+    }
+    ws.record("train", summary)
+    return summary
+
+
+def eval_views(scene: Scene) -> list[Camera]:
+    """The held-out views; without any (a small capture), the training views themselves."""
+    return scene.test or scene.train
+
+
+def _trainer_with_model(ws: Workspace, scene: Scene, params: SplatParams) -> tuple[Trainer, dict[str, Any]]:
+    saved = torch.load(ws.model, weights_only=True)
+    trainer = Trainer(scene.train, scene.points, scene.colors, TrainConfig.from_params(params))
+    device = scene.points.device
+    trainer.params = {k: torch.nn.Parameter(v.to(device)) for k, v in saved["params"].items()}
+    return trainer, saved["history"]
+
+
+def evaluate(ws: Workspace, scene: Scene, params: SplatParams) -> dict[str, Any]:
+    done = _finished(ws, "evaluate")
+    if done is not None:
+        return done
+    trainer, _ = _trainer_with_model(ws, scene, params)
+    with memory_guard("evaluation", params):
+        scores = trainer.evaluate(eval_views(scene))
+    summary = {
+        **{k: round(v, 4) for k, v in scores.items()},
+        "views": len(eval_views(scene)),
+        "evaluated_on": "held-out views" if scene.test else "training views (too few images to hold out)",
+    }
+    log.info("evaluation on %d %s: PSNR %.2f dB, SSIM %.4f", summary["views"], summary["evaluated_on"],
+             scores["psnr"], scores["ssim"])  # fmt: skip
+    ws.record("evaluate", summary)
+    return summary
+
+
+def export(ws: Workspace, scene: Scene, params: SplatParams) -> dict[str, Path]:
+    """Write every output file; returns name → path (the manifest is written by the caller)."""
+    ws.outputs.mkdir(parents=True, exist_ok=True)
+    paths = {name: ws.outputs / name for name in OUTPUT_TYPES}
+    trainer, history = _trainer_with_model(ws, scene, params)
+    try:
+        with memory_guard("export", params):
+            write_ply(paths["splat.ply"], trainer.params)
+            write_compressed(paths["splat.compressed.ply"], trainer.params, "ply_compressed")
+            write_compressed(paths["splat.splat"], trainer.params, "splat")
+            with torch.no_grad():
+                save_preview(trainer.render(scene.train[0])[0], paths["preview.png"])
+            save_curves(history, paths["curves.png"])
+    except JobError:
+        raise
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise JobError(f"export failed: {type(exc).__name__}: {exc}", code="export_failed") from exc
+    return paths
+
+
+# -- the manifest ------------------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (the work-horse), in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def build_manifest(
+    ctx: Any,
+    images: dict[str, Any],
+    sfm: dict[str, Any],
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """What the customer's app and the operator read about the result; also the job's `result`."""
+    params: SplatParams = ctx.params
+    initial = training["initial"]
+    return {
+        "job_id": ctx.job_id,
+        "kind": "splat",
+        "attempt": ctx.attempt,
+        "images": {k: images[k] for k in ("given", "used", "duplicates", "rejected")},
+        "sfm": sfm,
+        "training": {
+            **{k: v for k, v in training.items() if k != "initial"},
+            "preset": params.preset,
+            "sh_degree": params.sh_degree,
+            "max_image_size": params.max_image_size,
+        },
+        "metrics": {
+            **metrics,
+            "initial_psnr": round(initial["psnr"], 4),
+            "initial_ssim": round(initial["ssim"], 4),
+        },
+        "timings_s": timings,
+        "peak_rss_mb": peak_rss_mb(),
+        "outputs": {
+            name: {"size": stored.size, "sha256": stored.sha256, "content_type": stored.content_type}
+            for name, stored in ctx.outputs.items()
+        },
+    }

@@ -1,0 +1,76 @@
+"""The splat job's work folder: where each stage keeps its files, and which stages have finished.
+
+A stage that finishes writes a small JSON record of what it produced (`stages/<name>.json`, atomically)
+after its files are complete. A later run over the same folder (`run-local --workdir`, and the resume
+of the recovery issue, which restores the folder from S3) skips every stage that has a record and
+reads its results from the record instead. A stage without a record is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STAGE_ORDER = ("download", "images", "sfm", "train", "evaluate", "export")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def downloads(self) -> Path:
+        """Inputs as downloaded (JobContext.fetch_inputs writes here)."""
+        return self.root / "inputs"
+
+    @property
+    def images(self) -> Path:
+        """Normalised photos: upright, sRGB, downscaled JPEGs numbered in input order."""
+        return self.root / "images"
+
+    @property
+    def sfm(self) -> Path:
+        return self.root / "sfm"
+
+    @property
+    def model(self) -> Path:
+        """The trained Gaussians and the training history (torch.save)."""
+        return self.root / "train" / "model.pt"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    def _record_path(self, stage: str) -> Path:
+        if stage not in STAGE_ORDER:
+            raise ValueError(f"unknown splat stage {stage!r}")
+        return self.root / "stages" / f"{stage}.json"
+
+    def finished(self, stage: str) -> dict[str, Any] | None:
+        """The record of `stage` if it finished in this folder before, else None."""
+        try:
+            return dict(json.loads(self._record_path(stage).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def record(self, stage: str, summary: dict[str, Any]) -> None:
+        """Mark `stage` finished with `summary` (JSON); call only once its files are complete."""
+        path = self._record_path(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stage}-")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(summary, out, indent=2, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def forget_from(self, stage: str) -> None:
+        """Drop the records of `stage` and every later one (their inputs changed)."""
+        for later in STAGE_ORDER[STAGE_ORDER.index(stage) :]:
+            self._record_path(later).unlink(missing_ok=True)
