@@ -156,6 +156,12 @@ VARIABLES: tuple[Var, ...] = (
         "Attempts per job for retryable failures (crash, lost worker, network); preemptions don't count.",
     ),
     Var(
+        "JOB_MAX_PREEMPTIONS",
+        _positive_int,
+        "20",
+        "Preemptions (spot notices, SIGTERM, lost instances) a job may take before it fails.",
+    ),
+    Var(
         "JOB_RETRY_BACKOFF_S",
         _positive_int,
         "30",
@@ -185,6 +191,25 @@ VARIABLES: tuple[Var, ...] = (
         "S3-compatible endpoint (SeaweedFS, MinIO, R2); unset for AWS. Credentials: boto3's usual chain.",
     ),
     Var("AWS_REGION", _optional, "", "Region for S3 (boto3's default chain when unset)."),
+    Var(
+        "CHECKPOINT_PREFIX",
+        _optional,
+        "checkpoints",
+        "Key prefix of checkpoints in S3_BUCKET (`<prefix>/<job id>/…`); folder under DAEMON_STATE_DIR "
+        "when STORAGE_BACKEND=local.",
+    ),
+    Var(
+        "CHECKPOINT_INTERVAL_S",
+        _positive_float,
+        "300",
+        "Longest time between two training checkpoints: what a sudden loss costs, at most.",
+    ),
+    Var(
+        "SFM_THREADS",
+        _non_negative_int,
+        "0",
+        "CPU threads for structure from motion; 0 = all cores. 1 makes SfM bit-reproducible (slower).",
+    ),
     Var("S3_MULTIPART_THRESHOLD_MB", _positive_int, "64", "Files above this size upload in parts."),
     Var("S3_MULTIPART_CHUNK_MB", _positive_int, "16", "Part size for multipart uploads (min 5)."),
     # Downloads of user URLs
@@ -226,6 +251,19 @@ VARIABLES: tuple[Var, ...] = (
         "1.0",
         "How often the outbox (pending callbacks and row writes) is polled for due items.",
     ),
+    # Spot notices (EC2 instance metadata)
+    Var(
+        "IMDS_URL",
+        _url(("http",)),
+        "http://169.254.169.254",
+        "EC2 instance metadata service polled for spot notices; empty = don't watch. Off EC2 it is skipped.",
+    ),
+    Var(
+        "SPOT_POLL_INTERVAL_S",
+        _positive_float,
+        "5",
+        "How often the spot interruption and rebalance notices are polled (AWS recommends 5 s).",
+    ),
     # Logs and errors
     Var("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level."),
     Var("SENTRY_DSN", _optional, "", "Send errors (and abandoned jobs) to Sentry when set.", secret=True),
@@ -249,6 +287,10 @@ class Settings:
     state_dir: Path
     storage_backend: str
     output_dir: Path
+    checkpoint_prefix: str
+    checkpoint_interval_s: float
+    job_max_preemptions: int
+    sfm_threads: int
     s3_bucket: str | None
     s3_prefix: str
     s3_endpoint_url: str | None
@@ -268,6 +310,8 @@ class Settings:
     callback_timeout_s: float = 10.0
     callback_max_age_s: int = 86400
     outbox_poll_interval_s: float = 1.0
+    imds_url: str | None = "http://169.254.169.254"
+    spot_poll_interval_s: float = 5.0
     log_level: str = "info"
     sentry_dsn: str | None = field(default=None, repr=False)
     sentry_environment: str = "production"
@@ -312,6 +356,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"{var.name}={shown}: {exc}") from None
     values["worker_name"] = values["worker_name"] or _default_worker_name()
     values["s3_prefix"] = (values["s3_prefix"] or "jobs").strip("/")
+    values["checkpoint_prefix"] = (values["checkpoint_prefix"] or "checkpoints").strip("/")
     values["supabase_table"] = values["supabase_table"] or "jobs"
     _check_consistency(values)
     known = {f.name for f in fields(Settings)}

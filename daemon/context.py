@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .checkpoints import Checkpoints
+from .config import Settings
 from .handlers import Stage
 from .interrupts import Interrupts
 from .logs import log_context
@@ -50,6 +52,12 @@ class JobContext:
     timings: dict[str, float] = field(default_factory=dict)
     # End the run once this stage has finished (`run-local --until`); the worker never sets it.
     stop_after: str | None = None
+    # Where the job's checkpoints go (None: this run cannot be resumed elsewhere, e.g. run-local).
+    checkpoints: Checkpoints | None = None
+    # Raises AttemptSuperseded when a newer attempt owns the job; called before every output upload.
+    fence: Callable[[], None] = lambda: None
+    # The daemon's settings, for the few that tune handlers (e.g. SFM_THREADS); None in unit tests.
+    settings: Settings | None = None
     _stage_index: int = -1
     _sent_milestones: set[int] = field(default_factory=set)
 
@@ -114,6 +122,7 @@ class JobContext:
 
     def put_output(self, name: str, path: Path, content_type: str) -> StoredObject:
         self.interrupts.raise_if_requested()
+        self.fence()
         stored = self.store.put_file(self.job_id, name, path, content_type)
         self.outputs[name] = stored
         log.info("output %s stored (%d bytes) at %s", name, stored.size, stored.uri)

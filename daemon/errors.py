@@ -86,3 +86,10 @@ class JobPreempted(JobInterrupted):
     """The daemon is stopping (SIGTERM, spot notice): the job goes back to the queue."""
 
     reason = "preempted"
+
+
+class AttemptSuperseded(JobInterrupted):
+    """A newer attempt of the job exists (this instance was presumed dead and came back): this attempt
+    must stop without writing rows, outputs, checkpoints or callbacks."""
+
+    reason = "superseded by a newer attempt"

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 PREEMPT_SIGNAL = signal.SIGUSR1
 CANCEL_SIGNAL = signal.SIGUSR2
 
+CHECKPOINT_SIGNAL = signal.SIGRTMIN + 1
+"""Asks the job to write a checkpoint soon and go on (a rebalance recommendation): never interrupts."""
+
 _SIGNALS: dict[int, type[JobInterrupted]] = {PREEMPT_SIGNAL: JobPreempted, CANCEL_SIGNAL: JobCanceled}
 
 
@@ -33,11 +36,16 @@ class Interrupts:
 
     def __init__(self) -> None:
         self.requested: type[JobInterrupted] | None = None
+        self.checkpoint_requested = False
         self._shield = 0
 
     def install(self) -> None:
         for signum in _SIGNALS:
             signal.signal(signum, self._on_signal)
+        signal.signal(CHECKPOINT_SIGNAL, self._on_checkpoint_signal)
+
+    def _on_checkpoint_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.checkpoint_requested = True
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         kind = _SIGNALS[signum]
@@ -50,6 +58,12 @@ class Interrupts:
 
     def raise_if_requested(self) -> None:
         if self.requested is not None and self._shield == 0:
+            raise self.requested(self.requested.reason)
+
+    def raise_requested(self) -> None:
+        """Raise a pending request even inside `shielded()`: for loops that defer interrupts to a
+        safe point of their own (a training step boundary) and have saved what they must."""
+        if self.requested is not None:
             raise self.requested(self.requested.reason)
 
     @contextlib.contextmanager

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from .errors import AttemptSuperseded
+
 KEY_PREFIX = "daemon:job:"
 """Hash per job id: attempt, failures, rq_id, status, worker."""
 
@@ -22,10 +24,21 @@ STATE_TTL_S = 30 * 24 * 3600
 """How long the ledger remembers a job after its last change (re-runs of old ids continue counting)."""
 
 
+_CLAIM_COMPLETION = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if current ~= tonumber(ARGV[1]) or redis.call('HGET', KEYS[1], 'status') == 'completed' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'completed', 'completed_attempt', ARGV[1])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     attempt: int
     failures: int
+    preemptions: int
     rq_id: str | None
     status: str | None
     worker: str | None
@@ -56,6 +69,31 @@ class Ledger:
             pipe.expire(key, STATE_TTL_S)
             return int(pipe.execute()[0])
 
+    def record_preemption(self, job_id: str) -> int:
+        """Count a preemption; returns the number so far (capped by JOB_MAX_PREEMPTIONS, not by
+        the failure budget)."""
+        key = self._key(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "preemptions", 1)
+            pipe.expire(key, STATE_TTL_S)
+            return int(pipe.execute()[0])
+
+    def is_current(self, job_id: str, attempt: int) -> bool:
+        """Whether `attempt` is still the job's newest attempt and the job is not completed."""
+        current, status = self.redis.hmget(self._key(job_id), ["attempt", "status"])
+        return int(current or 0) == attempt and status != b"completed"
+
+    def check_current(self, job_id: str, attempt: int) -> None:
+        """The fence before any write that a newer attempt could own: raise AttemptSuperseded if
+        this attempt is stale."""
+        if not self.is_current(job_id, attempt):
+            raise AttemptSuperseded(f"attempt {attempt} of {job_id} is no longer current")
+
+    def claim_completion(self, job_id: str, attempt: int) -> bool:
+        """Atomically mark the job completed by `attempt` if it is the current attempt and nobody
+        completed it yet. Only the attempt that gets True reports completion."""
+        return bool(self.redis.eval(_CLAIM_COMPLETION, 1, self._key(job_id), attempt))
+
     def set_status(self, job_id: str, status: str) -> None:
         self.redis.hset(self._key(job_id), "status", status)
 
@@ -65,6 +103,7 @@ class Ledger:
         return LedgerEntry(
             attempt=int(raw.get("attempt", 0)),
             failures=int(raw.get("failures", 0)),
+            preemptions=int(raw.get("preemptions", 0)),
             rq_id=raw.get("rq_id"),
             status=raw.get("status"),
             worker=raw.get("worker"),

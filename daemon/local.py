@@ -69,6 +69,7 @@ def run_local(
         interrupts=Interrupts(),
         on_milestone=lambda percent: None,
         stop_after=until,
+        settings=settings,
     )
     log.info("running %s locally in %s (kept: %s)", spec.kind, folder, "yes" if keep else "no")
     try:

@@ -92,8 +92,8 @@ def outputs_data(outputs: Mapping[str, StoredObject]) -> dict[str, Any]:
 CANCELED = JobError("canceled on request", code="canceled")
 
 
-def preemption(cause: str) -> JobError:
-    return JobError(cause, code="preempted", retryable=True)
+def preemption(cause: str, code: str = "preempted") -> JobError:
+    return JobError(cause, code=code, retryable=True)
 
 
 def notify_ended(

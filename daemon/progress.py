@@ -87,6 +87,13 @@ class ProgressReporter:
             self._hand_to_outbox(snapshot)
         return landed
 
+    def discard(self) -> None:
+        """Stop without writing anything more (a superseded attempt): pending changes are dropped."""
+        with self._cond:
+            self._landed = self._version
+            self._closing = True
+            self._cond.notify_all()
+
     def _hand_to_outbox(self, row: dict[str, Any]) -> None:
         if self.outbox is None:
             log.error("final row for %s not written and no outbox to keep it", row.get("id"))

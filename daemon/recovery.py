@@ -2,8 +2,10 @@
 vanished and rq's registry cleanup found the job abandoned.
 
 The worker parent (or whichever worker ran the cleanup) decides here, with the same policy the runner
-uses: preemption → requeue at the front, not counted; crash or loss → counted as a failure, retried
-with backoff while attempts remain, else failed. The row and the callback say which. The decision is
+uses: preemption (the worker was stopped, or vanished with its instance: abandoned) → requeue at the
+front, counted against JOB_MAX_PREEMPTIONS only; a work-horse killed under a live worker (the OOM
+killer, a segfault) → counted as a failure, retried with backoff while attempts remain, else failed.
+The row and the callback say which. The decision is
 applied through rq's own retry fields on the job object rq is about to finalize.
 """
 
@@ -12,10 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from typing import Any
 
 from rq.job import Job
 
-from .errors import WorkerLost
+from .errors import JobError, WorkerLost
 from .logs import log_context
 from .outcomes import Identity, base_row, error_fields, notify_ended, preemption, write_row
 from .runner import retry_delay
@@ -36,7 +39,9 @@ def describe_exit(ret_val: int | None) -> str:
     return "work-horse ended without finishing the job"
 
 
-def after_lost_attempt(runtime: Runtime, job: Job, *, cause: str, preempted: bool) -> str:
+def after_lost_attempt(
+    runtime: Runtime, job: Job, *, cause: str, preempted: bool, code: str = "preempted"
+) -> str:
     """Report the lost attempt and set rq's retry fields on `job`; returns the decision taken."""
     try:
         spec = parse_job(job.args[0])
@@ -48,10 +53,13 @@ def after_lost_attempt(runtime: Runtime, job: Job, *, cause: str, preempted: boo
     entry = runtime.ledger.get(spec.job_id)
     with log_context(job=spec.job_id, attempt=entry.attempt):
         row = base_row(identity, entry.attempt, runtime.settings.worker_name)
+        if preempted and runtime.ledger.record_preemption(spec.job_id) > runtime.settings.job_max_preemptions:
+            error = WorkerLost(f"{cause}, and JOB_MAX_PREEMPTIONS reached", code="too_many_preemptions")
+            return _fail(runtime, job, identity, row, entry.attempt, error)
         if preempted:
             log.warning("attempt stopped with the worker (%s); requeued at the front", cause)
             _set_rq_retry(job, delay=0, at_front=True)
-            stopped = preemption(cause)
+            stopped = preemption(cause, code)
             write_row(runtime, {**row, "status": "requeued", **error_fields(stopped)})
             notify_ended(runtime, identity, entry.attempt, "requeued", error=stopped)
             return "requeued"
@@ -64,12 +72,23 @@ def after_lost_attempt(runtime: Runtime, job: Job, *, cause: str, preempted: boo
             write_row(runtime, {**row, "status": "requeued", **error_fields(error)})
             notify_ended(runtime, identity, entry.attempt, "requeued", error=error)
             return "requeued"
-        log.error("attempt lost (%s); no attempts left, job failed", cause)
-        job.retries_left = None
-        runtime.ledger.set_status(spec.job_id, "failed")
-        write_row(runtime, {**row, "status": "failed", **error_fields(error)})
-        notify_ended(runtime, identity, entry.attempt, "failed", error=error)
-        return "failed"
+        log.error("attempt lost (%s); no attempts left", cause)
+        return _fail(runtime, job, identity, row, entry.attempt, error)
+
+
+def _fail(
+    runtime: Runtime, job: Job, identity: Identity, row: dict[str, Any], attempt: int, error: JobError
+) -> str:
+    log.error("job failed: %s", error)
+    job.retries_left = None
+    runtime.ledger.set_status(identity.job_id, "failed")
+    write_row(runtime, {**row, "status": "failed", **error_fields(error)})
+    notify_ended(runtime, identity, attempt, "failed", error=error)
+    try:
+        runtime.checkpoints(identity.job_id, attempt).delete_all()
+    except JobError as exc:
+        log.warning("checkpoints of the failed job not deleted: %s", exc)
+    return "failed"
 
 
 def _set_rq_retry(job: Job, *, delay: int, at_front: bool) -> None:

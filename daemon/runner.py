@@ -19,7 +19,7 @@ from rq.timeouts import JobTimeoutException
 
 from .config import Settings
 from .context import JobContext
-from .errors import JobCanceled, JobError, JobInterrupted, JobPreempted, SpecError
+from .errors import AttemptSuperseded, JobCanceled, JobError, JobInterrupted, JobPreempted, SpecError
 from .handlers import registry
 from .interrupts import CancelWatcher, Interrupts
 from .logs import bind_context
@@ -86,12 +86,15 @@ class JobRunner:
         self.interrupts.install()
         watcher = CancelWatcher(lambda: self._cancel_requested(spec.job_id)).start()
         workdir = self.settings.work_dir / spec.job_id / f"attempt-{attempt}"
+        self.checkpoints = self.runtime.checkpoints(spec.job_id, attempt)
         try:
             try:
                 done = self.perform(spec, attempt, workdir, reporter, identity)
             finally:
                 watcher.stop()
             return self.handle_success(identity, attempt, reporter, done.outputs, done.result)
+        except AttemptSuperseded:
+            return self.handle_superseded(identity, attempt, reporter)
         except JobInterrupted as interrupt:
             return self.handle_interrupt(identity, attempt, reporter, interrupt)
         except JobError as error:
@@ -158,6 +161,9 @@ class JobRunner:
             store=self.runtime.output_store(spec.output),
             interrupts=self.interrupts,
             on_milestone=milestone,
+            checkpoints=self.checkpoints,
+            settings=self.settings,
+            fence=lambda: self.runtime.ledger.check_current(spec.job_id, attempt),
         )
         handler.run(ctx)
         return ctx
@@ -173,6 +179,8 @@ class JobRunner:
         result: dict[str, Any] | None = None,
     ) -> Any:
         with self.interrupts.shielded():
+            if not self.runtime.ledger.claim_completion(identity.job_id, attempt):
+                return self.handle_superseded(identity, attempt, reporter)
             data = outputs_data(outputs)
             reporter.close(
                 status="completed",
@@ -183,9 +191,9 @@ class JobRunner:
                 error_code=None,
                 error_message=None,
             )
-            self.runtime.ledger.set_status(identity.job_id, "completed")
             notify_ended(self.runtime, identity, attempt, "completed", outputs=data, result=result)
             log.info("attempt completed: %d output(s)", len(data))
+            self._discard_checkpoints()
             ended = {"status": "completed", "job_id": identity.job_id, "attempt": attempt, "outputs": data}
             return {**ended, "result": result} if result is not None else ended
 
@@ -217,7 +225,16 @@ class JobRunner:
             return self.handle_cancel(identity, attempt, reporter)
         assert isinstance(interrupt, JobPreempted)
         with self.interrupts.shielded():
-            log.warning("attempt preempted; requeued at the front of its queue")
+            preemptions = self.runtime.ledger.record_preemption(identity.job_id)
+            cap = self.settings.job_max_preemptions
+            if preemptions > cap:
+                too_many = JobError(
+                    f"preempted {preemptions} times (JOB_MAX_PREEMPTIONS={cap})", code="too_many_preemptions"
+                )
+                self.report_failed(identity, attempt, too_many, reporter=reporter)
+                self._no_rq_retry()
+                raise JobFailed(str(too_many))
+            log.warning("attempt preempted (%d so far); requeued at the front of its queue", preemptions)
             stopped = preemption("the worker stopped; the job was requeued")
             reporter.close(status="requeued", **error_fields(stopped))
             self.runtime.ledger.set_status(identity.job_id, "requeued")
@@ -230,7 +247,24 @@ class JobRunner:
             self.runtime.ledger.set_status(identity.job_id, "canceled")
             notify_ended(self.runtime, identity, attempt, "canceled", error=CANCELED)
             log.warning("attempt canceled")
+            self._discard_checkpoints()
             return {"status": "canceled", "job_id": identity.job_id, "attempt": attempt}
+
+    def handle_superseded(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> Any:
+        """A newer attempt owns the job (this one was presumed dead): leave without a trace. The row
+        is not touched (the trigger would drop it anyway), no callback, no retry, no cleanup."""
+        reporter.discard()
+        log.warning("attempt %d superseded by a newer attempt; stopping without writing", attempt)
+        return {"status": "superseded", "job_id": identity.job_id, "attempt": attempt}
+
+    def _discard_checkpoints(self) -> None:
+        checkpoints = getattr(self, "checkpoints", None)
+        if checkpoints is None:
+            return
+        try:
+            checkpoints.delete_all()
+        except JobError as exc:  # they expire by the bucket's lifecycle rule anyway
+            log.warning("checkpoints of the ended job not deleted: %s", exc)
 
     def report_failed(
         self, identity: Identity, attempt: int, error: JobError, *, reporter: ProgressReporter | None
@@ -243,6 +277,7 @@ class JobRunner:
             write_row(self.runtime, {**base_row(identity, attempt, self.settings.worker_name), **fields})
         self.runtime.ledger.set_status(identity.job_id, "failed")
         notify_ended(self.runtime, identity, attempt, "failed", error=error)
+        self._discard_checkpoints()
 
     # -- rq plumbing -----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as RedisRetry
 
 from .callbacks import CallbackSender, CallbackSigner
+from .checkpoints import Blobs, Checkpoints, LocalBlobs, S3Blobs
 from .config import Settings, url_password
 from .errors import SpecError
 from .fetch import FetchPolicy, check_url, fetch_to_file, pinned_request
@@ -118,6 +119,25 @@ class Runtime:
         if self.settings.storage_backend == "s3":
             return self.s3_store()
         return LocalStore(self.settings.output_dir)
+
+    @cached_property
+    def checkpoint_blobs(self) -> Blobs:
+        """Where checkpoints live: S3_BUCKET under CHECKPOINT_PREFIX with the s3 backend, else a folder
+        under DAEMON_STATE_DIR (only useful to jobs resumed on the same machine)."""
+        s = self.settings
+        if s.storage_backend == "s3" and s.s3_bucket:
+            store = self.s3_store()
+            return S3Blobs(self.s3, s.s3_bucket, s.checkpoint_prefix, store.transfer)
+        return LocalBlobs(s.state_dir / s.checkpoint_prefix)
+
+    def checkpoints(self, job_id: str, attempt: int) -> Checkpoints:
+        return Checkpoints(
+            self.checkpoint_blobs,
+            job_id,
+            attempt,
+            fence=lambda: self.ledger.check_current(job_id, attempt),
+            interval_s=self.settings.checkpoint_interval_s,
+        )
 
     @cached_property
     def callback_sender(self) -> CallbackSender | None:

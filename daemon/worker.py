@@ -5,7 +5,7 @@ work-horse, so a crash or OOM-kill of a job is seen by the parent, which reports
 (`recovery.after_lost_attempt`). The parent heartbeats the job every DAEMON_MONITOR_INTERVAL_S, so a
 dead worker's job expires after that + 60 s, and every worker looks for expired jobs every
 DAEMON_MAINTENANCE_INTERVAL_S: a lost job is retried within about 90 s. The parent's threads (outbox
-drainer; later the spot-notice watcher) never wait on the job.
+drainer, spot-notice watcher) never wait on the job.
 
 What we change in rq, and why:
 - SIGTERM means "stop now and requeue", not rq's "finish the job first" (hour-long jobs, systemd's
@@ -13,6 +13,10 @@ What we change in rq, and why:
   it at the front; after DAEMON_STOP_TIMEOUT_S, or on a second signal, the horse is killed and the parent
   requeues it itself.
 - A Redis blip while a job runs is logged, not fatal (rq would quit the worker from its heartbeat).
+- Spot notices (DESIGN §3), watched from a thread of the parent (`daemon/spot.py`): an interruption
+  notice means exactly what SIGTERM means (the watcher sends SIGTERM to this process); a rebalance
+  recommendation stops taking new jobs and asks the running one for a checkpoint, which then goes on.
+  A worker that starts while a notice is up takes no jobs at all (systemd may restart it there).
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import redis as redis_lib
-from rq.exceptions import AbandonedJobError
+from rq.exceptions import AbandonedJobError, StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
@@ -36,13 +41,14 @@ from .config import Settings
 from .drainer import OutboxDrainer
 from .entry import configure
 from .handlers import registry
-from .interrupts import PREEMPT_SIGNAL
+from .interrupts import CHECKPOINT_SIGNAL, PREEMPT_SIGNAL
 from .legacy import looks_legacy
 from .queue import GuardedJob, make_queue
 from .recovery import after_lost_attempt, describe_exit
 from .runtime import Runtime, redis_client
 from .sentry import capture_abandoned
 from .spec_io import parse_job
+from .spot import MetadataClient, Notice, SpotWatcher
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +99,10 @@ class DaemonWorker(Worker):
         self._preempting = False
         self._kill_timer: threading.Timer | None = None
         self.drainer = OutboxDrainer(self.runtime)
+        self.spot: SpotWatcher | None = None
+        # Set by a spot notice: take no new jobs (the instance is going away).
+        self.draining: Notice | None = None
+        self._working = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -102,12 +112,68 @@ class DaemonWorker(Worker):
         # reach, so a forked job's garbage collections don't touch (and copy) the parent's pages.
         gc.freeze()
         self.drainer.start()
+        self.spot = self._watch_spot_notices()
         try:
+            self._working = True
             return super().work(with_scheduler=True, **kwargs)
         finally:
             if self._kill_timer:
                 self._kill_timer.cancel()
+            if self.spot is not None:
+                self.spot.stop()
             self.drainer.stop()
+
+    # -- spot notices ----------------------------------------------------------------------------
+
+    def _watch_spot_notices(self) -> SpotWatcher | None:
+        if not self.settings.imds_url:
+            log.info("spot notices not watched (IMDS_URL is empty)")
+            return None
+        watcher = SpotWatcher(
+            MetadataClient(self.settings.imds_url),
+            on_interruption=self.on_spot_interruption,
+            on_rebalance=self.on_rebalance_recommendation,
+            interval_s=self.settings.spot_poll_interval_s,
+        )
+        watcher.poll_once()  # a notice already up: know it before the first dequeue
+        return watcher.start()
+
+    def on_spot_interruption(self, notice: Notice) -> None:
+        left = notice.seconds_left()
+        log.warning(
+            "spot interruption notice: %s at %s (%s left)",
+            notice.action or "interruption",
+            notice.deadline.isoformat() if notice.deadline else "an unknown time",
+            f"{left:.0f}s" if left is not None else "unknown",
+        )
+        self.draining = notice
+        if self._working:
+            # The same path as systemd's SIGTERM: preempt the job (checkpoint, requeue), then exit.
+            # Restarted on this instance, the worker sees the notice before its first dequeue and idles.
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_rebalance_recommendation(self, notice: Notice) -> None:
+        log.warning("rebalance recommendation: no new jobs here; the running job checkpoints and goes on")
+        self.draining = self.draining or notice
+        if self.horse_pid:
+            self._signal_horse(CHECKPOINT_SIGNAL)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """Before each dequeue: rq's suspension, and ours while a spot notice is up (idle, alive, so
+        systemd does not restart us into taking jobs on an instance that is going away)."""
+        super().check_for_suspension(burst)
+        if self.draining is None:
+            return
+        if burst:
+            raise StopRequested()
+        log.warning("taking no new jobs: spot %s notice", self.draining.kind)
+        last_beat = time.monotonic()
+        while not self._stop_requested:
+            time.sleep(1.0)
+            if time.monotonic() - last_beat >= self.settings.monitor_interval_s:
+                self.heartbeat()
+                last_beat = time.monotonic()
+        raise StopRequested()
 
     def handle_warm_shutdown_request(self) -> None:
         """First SIGTERM/SIGINT: ask the running job to stop and requeue; kill it if it won't."""
@@ -157,8 +223,14 @@ class DaemonWorker(Worker):
         if exc_type is AbandonedJobError or isinstance(exc_value, AbandonedJobError):
             capture_abandoned(job)
             try:
+                # A worker that stops heartbeating vanished with its instance (spot, no notice) or
+                # was SIGKILLed: not the job's fault, so it is a preemption, not a failure.
                 after_lost_attempt(
-                    self.runtime, job, cause="its worker stopped heartbeating", preempted=False
+                    self.runtime,
+                    job,
+                    cause="its worker stopped heartbeating",
+                    preempted=True,
+                    code="worker_lost",
                 )
             except Exception:
                 log.exception("could not report abandoned job %s", job.id)

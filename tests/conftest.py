@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures_s3",
     "tests.fixtures_webhooks",
     "tests.fixtures_daemon",
+    "tests.fixtures_imds",
 ]

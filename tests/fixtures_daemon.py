@@ -192,6 +192,8 @@ def daemon_env(redis_url: str, tmp_path: Path, webhook_receiver: Any) -> dict[st
         HEARTBEAT_INTERVAL_S="2",
         OUTBOX_POLL_INTERVAL_S="0.2",
         PYTHONUNBUFFERED="1",
+        IMDS_URL="",  # no metadata service unless a test starts the fake one
+        SFM_THREADS="1",  # reproducible SfM, so resumed and uninterrupted runs can be compared
     )
     return env
 

@@ -239,6 +239,12 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "CALLBACK_MAX_AGE_S": ("3600", 3600),
     "OUTBOX_POLL_INTERVAL_S": ("0.5", 0.5),
     "LOG_LEVEL": ("DEBUG", "debug"),
+    "JOB_MAX_PREEMPTIONS": ("5", 5),
+    "CHECKPOINT_PREFIX": ("/ckpt/", "ckpt"),
+    "CHECKPOINT_INTERVAL_S": ("60", 60.0),
+    "SFM_THREADS": ("1", 1),
+    "IMDS_URL": ("http://127.0.0.1:1338", "http://127.0.0.1:1338"),
+    "SPOT_POLL_INTERVAL_S": ("1", 1.0),
     "SENTRY_DSN": ("https://k@o1.ingest.sentry.io/1", "https://k@o1.ingest.sentry.io/1"),
     "SENTRY_ENVIRONMENT": ("staging", "staging"),
 }

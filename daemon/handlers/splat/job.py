@@ -13,15 +13,16 @@ import logging
 import resource
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...errors import JobError
+from ...errors import JobError, JobPreempted
 from ..params_splat import SplatParams
+from . import resume
 from .export import write_compressed, write_ply
 from .inputs import ImageOptions, prepare_images
 from .report import save_curves, save_preview
@@ -54,16 +55,17 @@ def run(ctx: Any) -> None:
     params: SplatParams = ctx.params
     ws = Workspace(ctx.workdir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resume.restore(ctx, ws)
     with ctx.stage("download"):
         files = download(ctx, ws)
     with ctx.stage("images"):
-        images = normalise_images(ws, files, params, ctx.progress)
+        images = checkpointed(ctx, ws, "images", lambda: normalise_images(ws, files, params, ctx.progress))
     with ctx.stage("sfm"):
-        sfm = reconstruct(ws, images, params, ctx.progress)
+        sfm = checkpointed(ctx, ws, "sfm", lambda: reconstruct(ws, images, params, ctx))
     with ctx.stage("train"):
         scene = load_scene(sfm_model_dir(ws), ws.sfm / "undistorted" / "images",
                            holdout_every=params.holdout_every, device=device)  # fmt: skip
-        training = train(ws, scene, params, ctx.progress)
+        training = checkpointed(ctx, ws, "train", lambda: train(ws, scene, params, ctx))
     with ctx.stage("evaluate"):
         metrics = evaluate(ws, scene, params)
     with ctx.stage("export"):
@@ -80,6 +82,17 @@ def run(ctx: Any) -> None:
 
 
 # -- stages ------------------------------------------------------------------------------------------
+
+
+def checkpointed(
+    ctx: Any, ws: Workspace, stage: str, run_stage: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run a stage; if it did work (not reused from a record), checkpoint what it produced."""
+    fresh = ws.finished(stage) is None
+    summary = run_stage()
+    if fresh:
+        resume.save_stage(ctx, ws, stage)
+    return summary
 
 
 def _finished(ws: Workspace, stage: str) -> dict[str, Any] | None:
@@ -119,16 +132,22 @@ def normalise_images(ws: Workspace, files: list[Path], params: SplatParams, prog
     return summary
 
 
-def reconstruct(ws: Workspace, images: dict[str, Any], params: SplatParams, progress: Any) -> dict[str, Any]:
+def reconstruct(ws: Workspace, images: dict[str, Any], params: SplatParams, ctx: Any) -> dict[str, Any]:
     done = _finished(ws, "sfm")
     if done is not None:
         return done
     import pycolmap
 
     pycolmap.logging.minloglevel = 2  # warnings and errors only: COLMAP's info lines flood journald
+    # RANSAC and the mapper draw from COLMAP's generator: seeded, SfM is reproducible when it runs
+    # on one thread (SFM_THREADS=1); with more, bundle adjustment sums in varying order.
+    pycolmap.set_random_seed(params.seed)
+    options = SfmOptions(min_registered_ratio=params.min_registered_ratio)
+    threads = ctx.settings.sfm_threads if ctx.settings is not None else 0
+    if threads:
+        options = replace(options, num_threads=threads)
     paths = [ws.images / name for name in images["paths"]]
-    result = run_sfm(paths, ws.sfm, SfmOptions(min_registered_ratio=params.min_registered_ratio),
-                     progress=progress)  # fmt: skip
+    result = run_sfm(paths, ws.sfm, options, progress=ctx.progress)
     summary = {
         "registered": result.registered,
         "total": result.total,
@@ -157,7 +176,9 @@ def memory_guard(stage: str, params: SplatParams) -> Iterator[None]:
         ) from None
 
 
-def train(ws: Workspace, scene: Scene, params: SplatParams, progress: Any) -> dict[str, Any]:
+def train(ws: Workspace, scene: Scene, params: SplatParams, ctx: Any) -> dict[str, Any]:
+    """Train, continuing from a restored training state if there is one. Interrupts are taken at
+    step boundaries only: a preemption first writes a checkpoint, so nothing trained is lost."""
     done = _finished(ws, "train")
     if done is not None:
         return done
@@ -165,36 +186,22 @@ def train(ws: Workspace, scene: Scene, params: SplatParams, progress: Any) -> di
     trainer = Trainer(scene.train, scene.points, scene.colors, config)
     views = eval_views(scene)
     with memory_guard("training", params):
-        initial = trainer.evaluate(views)
-        history: dict[str, list[float]] = {
-            "step": [],
-            "loss": [],
-            "gaussians": [],
-            "eval_step": [],
-            "psnr": [],
-        }
-        curve_every = max(1, config.steps // CURVE_POINTS)
-        eval_every = max(1, config.steps // EVAL_POINTS)
-
-        def on_step(stats: StepStats) -> None:
-            if stats.step % curve_every == 0 or stats.step == config.steps:
-                history["step"].append(stats.step)
-                history["loss"].append(stats.loss)
-                history["gaussians"].append(stats.gaussians)
-            if stats.step % eval_every == 0 or stats.step == config.steps:
-                score = trainer.evaluate(views[:CURVE_EVAL_VIEWS])["psnr"]
-                history["eval_step"].append(stats.step)
-                history["psnr"].append(score)
-                log.info(
-                    "step %d/%d: loss %.4f, %d Gaussians, PSNR %.2f dB",
-                    stats.step, config.steps, stats.loss, stats.gaussians, score,
-                )  # fmt: skip
-            progress(stats.step / config.steps)
-
-        trainer.train(on_step=on_step)
+        run = _start_or_resume(ws, trainer, views)
+        curves = Curves(run["history"], config.steps)
+        while trainer.step < config.steps:
+            with ctx.interrupts.shielded():
+                stats = trainer.train_step()
+                if curves.wants_eval(stats.step):
+                    score = trainer.evaluate(views[:CURVE_EVAL_VIEWS])["psnr"]
+                    curves.add_eval(stats, score)
+                curves.add(stats)
+                ctx.progress(stats.step / config.steps)
+                if _checkpoint_due(ctx):
+                    resume.save_training(ctx, ws, {**run, "trainer": trainer.state_dict()})
+                ctx.interrupts.raise_requested()
     ws.model.parent.mkdir(parents=True, exist_ok=True)
     params_cpu = {k: v.detach().cpu() for k, v in trainer.params.items()}
-    torch.save({"params": params_cpu, "history": history}, ws.model)
+    torch.save({"params": params_cpu, "history": run["history"]}, ws.model)
     summary = {
         "steps": config.steps,
         "seed": config.seed,
@@ -202,10 +209,59 @@ def train(ws: Workspace, scene: Scene, params: SplatParams, progress: Any) -> di
         "backend": "gsplat" if scene.points.is_cuda else "cpu",
         "gaussians": len(params_cpu["means"]),
         "train_views": len(scene.train),
-        "initial": initial,
+        "initial": run["initial"],
     }
     ws.record("train", summary)
     return summary
+
+
+def _start_or_resume(ws: Workspace, trainer: Trainer, views: list[Camera]) -> dict[str, Any]:
+    """The run's history and initial metrics: from the restored training state, or fresh."""
+    saved = resume.load_training(ws)
+    if saved is None:
+        return {"history": {k: [] for k in Curves.KEYS}, "initial": trainer.evaluate(views)}
+    trainer.load_state_dict(saved["trainer"])
+    log.info("training resumes at step %d", trainer.step)
+    return {"history": saved["history"], "initial": saved["initial"]}
+
+
+def _checkpoint_due(ctx: Any) -> bool:
+    """A checkpoint is written when the job is being preempted, when one was asked for (rebalance
+    notice), or when the periodic interval has passed."""
+    if ctx.checkpoints is None:
+        return False
+    asked = ctx.interrupts.checkpoint_requested
+    ctx.interrupts.checkpoint_requested = False
+    return ctx.interrupts.requested is JobPreempted or asked or ctx.checkpoints.due()
+
+
+class Curves:
+    """The training history behind curves.png: every steps/CURVE_POINTS-th step, and a held-out
+    PSNR every steps/EVAL_POINTS-th (also logged)."""
+
+    KEYS = ("step", "loss", "gaussians", "eval_step", "psnr")
+
+    def __init__(self, history: dict[str, list[float]], steps: int) -> None:
+        self.history, self.steps = history, steps
+        self.curve_every = max(1, steps // CURVE_POINTS)
+        self.eval_every = max(1, steps // EVAL_POINTS)
+
+    def wants_eval(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step == self.steps
+
+    def add(self, stats: StepStats) -> None:
+        if stats.step % self.curve_every == 0 or stats.step == self.steps:
+            self.history["step"].append(stats.step)
+            self.history["loss"].append(stats.loss)
+            self.history["gaussians"].append(stats.gaussians)
+
+    def add_eval(self, stats: StepStats, score: float) -> None:
+        self.history["eval_step"].append(stats.step)
+        self.history["psnr"].append(score)
+        log.info(
+            "step %d/%d: loss %.4f, %d Gaussians, PSNR %.2f dB",
+            stats.step, self.steps, stats.loss, stats.gaussians, score,
+        )  # fmt: skip
 
 
 def eval_views(scene: Scene) -> list[Camera]:

@@ -1,0 +1,115 @@
+"""Spot recovery end to end: a splat job interrupted mid-training on one worker resumes on another from
+its S3 checkpoint and ends with the same PLY, byte for byte, as the same job run without interruption.
+
+Real parts: Redis, Supabase (PostgreSQL + our PostgREST layer), moto's S3 server, the fake EC2
+metadata service (IMDSv2) the first worker polls, and `python -m daemon worker` processes. SfM runs
+on one thread (SFM_THREADS=1, set by `daemon_env`) so that the reference run's SfM is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import scenes
+from tests.fixtures_daemon import ROOT, wait_until
+
+pytestmark = pytest.mark.slow
+
+PARAMS = {"iterations": 120, "holdout_every": 4, "max_image_size": 256}
+
+
+@pytest.fixture(scope="module")
+def ring_inputs(file_server, tmp_path_factory) -> list[dict[str, str]]:
+    scene = scenes.render_textured_scene(tmp_path_factory.mktemp("resume-ring"), count=16, seed=0)
+    return [
+        {"url": file_server.add(f"resume-ring-{p.name}", p.read_bytes()), "name": p.name} for p in scene.paths
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference_ply(ring_inputs, tmp_path_factory) -> bytes:
+    """The PLY of the job run straight through, in one process (`run-local`, no checkpoints)."""
+    base = tmp_path_factory.mktemp("reference")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "S3_", "SENTRY_"))},
+        "DAEMON_ENV_FILE": str(base / "no.env"),
+        "DAEMON_WORK_DIR": str(base / "work"),
+        "DAEMON_STATE_DIR": str(base / "state"),
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "URL_ALLOW_NETWORKS": "127.0.0.1/32",
+        "SFM_THREADS": "1",
+        "IMDS_URL": "",
+    }
+    spec = {"spec_version": 1, "job_id": "resume-reference", "kind": "splat", "inputs": ring_inputs,
+            "params": PARAMS}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "run-local", json.dumps(spec), "--out", str(base / "out")],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert json.loads(done.stdout)["status"] == "completed", done.stderr[-3000:]
+    return (base / "out" / "resume-reference" / "splat.ply").read_bytes()
+
+
+def enqueue(env: dict, spec: dict) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_spot_notice_mid_training_resumes_elsewhere_to_the_identical_result(
+    full_env, ring_inputs, reference_ply, start_worker, jobs_rows, s3_bucket, imds, webhook_receiver
+):
+    server, bucket = s3_bucket
+    s3 = server.client()
+    job_id = "resume-notice-1"
+    spec = {"spec_version": 1, "job_id": job_id, "kind": "splat", "inputs": ring_inputs, "params": PARAMS,
+            "callback_url": f"{webhook_receiver.url}/hooks/resume"}  # fmt: skip
+    enqueue(full_env, spec)
+    # Given a worker on a spot instance, its job a third of the way into training
+    first = start_worker({**full_env, "IMDS_URL": imds.url, "SPOT_POLL_INTERVAL_S": "0.2"}, name="spot")
+    wait_until(
+        lambda: any(r["stage"] == "train" and r["progress"] >= 45 for r in jobs_rows(id=job_id)),
+        timeout=300,
+        interval=0.5,
+        message=lambda: first.logs()[-4000:],
+    )
+    # When the instance gets its two-minute notice
+    imds.trigger_interruption("terminate", in_seconds=120)
+    # Then the worker checkpoints, requeues the job and exits well before the deadline
+    assert first.wait(timeout=60) == 0, first.logs()[-4000:]
+    logs = first.logs()
+    assert "spot interruption notice: terminate" in logs and "training checkpoint at step" in logs
+    row = jobs_rows(id=job_id)[0]
+    assert row["status"] == "requeued" and row["error_code"] == "preempted" and row["attempt"] == 1
+    manifests = s3.list_objects_v2(Bucket=bucket, Prefix=f"checkpoints/{job_id}/manifests/")
+    assert manifests.get("KeyCount", 0) >= 1
+
+    # When another worker (another instance, no notice) takes the job
+    second = start_worker(full_env, name="replacement")
+    done = wait_until(
+        lambda: next((r for r in jobs_rows(id=job_id) if r["status"] == "completed"), None),
+        timeout=300,
+        interval=1.0,
+        message=lambda: second.logs()[-4000:],
+    )
+    # Then it resumed: the earlier stages were restored, not redone, and training went on from its step
+    resumed = second.logs()
+    assert "restored stages download, images, sfm" in resumed
+    assert "training resumes at step" in resumed and "sfm: registered" not in resumed
+    assert done["attempt"] == 2
+    # And the result is the uninterrupted run's, byte for byte
+    ply = s3.get_object(Bucket=bucket, Key=f"jobs/{job_id}/splat.ply")["Body"].read()
+    assert ply == reference_ply
+    # And one completed callback, after the requeued one; the checkpoints are gone
+    webhook_receiver.wait_for(lambda e: e.type == "job.completed", timeout=30)
+    types = [e.type for e in webhook_receiver.events]
+    assert types.count("job.completed") == 1 and types.index("job.requeued") < types.index("job.completed")
+    leftovers = s3.list_objects_v2(Bucket=bucket, Prefix=f"checkpoints/{job_id}/")
+    assert leftovers.get("KeyCount", 0) == 0
