@@ -10,7 +10,6 @@ every stage must be idempotent and outputs are written under deterministic keys.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from typing import Any
 
@@ -37,6 +36,7 @@ from .outcomes import (
 from .progress import ProgressReporter
 from .runtime import Runtime
 from .spec_io import parse_job
+from .workdirs import claimed
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ class JobRunner:
         self.checkpoints = self.runtime.checkpoints(spec.job_id, attempt)
         try:
             try:
-                done = self.perform(spec, attempt, workdir, reporter, identity)
+                with claimed(workdir):
+                    done = self.perform(spec, attempt, workdir, reporter, identity)
             finally:
                 watcher.stop()
             return self.handle_success(identity, attempt, reporter, done.outputs, done.result)
@@ -106,8 +107,6 @@ class JobRunner:
             log.exception("unexpected error")
             internal = JobError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
             return self.handle_failure(identity, attempt, reporter, internal)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     def prepare(self, raw: Any) -> Any:
         """Validate the spec before any work; a bad one is reported where the client will see it."""

@@ -49,6 +49,7 @@ from .runtime import Runtime, redis_client
 from .sentry import capture_abandoned
 from .spec_io import parse_job
 from .spot import MetadataClient, Notice, SpotWatcher
+from .workdirs import sweep
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class DaemonWorker(Worker):
         # Everything imported so far lives as long as the worker: move it out of the collector's
         # reach, so a forked job's garbage collections don't touch (and copy) the parent's pages.
         gc.freeze()
+        sweep(self.settings.work_dir)
         self.drainer.start()
         self.spot = self._watch_spot_notices()
         try:

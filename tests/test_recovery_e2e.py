@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests import scenes
 from tests.fixtures_daemon import ROOT, wait_until
+from tests.test_worker_faults import horse_pid
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +117,76 @@ def test_spot_notice_mid_training_resumes_elsewhere_to_the_identical_result(
     assert types.count("job.completed") == 1 and types.index("job.requeued") < types.index("job.completed")
     leftovers = s3.list_objects_v2(Bucket=bucket, Prefix=f"checkpoints/{job_id}/")
     assert leftovers.get("KeyCount", 0) == 0
+
+
+def test_sigkill_mid_training_resumes_from_the_periodic_checkpoint_within_90_s(
+    full_env, ring_inputs, reference_ply, start_worker, jobs_rows, s3_bucket
+):
+    server, bucket = s3_bucket
+    job_id = "resume-kill-1"
+    enqueue(full_env, {"spec_version": 1, "job_id": job_id, "kind": "splat", "inputs": ring_inputs,
+                       "params": PARAMS})  # fmt: skip
+    # Given a worker checkpointing every 2 s, well into training, with a checkpoint written
+    first = start_worker({**full_env, "CHECKPOINT_INTERVAL_S": "2"}, name="doomed")
+    wait_until(
+        lambda: (
+            "training checkpoint at step" in first.logs()
+            and any(r["progress"] >= 45 for r in jobs_rows(id=job_id))
+        ),
+        timeout=300,
+        interval=0.5,
+        message=lambda: first.logs()[-4000:],
+    )
+    # When the instance vanishes: worker and job killed, nothing reported
+    horse = wait_until(lambda: horse_pid(first), timeout=5)
+    first.proc.kill()
+    os.kill(horse, signal.SIGKILL)
+    lost_at = time.monotonic()
+    last_step = max(int(s) for s in re.findall(r"training checkpoint at step (\d+)", first.logs()))
+    # Then another worker finds it abandoned within about 90 s and resumes from the last checkpoint
+    second = start_worker(full_env, name="survivor")
+    wait_until(lambda: "training resumes at step" in second.logs(), timeout=150, interval=0.5,
+               message=lambda: second.logs()[-4000:])  # fmt: skip
+    assert time.monotonic() - lost_at < 90 + 30  # detection, plus restoring the checkpoint
+    resumed_at = int(re.search(r"training resumes at step (\d+)", second.logs()).group(1))
+    assert 0 < resumed_at <= last_step + 1  # at most one checkpoint interval was lost
+    done = wait_until(
+        lambda: next((r for r in jobs_rows(id=job_id) if r["status"] == "completed"), None),
+        timeout=300,
+        interval=1.0,
+        message=lambda: second.logs()[-4000:],
+    )
+    assert done["attempt"] == 2
+    # And the result is the uninterrupted run's, byte for byte
+    ply = server.client().get_object(Bucket=bucket, Key=f"jobs/{job_id}/splat.ply")["Body"].read()
+    assert ply == reference_ply
+
+
+def test_notice_during_sfm_redoes_sfm_cleanly_but_not_the_photos(
+    full_env, ring_inputs, start_worker, jobs_rows, imds
+):
+    job_id = "resume-sfm-1"
+    params = {**PARAMS, "iterations": 100}
+    enqueue(full_env, {"spec_version": 1, "job_id": job_id, "kind": "splat", "inputs": ring_inputs,
+                       "params": params})  # fmt: skip
+    # Given a spot worker in the middle of SfM
+    first = start_worker({**full_env, "IMDS_URL": imds.url, "SPOT_POLL_INTERVAL_S": "0.1"}, name="spot")
+    wait_until(lambda: "sfm: features in" in first.logs(), timeout=120, interval=0.1,
+               message=lambda: first.logs()[-4000:])  # fmt: skip
+    # When the notice comes
+    imds.trigger_interruption("stop", in_seconds=120)
+    assert first.wait(timeout=60) == 0, first.logs()[-4000:]
+    assert "sfm: registered" not in first.logs()  # it was stopped mid-SfM
+    assert jobs_rows(id=job_id)[0]["status"] == "requeued"
+    # Then the next worker restores the photos, redoes SfM from scratch, and completes
+    second = start_worker(full_env, name="next")
+    wait_until(
+        lambda: any(r["status"] == "completed" for r in jobs_rows(id=job_id)),
+        timeout=300,
+        interval=1.0,
+        message=lambda: second.logs()[-4000:],
+    )
+    logs = second.logs()
+    assert "restored stages download, images from attempt 1" in logs
+    assert "sfm: registered" in logs  # SfM ran again, in full
+    assert "download finished in an earlier run" in logs and "images finished in an earlier run" in logs
