@@ -141,6 +141,8 @@ class JobRunner:
         workdir.mkdir(parents=True, exist_ok=True)
 
         def milestone(percent: int) -> None:
+            if not self.runtime.ledger.is_current(spec.job_id, attempt):
+                raise AttemptSuperseded(f"attempt {attempt} of {spec.job_id} is no longer current")
             notify(
                 self.runtime,
                 identity,

@@ -1,0 +1,55 @@
+"""Fencing: an attempt that a newer attempt has replaced (its instance was presumed dead and came back)
+stops at its next write and leaves no trace: no outputs, no row change, no callback. And a job whose
+instances keep vanishing fails once its preemption budget is spent, not before."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from redis import Redis
+
+from tests.fixtures_daemon import wait_until
+from tests.test_worker_faults import enqueue, horse_pid, local_row, slow_spec, wait_status
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_superseded_attempt_writes_no_output_row_or_callback(
+    daemon_env, file_server, start_worker, tmp_path, webhook_receiver
+):
+    # Given an attempt busy downloading a slow input
+    enqueue(daemon_env, slow_spec(file_server, "fenced", 4, callback_url=webhook_receiver.url))
+    worker = start_worker(daemon_env)
+    wait_status(tmp_path, "fenced", "running", worker=worker)
+    webhook_receiver.wait_for(lambda e: e.type == "job.progress", timeout=30)  # the 25 % milestone
+    # When the ledger moves on to attempt 2 (another worker took the job over meanwhile)
+    redis = Redis.from_url(daemon_env["REDIS_URL"])
+    assert redis.hincrby("daemon:job:fenced", "attempt", 1) == 2
+    sent_before = len(webhook_receiver.events)
+    # Then attempt 1 stops at its first output instead of writing it
+    wait_until(lambda: "superseded by a newer attempt" in worker.logs(), timeout=30,
+               message=lambda: worker.logs()[-3000:])  # fmt: skip
+    assert not (tmp_path / "outputs" / "fenced").exists()
+    row = local_row(tmp_path, "fenced")
+    assert row["status"] == "running" and row["attempt"] == 1  # untouched since
+    time.sleep(1.0)  # anything it would still send has been queued by now
+    assert len(webhook_receiver.events) == sent_before  # not even a progress milestone
+    assert worker.proc.poll() is None  # and the worker serves on
+
+
+def test_preemptions_have_their_own_budget(daemon_env, file_server, start_worker, tmp_path):
+    # Given a budget of 2 preemptions and a job stopped three times by SIGTERM
+    env = {**daemon_env, "JOB_MAX_PREEMPTIONS": "2", "JOB_MAX_ATTEMPTS": "1"}
+    enqueue(env, slow_spec(file_server, "hunted", 8))
+    for round_ in range(3):
+        worker = start_worker(env, name=f"w{round_}")
+        wait_until(lambda w=worker: horse_pid(w), timeout=30)
+        wait_status(tmp_path, "hunted", "running", worker=worker)
+        worker.signal(15)
+        assert worker.wait(timeout=30) == 0
+    # Then the first two were requeued (JOB_MAX_ATTEMPTS=1 was not used up by them), the third failed
+    row = local_row(tmp_path, "hunted")
+    assert row["status"] == "failed" and row["error_code"] == "too_many_preemptions", json.dumps(row)
+    assert row["attempt"] == 3
