@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -190,3 +191,60 @@ def test_notice_during_sfm_redoes_sfm_cleanly_but_not_the_photos(
     assert "restored stages download, images from attempt 1" in logs
     assert "sfm: registered" in logs  # SfM ran again, in full
     assert "download finished in an earlier run" in logs and "images finished in an earlier run" in logs
+
+
+def test_chaos_every_job_completes_exactly_once_with_the_reference_result(
+    full_env, ring_inputs, reference_ply, start_worker, jobs_rows, s3_bucket, webhook_receiver
+):
+    server, bucket = s3_bucket
+    env = {**full_env, "CHECKPOINT_INTERVAL_S": "3", "JOB_MAX_PREEMPTIONS": "50"}
+    job_ids = [f"chaos-{i}" for i in range(3)]
+    for job_id in job_ids:
+        hook = f"{webhook_receiver.url}/hooks/{job_id}"
+        enqueue(env, {"spec_version": 1, "job_id": job_id, "kind": "splat", "inputs": ring_inputs,
+                      "params": PARAMS, "callback_url": hook})  # fmt: skip
+    # Given a pool of three workers
+    pool = [start_worker(env, name=f"pool{i}") for i in range(3)]
+    rng = random.Random(20261125)
+    kills = {"SIGTERM (notice, scale-in)": 0, "SIGKILL (instance vanished)": 0}
+
+    def completed() -> set[str]:
+        return {r["id"] for r in jobs_rows() if r["status"] == "completed"}
+
+    # When workers are killed at random, many times, while the jobs run
+    deadline = time.monotonic() + 900
+    while len(completed()) < len(job_ids) and sum(kills.values()) < 8:
+        assert time.monotonic() < deadline, "chaos did not settle"
+        time.sleep(rng.uniform(4.0, 10.0))
+        busy = [w for w in pool if w.proc.poll() is None and horse_pid(w)]
+        if not busy:
+            continue
+        victim = rng.choice(busy)
+        if rng.random() < 0.25 and kills["SIGKILL (instance vanished)"] == 0:
+            horse = horse_pid(victim)
+            victim.proc.kill()
+            if horse:
+                os.kill(horse, signal.SIGKILL)
+            kills["SIGKILL (instance vanished)"] += 1
+        else:
+            victim.signal(signal.SIGTERM)
+            victim.wait(timeout=60)
+            kills["SIGTERM (notice, scale-in)"] += 1
+        pool[pool.index(victim)] = start_worker(env, name=f"pool-r{sum(kills.values())}")
+    # Then every job completes, exactly once, with the uninterrupted run's PLY
+    wait_until(
+        lambda: len(completed()) == len(job_ids),
+        timeout=600,
+        interval=2.0,
+        message=lambda: f"rows: {[(r['id'], r['status'], r['attempt']) for r in jobs_rows()]}",
+    )
+    time.sleep(2.0)  # late duplicates, if any, would arrive now
+    rows = {r["id"]: r for r in jobs_rows()}
+    completions = [e.path for e in webhook_receiver.events if e.type == "job.completed"]
+    for job_id in job_ids:
+        assert completions.count(f"/hooks/{job_id}") == 1, completions
+        ply = server.client().get_object(Bucket=bucket, Key=f"jobs/{job_id}/splat.ply")["Body"].read()
+        assert ply == reference_ply, job_id
+    attempts = {job_id: rows[job_id]["attempt"] for job_id in job_ids}
+    print(f"\nchaos: kills {kills}; attempts per job {attempts}; completed callbacks {len(completions)}")
+    assert sum(kills.values()) >= 3  # it was chaos, not a quiet run
