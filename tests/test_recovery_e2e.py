@@ -248,3 +248,33 @@ def test_chaos_every_job_completes_exactly_once_with_the_reference_result(
     attempts = {job_id: rows[job_id]["attempt"] for job_id in job_ids}
     print(f"\nchaos: kills {kills}; attempts per job {attempts}; completed callbacks {len(completions)}")
     assert sum(kills.values()) >= 3  # it was chaos, not a quiet run
+
+
+def test_rebalance_recommendation_checkpoints_and_finishes_but_takes_no_new_job(
+    full_env, ring_inputs, start_worker, jobs_rows, imds
+):
+    params = {**PARAMS, "iterations": 100}
+    for job_id in ("rebalance-1", "rebalance-2"):
+        enqueue(full_env, {"spec_version": 1, "job_id": job_id, "kind": "splat", "inputs": ring_inputs,
+                           "params": params})  # fmt: skip
+    # Given a spot worker training its first job (the second waits in the queue)
+    worker = start_worker({**full_env, "IMDS_URL": imds.url, "SPOT_POLL_INTERVAL_S": "0.2"}, name="spot")
+    wait_until(lambda: any(r["stage"] == "train" for r in jobs_rows(id="rebalance-1")), timeout=300,
+               interval=0.5, message=lambda: worker.logs()[-4000:])  # fmt: skip
+    # When AWS recommends rebalancing (an earlier, softer signal than the interruption notice)
+    imds.trigger_rebalance()
+    # Then the running job writes a checkpoint at once and goes on to complete on this worker
+    wait_until(lambda: "training checkpoint at step" in worker.logs(), timeout=30,
+               message=lambda: worker.logs()[-4000:])  # fmt: skip
+    done = wait_until(
+        lambda: next((r for r in jobs_rows(id="rebalance-1") if r["status"] == "completed"), None),
+        timeout=300,
+        interval=1.0,
+        message=lambda: worker.logs()[-4000:],
+    )
+    assert done["attempt"] == 1
+    # And the worker stays up but takes no new job
+    wait_until(lambda: "taking no new jobs: spot rebalance notice" in worker.logs(), timeout=30)
+    time.sleep(3.0)
+    assert worker.proc.poll() is None
+    assert not jobs_rows(id="rebalance-2")  # never started: no row written
