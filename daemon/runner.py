@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq.job import Job, Retry
 from rq.timeouts import JobTimeoutException
 
@@ -141,7 +142,12 @@ class JobRunner:
         workdir.mkdir(parents=True, exist_ok=True)
 
         def milestone(percent: int) -> None:
-            if not self.runtime.ledger.is_current(spec.job_id, attempt):
+            try:
+                current = self.runtime.ledger.is_current(spec.job_id, attempt)
+            except RedisError as exc:  # a progress callback is not worth failing the job for
+                log.warning("attempt not checked before a progress callback: %s", exc)
+                current = True
+            if not current:
                 raise AttemptSuperseded(f"attempt {attempt} of {spec.job_id} is no longer current")
             notify(
                 self.runtime,
