@@ -94,6 +94,17 @@ class Ledger:
         completed it yet. Only the attempt that gets True reports completion."""
         return bool(self.redis.eval(_CLAIM_COMPLETION, 1, self._key(job_id), attempt))
 
+    def set_stop_reason(self, job_id: str, reason: str) -> None:
+        """Why the worker is preempting the job (a spot notice, SIGTERM): the job's row will say it."""
+        self.redis.hset(self._key(job_id), "stop_reason", reason)
+
+    def pop_stop_reason(self, job_id: str) -> str | None:
+        with self.redis.pipeline() as pipe:
+            pipe.hget(self._key(job_id), "stop_reason")
+            pipe.hdel(self._key(job_id), "stop_reason")
+            raw = pipe.execute()[0]
+        return raw.decode() if raw else None
+
     def set_status(self, job_id: str, status: str) -> None:
         self.redis.hset(self._key(job_id), "status", status)
 

@@ -242,7 +242,8 @@ class JobRunner:
                 self._no_rq_retry()
                 raise JobFailed(str(too_many))
             log.warning("attempt preempted (%d so far); requeued at the front of its queue", preemptions)
-            stopped = preemption("the worker stopped; the job was requeued")
+            cause = self.runtime.ledger.pop_stop_reason(identity.job_id) or "the worker stopped"
+            stopped = preemption(f"{cause}; the job was requeued")
             reporter.close(status="requeued", **error_fields(stopped))
             self.runtime.ledger.set_status(identity.job_id, "requeued")
             notify_ended(self.runtime, identity, attempt, "requeued", error=stopped)

@@ -104,6 +104,7 @@ class DaemonWorker(Worker):
         # Set by a spot notice: take no new jobs (the instance is going away).
         self.draining: Notice | None = None
         self._working = False
+        self._stop_reason: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -149,6 +150,8 @@ class DaemonWorker(Worker):
             f"{left:.0f}s" if left is not None else "unknown",
         )
         self.draining = notice
+        when = notice.deadline.isoformat() if notice.deadline else "an unknown time"
+        self._stop_reason = f"spot interruption notice ({notice.action or 'interruption'} at {when})"
         if self._working:
             # The same path as systemd's SIGTERM: preempt the job (checkpoint, requeue), then exit.
             # Restarted on this instance, the worker sees the notice before its first dequeue and idles.
@@ -184,6 +187,7 @@ class DaemonWorker(Worker):
             return
         log.warning("stop requested: preempting the running job (grace %.0fs)", self.settings.stop_timeout_s)
         self._preempting = True
+        self._note_stop_reason(self._stop_reason or "the worker was stopped (SIGTERM: shutdown or scale-in)")
         self._signal_horse(PREEMPT_SIGNAL)
         self._kill_timer = threading.Timer(self.settings.stop_timeout_s, self._kill_stuck_horse)
         self._kill_timer.daemon = True
@@ -197,6 +201,15 @@ class DaemonWorker(Worker):
             self._signal_horse(signal.SIGKILL)
         else:
             raise SystemExit()
+
+    def _note_stop_reason(self, reason: str) -> None:
+        job_id = self.get_current_job_id()
+        if job_id is None:
+            return
+        try:
+            self.runtime.ledger.set_stop_reason(job_id, reason)
+        except redis_lib.RedisError as exc:  # the row then gives the generic reason
+            log.warning("stop reason not recorded: %s", exc)
 
     def _kill_stuck_horse(self) -> None:
         if self.horse_pid:

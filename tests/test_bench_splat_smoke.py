@@ -14,7 +14,7 @@ from tests.fixtures_daemon import ROOT
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ("fast", "default")
+SETTINGS = ("fast",)
 POSITIVE_ROWS = ("final Gaussians", "final held-out PSNR", "peak RSS (MB)")
 
 

@@ -93,6 +93,7 @@ def test_spot_notice_mid_training_resumes_elsewhere_to_the_identical_result(
     assert "spot interruption notice: terminate" in logs and "training checkpoint at step" in logs
     row = jobs_rows(id=job_id)[0]
     assert row["status"] == "requeued" and row["error_code"] == "preempted" and row["attempt"] == 1
+    assert row["error_message"].startswith("spot interruption notice (terminate at ")
     manifests = s3.list_objects_v2(Bucket=bucket, Prefix=f"checkpoints/{job_id}/manifests/")
     assert manifests.get("KeyCount", 0) >= 1
 
