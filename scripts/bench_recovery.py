@@ -62,11 +62,9 @@ RAM is skipped with a note, and so is one that runs out of memory anyway.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -79,9 +77,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
+from bench_queue import start_redis  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 from redis import Redis  # noqa: E402
 from rq import Queue  # noqa: E402
@@ -131,32 +131,6 @@ Row = dict[str, float]
 
 
 # -- infrastructure: private Redis, loopback S3 ------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], Redis]:
-    """A private redis-server on a free port (as scripts/bench_queue.py), without persistence."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--dir", str(data_dir)],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,  # a Ctrl-C in the terminal reaches us only; we stop it ourselves
-    )
-    redis = Redis.from_url(f"redis://127.0.0.1:{port}/0")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if redis.ping():
-                return proc, redis
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("could not start a private redis-server (is it installed?)")
 
 
 def stop_redis(proc: subprocess.Popen[bytes]) -> None:
@@ -585,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     server = MotoS3Server() if args.moto else SeaweedS3Server()
     redis_proc = None
     try:
-        redis_proc, redis = start_redis(tmp)
+        redis_proc, redis_url = start_redis(tmp)  # bench_queue's private redis-server
+        redis = Redis.from_url(redis_url)
         server.start()
         server.create_bucket(BUCKET)
         s3 = s3_client(
