@@ -99,7 +99,6 @@ class Checkpoints:
     records: dict[str, Any] = field(default_factory=dict)
     _seq: int = 0
     _last_commit: float = field(default_factory=time.monotonic)
-    requested: bool = False
 
     def __post_init__(self) -> None:
         self.root = f"{check_job_id(self.job_id)}"
@@ -134,14 +133,13 @@ class Checkpoints:
         }
         self.blobs.put_bytes(key, json.dumps(body, sort_keys=True).encode())
         self._last_commit = time.monotonic()
-        self.requested = False
         log.info("checkpoint %s written (%d files)", key.rsplit("/", 1)[-1], len(self.entries))
         self._collect_garbage()
         return key
 
     def due(self) -> bool:
-        """Whether a periodic checkpoint is due, or one was asked for (rebalance notice)."""
-        return self.requested or time.monotonic() - self._last_commit >= self.interval_s
+        """Whether the periodic interval has passed since the last checkpoint."""
+        return time.monotonic() - self._last_commit >= self.interval_s
 
     # -- reading -------------------------------------------------------------------------------------
 
