@@ -113,6 +113,15 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("could not start a private redis-server (is it installed?)")
 
 
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def tiny_jpeg() -> bytes:
     from PIL import Image
 
@@ -537,12 +546,7 @@ def stop_everything(
         httpd.shutdown()
         httpd.server_close()
     if redis_proc is not None:
-        redis_proc.terminate()
-        try:
-            redis_proc.wait(10)
-        except subprocess.TimeoutExpired:
-            redis_proc.kill()
-            redis_proc.wait(5)
+        stop_redis(redis_proc)
     for proc in leftovers:
         with contextlib.suppress(psutil.Error):
             proc.kill()

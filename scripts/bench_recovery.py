@@ -66,7 +66,6 @@ import gc
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -81,7 +80,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
-from bench_queue import start_redis  # noqa: E402
+from bench_queue import start_redis, stop_redis  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 from redis import Redis  # noqa: E402
 from rq import Queue  # noqa: E402
@@ -131,15 +130,6 @@ Row = dict[str, float]
 
 
 # -- infrastructure: private Redis, loopback S3 ------------------------------------------------------
-
-
-def stop_redis(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def transfer_config(chunk_mb: int) -> TransferConfig:
