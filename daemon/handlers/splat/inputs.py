@@ -143,14 +143,14 @@ def prepare_images(
                 result.duplicates.append(path.name)
             else:
                 image = _load_normalised(path, fmt, options)
-                dhash = _dhash(image)
-                if any((dhash ^ seen).bit_count() <= NEAR_DUPLICATE_BITS for seen in seen_dhash):
+                image_hash = dhash(image)
+                if any((image_hash ^ seen).bit_count() <= NEAR_DUPLICATE_BITS for seen in seen_dhash):
                     result.duplicates.append(path.name)
                 else:
                     out = out_dir / f"{len(result.paths) + 1:04d}.jpg"
                     _save_jpeg(image, out, options.jpeg_quality)
                     seen_sha256.add(digest)
-                    seen_dhash.append(dhash)
+                    seen_dhash.append(image_hash)
                     result.paths.append(out)
                     result.sizes.append(image.size)
                     result.sources.append(path.name)
@@ -269,7 +269,7 @@ def _to_srgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _dhash(image: Image.Image) -> int:
+def dhash(image: Image.Image) -> int:
     """Difference hash: one bit per horizontally adjacent pair of a 17x16 grey thumbnail."""
     grey = image.convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.Resampling.BOX).tobytes()
     bits = 0
