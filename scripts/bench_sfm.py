@@ -14,8 +14,15 @@ exhaustive matching): max image size 640/1024/1600, max features 1024/4096/8192,
 matching, plus 1600 px with 8,192 features as the quality ceiling. `--grid` runs the full 3×3×2 grid
 instead. Nothing is asserted; compare ratios.
 
+`--video` compares matchers on video frames instead: an ordered, smooth, closed orbit around the box
+(as a phone circling an object films it; frames at ~2 fps), rendered at each `--frames` count, and
+`run_sfm` with one shared camera per matcher (exhaustive, sequential, sequential_loop). Per run: pairs
+matched, wall seconds of matching and of the whole stage (and CPU seconds), registered, rotation
+error median / max, and whether the first and last frames ended in the kept model (a closed loop).
+
     .venv/bin/python scripts/bench_sfm.py                        # 30 views, 1600×1200: ~20 min, 2 cores
     .venv/bin/python scripts/bench_sfm.py --views 12 --size 800x600 --threads 2
+    .venv/bin/python scripts/bench_sfm.py --video --frames 48,96 --size 320x240   # ~2 min, 2 cores
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pycolmap  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from daemon.errors import JobError  # noqa: E402
 from daemon.handlers.splat.sfm import STEP_SPANS, SfmOptions, run_sfm  # noqa: E402
 from tests import scenes  # noqa: E402
 
 BASELINE = (1024, 4096, "exhaustive")
+VIDEO_MATCHERS = ("exhaustive", "sequential", "sequential_loop")
 
 
 def settings(grid: bool) -> list[tuple[int, int, str]]:
@@ -115,17 +124,129 @@ def print_table(rows: list[tuple[tuple[int, int, str], dict[str, object]]]) -> N
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
+def render_orbit(out_dir: Path, count: int, size: tuple[int, int], seed: int = 0) -> scenes.Scene:
+    """`count` frames of one full, smooth orbit around the box (radius, height and aim wander
+    slowly, as a hand-held camera's do, and come back to where they started): video frames, unlike
+    `scenes.ring_poses`, whose jitter is independent per view."""
+    width, height = size
+    focal = (width / 2) / np.tan(np.deg2rad(60.0) / 2)
+    scene = scenes.Scene([], width, height, focal, focal, width / 2, height / 2)
+    atlas = scenes._atlas("auto", seed, 512)  # the room's textures, as render_textured_scene uses them
+    out_dir.mkdir(parents=True, exist_ok=True)
+    phase = np.random.default_rng(seed).uniform(0, 2 * np.pi, 4)
+    for index in range(count):
+        angle = 2 * np.pi * index / count
+        radius = 4.0 + 0.3 * np.sin(2 * angle + phase[0])
+        center = np.array(
+            [
+                radius * np.cos(angle - np.pi / 2),
+                radius * np.sin(angle - np.pi / 2),
+                1.7 + 0.2 * np.sin(3 * angle + phase[1]),
+            ]
+        )
+        target = np.array([0.15 * np.sin(angle + phase[2]), 0.15 * np.cos(2 * angle + phase[3]), 0.5])
+        R, t = scenes.look_at(center, target)  # noqa: N806 - rotation, as in tests/scenes.py
+        fine = scenes.render_view(R, t, np.diag([2, 2, 1.0]) @ scene.K, 2 * width, 2 * height, atlas)
+        pixels = sum(fine[i::2, j::2] for i in range(2) for j in range(2)) / 4  # 2×2 supersampling
+        path = out_dir / f"frame_{index:04d}.jpg"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=92)
+        scene.views.append(scenes.SceneView(path, R, t))
+    return scene
+
+
+def run_video(scene: scenes.Scene, workdir: Path, options: SfmOptions) -> dict[str, object]:
+    """One `run_sfm` on video frames: the figures of the `--video` table."""
+    cpu, wall = cpu_seconds(), time.monotonic()
+    try:
+        result = run_sfm(scene.paths, workdir, options)
+    except JobError as error:
+        return {"error": error.code, "wall": time.monotonic() - wall}
+    row: dict[str, object] = {"wall": time.monotonic() - wall, "cpu": cpu_seconds() - cpu}
+    row["match"] = result.timings["match"]
+    with pycolmap.Database.open(workdir / "database.db") as db:
+        row["pairs"] = db.num_matched_image_pairs()
+    model = pycolmap.Reconstruction(result.model_dir)
+    ends = (f"{0:05d}_{scene.views[0].path.name}", f"{len(scene.views) - 1:05d}_{scene.views[-1].path.name}")
+    row["loop"] = all(model.find_image_with_name(name) is not None for name in ends)
+    errors = scenes.model_rotation_errors(scene, result)
+    row.update(
+        registered=f"{result.registered}/{result.total}",
+        rot_median=float(np.median(errors)),
+        rot_max=float(errors.max()),
+    )
+    return row
+
+
+def print_video_table(rows: list[tuple[int, str, dict[str, object]]]) -> None:
+    head = (
+        "| frames | matcher | pairs | match s | SfM s | SfM CPU s | registered | rot median ° | rot max ° "
+        "| first+last in model |"
+    )
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for frames, matcher, row in rows:
+        if "error" in row:
+            print(f"| {frames} | {matcher} | failed: {row['error']} after {row['wall']:.1f} s |")
+            continue
+        cells = [
+            frames,
+            matcher,
+            row["pairs"],
+            f"{row['match']:.1f}",
+            f"{row['wall']:.1f}",
+            f"{row['cpu']:.1f}",
+        ]
+        cells += [row["registered"], f"{row['rot_median']:.4f}", f"{row['rot_max']:.4f}"]
+        cells += ["yes" if row["loop"] else "no"]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def bench_video(args: argparse.Namespace, size: tuple[int, int]) -> None:
+    base = SfmOptions(
+        num_threads=args.threads,
+        single_camera=True,
+        time_limit_s=3600,
+        sequential_overlap=args.overlap,
+        loop_candidates=args.loop_candidates,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_sfm_video_") as tmp:
+        for frames in (int(v) for v in args.frames.split(",")):
+            started = time.monotonic()
+            scene = render_orbit(Path(tmp) / f"frames_{frames}", frames, size)
+            print(f"rendered {frames} frames at {size[0]}×{size[1]} in {time.monotonic() - started:.1f} s")
+            for matcher in VIDEO_MATCHERS:
+                options = replace(base, matcher=matcher)  # type: ignore[arg-type]
+                row = run_video(scene, Path(tmp) / "work", options)
+                print(f"  {frames} frames, {matcher}: {row}", flush=True)
+                rows.append((frames, matcher, row))
+    print()
+    print(
+        f"orbit at {size[0]}×{size[1]}, {args.threads} threads, one shared camera, overlap {args.overlap}, "
+        f"{args.loop_candidates} loop candidates per frame; seconds are wall"
+    )
+    print_video_table(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--views", type=int, default=30)
-    parser.add_argument("--size", default="1600x1200", help="rendered photo size, WxH")
+    parser.add_argument("--size", help="rendered image size, WxH (1600x1200; --video: 320x240)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--grid", action="store_true", help="full 3×3×2 grid instead of one factor at a time")
     parser.add_argument("--verbose", action="store_true", help="keep COLMAP's INFO log")
+    parser.add_argument("--video", action="store_true", help="compare matchers on an orbit's video frames")
+    parser.add_argument("--frames", default="48,96", help="--video: frame counts, comma-separated")
+    parser.add_argument("--overlap", type=int, default=SfmOptions.sequential_overlap, help="--video")
+    parser.add_argument("--loop-candidates", type=int, default=SfmOptions.loop_candidates, help="--video")
     args = parser.parse_args()
     if not args.verbose:
         pycolmap.logging.minloglevel = 2
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    size = args.size or ("320x240" if args.video else "1600x1200")
+    width, height = (int(v) for v in size.lower().split("x"))
+    if args.video:
+        bench_video(args, (width, height))
+        return
     with tempfile.TemporaryDirectory(prefix="bench_sfm_") as tmp:
         started = time.monotonic()
         # Large renders: bilinear texture lookup on 2048² textures, one ray per pixel.

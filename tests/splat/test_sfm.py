@@ -16,7 +16,7 @@ import pytest
 pycolmap = pytest.importorskip("pycolmap")
 
 from daemon.errors import JobCanceled, JobError  # noqa: E402
-from daemon.handlers.splat.sfm import SfmOptions, run_sfm  # noqa: E402
+from daemon.handlers.splat.sfm import MATCHERS, VIDEO_MATCHER, SfmOptions, run_sfm  # noqa: E402
 from daemon.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, Interrupts  # noqa: E402
 from tests import scenes  # noqa: E402
 
@@ -191,3 +191,42 @@ def test_should_stop_returning_true_stops_with_its_own_code(ring, tmp_path):
         run_sfm(ring.paths, tmp_path / "work", FAST, should_stop=should_stop)
     assert stopped.value.code == "sfm_stopped"
     assert set(calls) == {threading.current_thread().name}
+
+
+def test_sequential_loop_matcher_closes_an_orbit_of_video_frames(tmp_path):
+    # Given 24 ordered frames of one full circle around the box, as a video of an orbit gives
+    scene = scenes.render_textured_scene(tmp_path / "frames", count=24, seed=5)
+    # When SfM runs with one shared camera, a window of 3 frames and 2 loop candidates per frame
+    options = replace(
+        FAST, matcher="sequential_loop", sequential_overlap=3, loop_candidates=2, single_camera=True
+    )
+    result = run_sfm(scene.paths, tmp_path / "work", options)
+    # Then (nearly) every frame is registered, with one camera, at accurate rotations
+    errors = scenes.model_rotation_errors(scene, result)
+    work = tmp_path / "work"
+    with pycolmap.Database.open(work / "database.db") as db:
+        ids = {image.name: image.image_id for image in db.read_all_images()}
+        names = sorted(ids)
+        pairs = db.num_matched_image_pairs()
+        closing = db.read_two_view_geometry(ids[names[0]], ids[names[-1]])
+    print(
+        f"sequential_loop: {pairs} pairs, registered {result.registered}/24, rotation error median "
+        f"{np.median(errors):.3f}° max {errors.max():.3f}°, first–last inliers {len(closing.inlier_matches)}"
+    )
+    assert result.registered >= 23
+    assert len(pycolmap.Reconstruction(work / "sparse" / "best").cameras) == 1
+    assert errors.max() < 1.0
+    # And it matched the window and the retrieved pairs only, far fewer than exhaustive
+    listed = [line.split() for line in (work / "pairs.txt").read_text().splitlines()]
+    assert pairs == len(listed) < 24 * 23 // 2 // 2
+    # And the loop is closed: the last frame was matched to the first, beyond the window
+    assert [names[0], names[-1]] in listed
+    assert len(closing.inlier_matches) >= 30
+
+
+def test_matcher_names_are_checked_and_video_has_one():
+    assert VIDEO_MATCHER in MATCHERS
+    with pytest.raises(ValueError, match="sequential_loop"):
+        SfmOptions(matcher="loop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        SfmOptions(loop_candidates=-1)
