@@ -108,10 +108,10 @@ def cmd_run_local(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .handlers import params_models
+    from .handlers import input_limits, params_models
     from .schema_file import render_schema
 
-    sys.stdout.write(render_schema(params_models()))
+    sys.stdout.write(render_schema(params_models(), input_limits()))
     return 0
 
 

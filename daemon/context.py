@@ -30,7 +30,9 @@ class StopAfterStage(Exception):  # noqa: N818 - a requested stop, not a failure
 
 
 class InputSource(Protocol):
-    def fetch(self, item: Any, dest: Path, accept: Callable[[str, bytes], bool] | None) -> Path: ...
+    def fetch(
+        self, item: Any, dest: Path, accept: Callable[[str, bytes], bool] | None, max_bytes: int | None = None
+    ) -> Path: ...
 
 
 @dataclass
@@ -109,14 +111,17 @@ class JobContext:
 
     # -- inputs and outputs ----------------------------------------------------------------------
 
-    def fetch_inputs(self, accept: Callable[[str, bytes], bool] | None = None) -> list[Path]:
-        """Download every input into `workdir/inputs`, reporting progress per file."""
+    def fetch_inputs(
+        self, accept: Callable[[str, bytes], bool] | None = None, *, max_bytes: int | None = None
+    ) -> list[Path]:
+        """Download every input into `workdir/inputs`, reporting progress per file; `accept` vets each
+        file's first bytes, `max_bytes` lowers the daemon's per-file size cap."""
         dest_dir = self.workdir / "inputs"
         dest_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for index, item in enumerate(self.spec.inputs):
             name = getattr(item, "name", None) or f"input_{index:04d}"
-            paths.append(self.inputs.fetch(item, dest_dir / name, accept))
+            paths.append(self.inputs.fetch(item, dest_dir / name, accept, max_bytes))
             self.progress((index + 1) / len(self.spec.inputs))
         return paths
 

@@ -99,7 +99,10 @@ def _translate_video(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     if url is None:
         raise SpecError(f"{prefix}video_url: must not be null", code="missing_field")
     # The video worker uploaded to its own MASTER_SERVER_URL: here that is the daemon's configured storage.
-    spec = _spec(job_id, "splat_video", [url], _input_names([url], "video", ".mp4"), _params(body, prefix))
+    params = _params(body, prefix)
+    # The video worker's one result was a zip (its `plt_url`): its clients get the bundle by default.
+    params.setdefault("bundle", True)
+    spec = _spec(job_id, "splat_video", [url], _input_names([url], "video", ".mp4"), params)
     spec["metadata"] = {"scene_id": job_id}
     return spec
 

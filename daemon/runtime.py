@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -161,11 +161,21 @@ class InputSource:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def fetch(self, item: Any, dest: Path, accept: Callable[[str, bytes], bool] | None) -> Path:
+    def fetch(
+        self,
+        item: Any,
+        dest: Path,
+        accept: Callable[[str, bytes], bool] | None,
+        max_bytes: int | None = None,
+    ) -> Path:
+        """`max_bytes`, a job's own size cap, can only lower the daemon's DOWNLOAD_MAX_BYTES."""
+        policy = self.runtime.fetch_policy
+        if max_bytes is not None:
+            policy = replace(policy, max_bytes=min(policy.max_bytes, max_bytes))
         if getattr(item, "url", None):
-            return fetch_to_file(item.url, dest, self.runtime.fetch_policy, accept=accept).path
+            return fetch_to_file(item.url, dest, policy, accept=accept).path
         store = self.runtime.s3_store(prefix="")
-        return store.download(item.s3_key, dest, self.runtime.settings.download_max_bytes)
+        return store.download(item.s3_key, dest, policy.max_bytes)
 
 
 def secret_values(settings: Settings) -> Mapping[str, str]:

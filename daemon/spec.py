@@ -576,8 +576,11 @@ def show(value: Any, limit: int = 40) -> str:
 # --- JSON Schema -----------------------------------------------------------------------------------
 
 
-def spec_json_schema(kinds: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
-    """The whole spec as JSON Schema (draft 2020-12); params are chosen per kind with if/then.
+def spec_json_schema(
+    kinds: Mapping[str, type[BaseModel]], max_inputs: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """The whole spec as JSON Schema (draft 2020-12); params (and a kind's own cap on inputs, from
+    `max_inputs`) are chosen per kind with if/then.
 
     Not expressible here, so checked only by `parse_spec`: unique input names, S3 key length in bytes
     (the schema counts characters), and position_lr_final ≤ position_lr_init.
@@ -593,10 +596,13 @@ def spec_json_schema(kinds: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
         params_schema = params_model.model_json_schema()
         defs.update(params_schema.pop("$defs", {}))
         defs[name] = params_schema
+        then: dict[str, Any] = {"params": {"$ref": f"#/$defs/{name}"}}
+        if max_inputs and kind in max_inputs:
+            then["inputs"] = {"maxItems": max_inputs[kind]}
         branches.append(
             {
                 "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
-                "then": {"properties": {"params": {"$ref": f"#/$defs/{name}"}}},
+                "then": {"properties": then},
             }
         )
     properties = schema["properties"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .handlers import params_models
+from .errors import SpecError
+from .handlers import params_models, registry
 from .legacy import looks_legacy, translate_legacy
 from .spec import JobSpec, load_spec_json, parse_spec
 
@@ -20,7 +21,20 @@ def parse_job(raw: Any) -> JobSpec:
         raw = load_spec_json(raw)  # size cap and strict JSON, before anything looks inside
     if isinstance(raw, Mapping) and looks_legacy(raw):
         raw = translate_legacy(raw)
-    return parse_spec(raw, kinds=params_models())
+    spec = parse_spec(raw, kinds=params_models())
+    _check_input_count(spec)
+    return spec
+
+
+def _check_input_count(spec: JobSpec) -> None:
+    limit = registry()[spec.kind].max_inputs
+    if limit is not None and len(spec.inputs) > limit:
+        what = "one video" if spec.kind == "splat_video" else f"at most {limit} inputs"
+        raise SpecError(
+            f"inputs: a {spec.kind} job takes {what}, got {len(spec.inputs)}"
+            + (" (send photos as a splat job)" if spec.kind == "splat_video" else ""),
+            code="too_many_inputs",
+        )
 
 
 def spec_to_json(spec: JobSpec) -> dict[str, Any]:

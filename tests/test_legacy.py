@@ -147,6 +147,8 @@ def test_seed_002_video_request_translates():
     assert [(i.url, i.name) for i in spec.inputs] == [("https://example.com/video.mp4", "video.mp4")]
     assert isinstance(spec.params, SplatVideoParams)
     assert (spec.params.steps, spec.params.fps) == (30000, 2.0)
+    # and, as that worker returned one zip, the bundle is on
+    assert spec.params.bundle is True
     assert spec.metadata == {"scene_id": "my-scene-123"}
     assert spec.output is None and spec.callback_url is None
 

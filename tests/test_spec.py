@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from daemon.errors import SpecError
-from daemon.handlers import params_models
+from daemon.handlers import input_limits, params_models
 from daemon.handlers.params_inspect import InspectParams
 from daemon.handlers.params_splat import SplatParams
 from daemon.handlers.params_video import SplatVideoParams
@@ -133,6 +133,39 @@ def test_params_are_chosen_by_kind():
     assert isinstance(video_spec.params, SplatVideoParams)
     assert (video_spec.params.fps, video_spec.params.steps) == (2.0, 30000)
     assert inspect_spec.params == InspectParams(max_inputs=3, sha256=True)
+
+
+def test_video_params_take_fps_or_frame_count_not_both():
+    # Given video specs choosing frames by count, and by count and an explicit fps
+    by_count = {**minimal_spec(), "kind": "splat_video", "params": {"frame_count": 40}}
+    both = {**minimal_spec(), "kind": "splat_video", "params": {"frame_count": 40, "fps": 3}}
+    # When parsed, Then the count alone is accepted with the photo job's params inherited
+    params = parse_spec(by_count, kinds=KINDS).params
+    assert (params.frame_count, params.fps, params.bundle, params.max_gaussians) == (
+        40,
+        2.0,
+        False,
+        2_000_000,
+    )
+    # and both together are refused, naming the conflict
+    with pytest.raises(SpecError) as refused:
+        parse_spec(both, kinds=KINDS)
+    assert refused.value.code == "conflicting_fields"
+    assert "give either fps or frame_count" in refused.value.message
+
+
+def test_a_video_job_takes_exactly_one_input():
+    from daemon.spec_io import parse_job
+
+    # Given a splat_video spec with two inputs
+    raw = {**minimal_spec(), "kind": "splat_video", "inputs": [{"s3_key": "a.mp4"}, {"s3_key": "b.mp4"}]}
+    # When parsed as the worker and enqueue parse it, Then it is refused before any work
+    with pytest.raises(SpecError) as refused:
+        parse_job(raw)
+    assert refused.value.code == "too_many_inputs"
+    assert "takes one video, got 2" in refused.value.message
+    # while one input is fine
+    assert parse_job({**raw, "inputs": raw["inputs"][:1]}).kind == "splat_video"
 
 
 def test_spec_is_immutable():
@@ -364,7 +397,7 @@ def test_committed_schema_file_is_up_to_date():
     # Given the committed schema file and the models
     # When the schema is rendered again
     # Then they are identical (regenerate: make schema)
-    assert SCHEMA_FILE.read_text() == render_schema(params_models())
+    assert SCHEMA_FILE.read_text() == render_schema(params_models(), input_limits())
 
 
 def test_schema_render_is_stable():
@@ -387,10 +420,19 @@ jsonschema = pytest.importorskip("jsonschema")
 def validator():
     # The committed file is this generator over the registered kinds (checked above); the splat kinds
     # are in KINDS before their handlers are registered, so validate against the generator's output.
-    schema = json.loads(render_schema(KINDS))
+    schema = json.loads(render_schema(KINDS, {"splat_video": 1}))
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.Draft202012Validator.check_schema(json.loads(SCHEMA_FILE.read_text()))
     return jsonschema.Draft202012Validator(schema)
+
+
+def test_schema_caps_a_video_job_at_one_input(validator):
+    # Given a splat_video spec with two inputs, and the same spec as a splat job
+    two = {**minimal_spec(), "kind": "splat_video", "inputs": [{"s3_key": "a.mp4"}, {"s3_key": "b.mp4"}]}
+    # When checked against the schema, Then only the video job is refused, at its inputs
+    errors = list(validator.iter_errors(two))
+    assert [list(e.absolute_path) for e in errors] == [["inputs"]]
+    assert list(validator.iter_errors({**two, "kind": "splat"})) == []
 
 
 def dumped_full_spec() -> dict[str, Any]:

@@ -35,13 +35,15 @@ class Handler:
     stages: tuple[Stage, ...]
     run: Callable[[JobContext], None]
     description: str
+    # Most inputs a job of this kind takes (None: the spec's own cap); more is refused at enqueue.
+    max_inputs: int | None = None
 
 
 def _load() -> dict[str, Handler]:
     from . import inspect as inspect_kind
     from .splat import handler as splat_kind
 
-    handlers = [inspect_kind.HANDLER, splat_kind.HANDLER]
+    handlers = [inspect_kind.HANDLER, splat_kind.HANDLER, splat_kind.VIDEO_HANDLER]
     return {h.kind: h for h in handlers}
 
 
@@ -59,3 +61,8 @@ def params_models() -> dict[str, type[BaseModel]]:
     """What the spec parser needs: kind → params model. Includes kinds whose handler is not built yet
     only if they are registered, so an unbuilt kind is refused as unknown, not accepted and lost."""
     return {kind: h.params_model for kind, h in registry().items()}
+
+
+def input_limits() -> dict[str, int]:
+    """Kind → most inputs a job of it takes, for the kinds that cap them below the spec's own cap."""
+    return {kind: h.max_inputs for kind, h in registry().items() if h.max_inputs is not None}

@@ -81,6 +81,10 @@ class SplatParams(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     """Random seed of training; on CPU the same seed gives the same model bit for bit."""
 
+    bundle: bool = False
+    """Also store bundle.zip: the PLY, the cameras (COLMAP text and JSON), the preview and the manifest
+    in one file, as the replaced video worker returned."""
+
     @model_validator(mode="after")
     def _lr_decays(self) -> SplatParams:
         # The schedule interpolates from init to final; a rising position lr is always a client mistake.

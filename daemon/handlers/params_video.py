@@ -1,30 +1,38 @@
-"""Parameters of the "splat_video" job kind (one video → frames → 3D Gaussian splat).
+"""Parameters of the "splat_video" job kind (one video → sharp frames → 3D Gaussian splat).
 
 Pydantic only, like `params_splat`: the daemon validates specs without importing the training stack.
+Every training parameter of the photo job applies unchanged; these add how frames are chosen and the
+limits a video must fit. `min_images` counts the frames left after blurred and still ones are dropped.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from daemon.handlers.params_splat import PRESET_ITERATIONS, STRICT_PARAMS, Preset
+from daemon.handlers.params_splat import SplatParams
 
 
-class SplatVideoParams(BaseModel):
-    """Frame extraction and training parameters of a video-to-splat job. Every field is optional."""
-
-    model_config = STRICT_PARAMS
-
-    preset: Preset = "medium"
-    """Named quality level: low 3k, medium 7k, high 15k, best 30k training steps."""
-
-    iterations: int | None = Field(default=None, ge=100, le=100_000)
-    """Training steps; overrides the preset when set."""
+class SplatVideoParams(SplatParams):
+    """Frame selection, limits and training parameters of a video-to-splat job. Every field is optional."""
 
     fps: float = Field(default=2.0, ge=0.1, le=10)
-    """Frames extracted per second of video (the legacy video worker's default was 2)."""
+    """Frames chosen per second of video: the sharpest of each 1/fps-second slice (the legacy video
+    worker's default was 2)."""
 
-    @property
-    def steps(self) -> int:
-        """Training steps to run: `iterations` if given, else the preset's."""
-        return self.iterations if self.iterations is not None else PRESET_ITERATIONS[self.preset]
+    frame_count: int | None = Field(default=None, ge=3, le=2000)
+    """Instead of fps: choose this many frames spread evenly over the whole video."""
+
+    max_duration_s: float = Field(default=600, gt=0, le=7200)
+    """Refuse videos longer than this many seconds (checked from the file's header before decoding)."""
+
+    max_video_mb: int = Field(default=2048, ge=1, le=65536)
+    """Refuse video files larger than this many MiB (the download stops at the limit). The daemon's
+    DOWNLOAD_MAX_BYTES caps it further."""
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> SplatVideoParams:
+        # fps has a default, so only an explicit fps next to frame_count is a contradiction.
+        if self.frame_count is not None and "fps" in self.model_fields_set:
+            raise PydanticCustomError("conflicting_fields", "give either fps or frame_count, not both", {})
+        return self

@@ -32,6 +32,7 @@ OUTPUT_NAMES = {
     "splat.splat",
     "preview.png",
     "curves.png",
+    "cameras.json",
     "manifest.json",
 }
 

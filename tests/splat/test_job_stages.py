@@ -104,7 +104,7 @@ def trained_workspace(tmp_path) -> tuple[Workspace, Scene, SplatParams]:
 
 def test_export_writes_every_output_from_the_saved_model(tmp_path):
     ws, scene, params = trained_workspace(tmp_path)
-    paths = job.export(ws, scene, params)
+    paths = job.export(ws, scene, params, ["a.jpg", "b.jpg", "c.jpg"])
     assert set(paths) == set(job.OUTPUT_TYPES)
     assert all(p.stat().st_size > 0 for p in paths.values())
     assert paths["preview.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -116,6 +116,6 @@ def test_an_unwritable_output_fails_with_export_failed(tmp_path):
     (ws.outputs / "splat.ply").mkdir(parents=True)
     # When export runs, then the job fails with the export code and the OS's reason
     with pytest.raises(JobError) as failed:
-        job.export(ws, scene, params)
+        job.export(ws, scene, params, [])
     assert failed.value.code == "export_failed"
     assert "IsADirectoryError" in failed.value.message

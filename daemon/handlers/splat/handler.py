@@ -1,5 +1,6 @@
-"""Kind `splat`: its declaration for the registry. Light on purpose (no torch): the worker's parent
-imports every handler declaration to validate specs and set time limits; the work lives in `job`."""
+"""Kinds `splat` and `splat_video`: their declarations for the registry. Light on purpose (no torch):
+the worker's parent imports every handler declaration to validate specs and set time limits; the work
+lives in `job`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from .. import Handler, Stage
 from ..params_splat import SplatParams
+from ..params_video import SplatVideoParams
 
 STAGES = (
     Stage("download", 3),
@@ -17,6 +19,16 @@ STAGES = (
     Stage("export", 5),
 )
 """Progress weights: the time split of a medium job on one GPU (SfM on CPU threads meanwhile)."""
+
+VIDEO_STAGES = (
+    Stage("download", 3),
+    Stage("frames", 4),
+    Stage("sfm", 18),
+    Stage("train", 68),
+    Stage("evaluate", 2),
+    Stage("export", 5),
+)
+"""A video job chooses its frames (decoding the whole video once) where a photo job normalises photos."""
 
 
 def run(ctx: Any) -> None:
@@ -34,4 +46,15 @@ HANDLER = Handler(
     stages=STAGES,
     run=run,
     description="Photos → SfM (pycolmap) → Gaussian splat training (gsplat) → PLY, previews, manifest.",
+)
+
+
+VIDEO_HANDLER = Handler(
+    kind="splat_video",
+    params_model=SplatVideoParams,
+    timeout_s=6 * 3600,
+    stages=VIDEO_STAGES,
+    run=run,
+    description="One video → sharp frames → SfM (one camera, sequential matching) → splat → PLY, bundle.",
+    max_inputs=1,
 )

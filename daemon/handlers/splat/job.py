@@ -1,4 +1,5 @@
-"""The `splat` job, stage by stage: download → images → sfm → train → evaluate → export.
+"""The `splat` and `splat_video` jobs, stage by stage: download → images (photos) or frames (a
+video, see frames.py) → sfm → train → evaluate → export.
 
 Each stage is a function over the job's `Workspace` that records what it produced, so a run over a
 folder where some stages finished skips them (see workspace.py). Imported only inside the work-horse:
@@ -22,12 +23,15 @@ import torch
 
 from ...errors import JobError, JobPreempted
 from ..params_splat import SplatParams
+from ..params_video import SplatVideoParams
+from . import frames as video_frames
 from . import resume
+from .bundle import write_bundle, write_cameras_json
 from .export import write_compressed, write_ply
 from .inputs import ImageOptions, prepare_images
 from .report import save_curves, save_preview
 from .scene import Scene, load_scene
-from .sfm import SfmOptions, run_sfm
+from .sfm import VIDEO_MATCHER, SfmOptions, run_sfm
 from .train import Camera, StepStats, TrainConfig, Trainer
 from .workspace import Workspace
 
@@ -48,20 +52,28 @@ OUTPUT_TYPES = {
     "splat.splat": "application/octet-stream",
     "preview.png": "image/png",
     "curves.png": "image/png",
+    "cameras.json": "application/json",
 }
 
 
 def run(ctx: Any) -> None:
     params: SplatParams = ctx.params
+    video = isinstance(params, SplatVideoParams)
     ws = Workspace(ctx.workdir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resume.restore(ctx, ws)
     with ctx.stage("download"):
         files = download(ctx, ws)
-    with ctx.stage("images"):
-        images = checkpointed(ctx, ws, "images", lambda: normalise_images(ws, files, params, ctx.progress))
+    if isinstance(params, SplatVideoParams):
+        with ctx.stage("frames"):
+            choose = lambda: video_frames.choose_frames(ws, files[0], params, ctx.progress)  # noqa: E731
+            images = checkpointed(ctx, ws, "frames", choose)
+    else:
+        with ctx.stage("images"):
+            normalise = lambda: normalise_images(ws, files, params, ctx.progress)  # noqa: E731
+            images = checkpointed(ctx, ws, "images", normalise)
     with ctx.stage("sfm"):
-        sfm = checkpointed(ctx, ws, "sfm", lambda: reconstruct(ws, images, params, ctx))
+        sfm = checkpointed(ctx, ws, "sfm", lambda: reconstruct(ws, images, params, ctx, video=video))
     with ctx.stage("train"):
         scene = load_scene(sfm_model_dir(ws), ws.sfm / "undistorted" / "images",
                            holdout_every=params.holdout_every, device=device)  # fmt: skip
@@ -70,7 +82,7 @@ def run(ctx: Any) -> None:
         metrics = evaluate(ws, scene, params)
     with ctx.stage("export"):
         started = time.monotonic()
-        outputs = export(ws, scene, params)
+        outputs = export(ws, scene, params, images["sources"])
         for name, path in outputs.items():
             ctx.put_output(name, path, OUTPUT_TYPES[name])
         timings = {**ctx.timings, "export": round(time.monotonic() - started, 3)}
@@ -79,6 +91,8 @@ def run(ctx: Any) -> None:
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         ctx.put_output("manifest.json", manifest_path, "application/json")
         ctx.result = manifest
+        if params.bundle:
+            store_bundle(ctx, ws)
 
 
 # -- stages ------------------------------------------------------------------------------------------
@@ -106,7 +120,10 @@ def download(ctx: Any, ws: Workspace) -> list[Path]:
     done = _finished(ws, "download")
     if done is not None:
         return [ws.downloads / name for name in done["files"]]
-    files = ctx.fetch_inputs()
+    params = ctx.params
+    files = (
+        video_frames.fetch_video(ctx, params) if isinstance(params, SplatVideoParams) else ctx.fetch_inputs()
+    )
     ws.record("download", {"files": [p.name for p in files]})
     return list(files)
 
@@ -132,7 +149,11 @@ def normalise_images(ws: Workspace, files: list[Path], params: SplatParams, prog
     return summary
 
 
-def reconstruct(ws: Workspace, images: dict[str, Any], params: SplatParams, ctx: Any) -> dict[str, Any]:
+def reconstruct(
+    ws: Workspace, images: dict[str, Any], params: SplatParams, ctx: Any, *, video: bool = False
+) -> dict[str, Any]:
+    """SfM over the photos, or over a video's frames: those share one camera and come in order, so
+    they are matched along the sequence (with loop closure) rather than every pair."""
     done = _finished(ws, "sfm")
     if done is not None:
         return done
@@ -143,6 +164,8 @@ def reconstruct(ws: Workspace, images: dict[str, Any], params: SplatParams, ctx:
     # on one thread (SFM_THREADS=1); with more, bundle adjustment sums in varying order.
     pycolmap.set_random_seed(params.seed)
     options = SfmOptions(min_registered_ratio=params.min_registered_ratio)
+    if video:
+        options = replace(options, single_camera=True, matcher=VIDEO_MATCHER)
     threads = ctx.settings.sfm_threads if ctx.settings is not None else 0
     if threads:
         options = replace(options, num_threads=threads)
@@ -295,8 +318,9 @@ def evaluate(ws: Workspace, scene: Scene, params: SplatParams) -> dict[str, Any]
     return summary
 
 
-def export(ws: Workspace, scene: Scene, params: SplatParams) -> dict[str, Path]:
-    """Write every output file; returns name → path (the manifest is written by the caller)."""
+def export(ws: Workspace, scene: Scene, params: SplatParams, sources: list[str]) -> dict[str, Path]:
+    """Write every output file; returns name → path (the manifest is written by the caller).
+    `sources[i]` names what image i came from (a photo, or a video frame and its time)."""
     ws.outputs.mkdir(parents=True, exist_ok=True)
     paths = {name: ws.outputs / name for name in OUTPUT_TYPES}
     trainer, history = _trainer_with_model(ws, scene, params)
@@ -308,11 +332,42 @@ def export(ws: Workspace, scene: Scene, params: SplatParams) -> dict[str, Path]:
             with torch.no_grad():
                 save_preview(trainer.render(scene.train[0])[0], paths["preview.png"])
             save_curves(history, paths["curves.png"])
+            views = [(c, False) for c in scene.train] + [(c, True) for c in scene.test]
+            write_cameras_json(paths["cameras.json"], views, sfm_sources(views, sources))
     except JobError:
         raise
     except (OSError, RuntimeError, ValueError) as exc:
         raise JobError(f"export failed: {type(exc).__name__}: {exc}", code="export_failed") from exc
     return paths
+
+
+def sfm_sources(views: list[tuple[Camera, bool]], sources: list[str]) -> dict[str, str]:
+    """Image name → its source: run_sfm names image i `<i:05d>_<name>`."""
+    found = {}
+    for camera, _ in views:
+        index = camera.name.split("_", 1)[0]
+        if index.isdigit() and int(index) < len(sources):
+            found[camera.name] = sources[int(index)]
+    return found
+
+
+def store_bundle(ctx: Any, ws: Workspace) -> None:
+    """bundle.zip, after the manifest it contains; the job's result lists it beside the others (the
+    manifest inside cannot list the zip that holds it)."""
+    path = ws.outputs / "bundle.zip"
+    try:
+        write_bundle(path, ws.outputs, sfm_model_dir(ws))
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise JobError(
+            f"export failed: bundle.zip: {type(exc).__name__}: {exc}", code="export_failed"
+        ) from exc
+    stored = ctx.put_output("bundle.zip", path, "application/zip")
+    outputs = ctx.result["outputs"]
+    outputs["bundle.zip"] = {
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "content_type": stored.content_type,
+    }
 
 
 # -- the manifest ------------------------------------------------------------------------------------
@@ -335,11 +390,15 @@ def build_manifest(
     """What the customer's app and the operator read about the result; also the job's `result`."""
     params: SplatParams = ctx.params
     initial = training["initial"]
+    if isinstance(params, SplatVideoParams):
+        source = {"frames": video_frames.manifest_section(images)}
+    else:
+        source = {"images": {k: images[k] for k in ("given", "used", "duplicates", "rejected")}}
     return {
         "job_id": ctx.job_id,
-        "kind": "splat",
+        "kind": ctx.spec.kind,
         "attempt": ctx.attempt,
-        "images": {k: images[k] for k in ("given", "used", "duplicates", "rejected")},
+        **source,
         "sfm": sfm,
         "training": {
             **{k: v for k, v in training.items() if k != "initial"},

@@ -1,11 +1,12 @@
 """What of a splat job goes into its checkpoints, and how it comes back on another machine.
 
-After `images`: the normalised photos (images.tar). After `sfm`: the undistorted model and photos
+After `images` (or a video job's `frames`): the normalised photos or chosen frames (images.tar or
+frames.tar). After `sfm`: the undistorted model and photos
 (sfm.tar). During `train`: the trainer's whole state, the curves so far and the initial metrics
 (train-state.pt), at every step boundary where a checkpoint is due or the job is being preempted.
 After `train`: the trained model (model.pt). Each checkpoint also carries the stage records, so a
 resumed attempt finds its work folder as the interrupted one left it and skips the finished stages.
-Downloads are not kept: once `images` has finished they are not needed again.
+Downloads are not kept: once `images` or `frames` has finished they are not needed again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .workspace import STAGE_ORDER, Workspace
 
 log = logging.getLogger(__name__)
 
-STAGE_FOLDERS = {"images": ("images",), "sfm": ("sfm/undistorted",)}
+STAGE_FOLDERS = {"images": ("images",), "frames": ("images",), "sfm": ("sfm/undistorted",)}
 """Folders (relative to the work folder) a finished stage adds to the checkpoint, as `<stage>.tar`."""
 
 TRAIN_STATE = "train-state.pt"

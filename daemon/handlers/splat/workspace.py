@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGE_ORDER = ("download", "images", "sfm", "train", "evaluate", "export")
+STAGE_ORDER = ("download", "frames", "images", "sfm", "train", "evaluate", "export")
+"""Every stage of both kinds in run order: a photo job has `images`, a video job `frames` instead."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Workspace:
 
     @property
     def images(self) -> Path:
-        """Normalised photos: upright, sRGB, downscaled JPEGs numbered in input order."""
+        """Normalised photos (or a video's chosen frames): upright, sRGB, downscaled JPEGs numbered
+        in input (time) order."""
         return self.root / "images"
 
     @property
