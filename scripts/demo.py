@@ -9,8 +9,9 @@
   is empty. The progress row is kept in var/state/jobs/<job id>.json; outputs (splat.ply, the compressed
   variants, preview.png, curves.png, manifest.json) land in var/outputs/<job id>/.
 
-About 3 minutes on 2 CPU cores (300 training steps); `--steps` and `--views` change that, and
-`--kind inspect` runs the small inspect job instead.
+About 3 minutes on 2 CPU cores (300 training steps); `--steps` and `--views` change that,
+`--kind splat_video` runs the video job on a generated phone video (a 12 s orbit filmed upright, stored
+sideways with a display rotation, as phones do; `bundle.zip` on), and `--kind inspect` the small job.
 """
 
 from __future__ import annotations
@@ -108,11 +109,22 @@ def splat_inputs(folder: Path, base: str, views: int) -> list[dict[str, str]]:
     return [{"url": f"{base}/{p.name}", "name": p.name} for p in scene.paths]
 
 
+def video_inputs(folder: Path, base: str) -> list[dict[str, str]]:
+    sys.path.insert(0, str(ROOT))
+    from tests import videos
+
+    video = videos.write_orbit_video(folder / "phone.mp4", frames=120, size=(240, 320), rotation=90)
+    return [{"url": f"{base}/{video.path.name}", "name": video.path.name}]
+
+
 def build_spec(args: argparse.Namespace, files: Path, base: str) -> dict[str, object]:
     if args.kind == "inspect":
         names = make_sample_photos(files)
         inputs = [{"url": f"{base}/{name}", "name": name} for name in names]
         params: dict[str, object] = {}
+    elif args.kind == "splat_video":
+        inputs = video_inputs(files, base)
+        params = {"iterations": args.steps, "fps": 2.5, "bundle": True}
     else:
         inputs = splat_inputs(files, base, args.views)
         params = {"iterations": args.steps}
@@ -121,7 +133,7 @@ def build_spec(args: argparse.Namespace, files: Path, base: str) -> dict[str, ob
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--kind", choices=("splat", "inspect"), default="splat")
+    parser.add_argument("--kind", choices=("splat", "splat_video", "inspect"), default="splat")
     parser.add_argument("--steps", type=int, default=300, help="training steps (splat); default 300")
     parser.add_argument("--views", type=int, default=24, help="photos of the scene (splat); default 24")
     return parser.parse_args()
@@ -147,7 +159,8 @@ def main() -> int:
         inputs = spec["inputs"]
         assert isinstance(inputs, list)
         run = partial(subprocess.run, cwd=ROOT, env=env, check=True)
-        print(f"demo: enqueue {JOB_ID} ({args.kind}, {len(inputs)} photos)")
+        what = "1 video" if args.kind == "splat_video" else f"{len(inputs)} photos"
+        print(f"demo: enqueue {JOB_ID} ({args.kind}, {what})")
         run([sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)])
         print("demo: run the worker until the queue is empty")
         run([sys.executable, "-m", "daemon", "worker", "--burst"])
@@ -170,11 +183,17 @@ def report(env: dict[str, str]) -> int:
     result = row.get("result") or {}
     if "metrics" in result:
         m, sfm, t = result["metrics"], result["sfm"], result["training"]
+        if "frames" in result:
+            f, video = result["frames"], result["frames"]["video"]
+            print(f"demo: video {video['codec']} {video['width']}x{video['height']}, rotation "
+                  f"{video['rotation']}°, {video['duration_s']:.1f} s: {f['chosen']} frames chosen "
+                  f"of {video['frames_decoded']}, {f['dropped_blurred']} slices dropped as blurred, "
+                  f"{f['dropped_still']} as still")  # fmt: skip
         print(f"demo: SfM registered {sfm['registered']}/{sfm['total']} photos, {sfm['points']} points")
         print(f"demo: trained {t['steps']} steps on {t['backend']}: {t['gaussians']} Gaussians")
         print(f"demo: held-out PSNR {m['initial_psnr']:.2f} dB before training, {m['psnr']:.2f} dB after "
               f"(SSIM {m['ssim']:.3f}, {m['views']} views)")  # fmt: skip
-        stages = ("download", "images", "sfm", "train", "evaluate", "export")
+        stages = ("download", "images", "frames", "sfm", "train", "evaluate", "export")
         timings = result["timings_s"]
         shown = ", ".join(f"{k} {timings[k]:.1f}" for k in stages if k in timings)
         print(f"demo: seconds per stage: {shown}")

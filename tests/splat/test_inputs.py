@@ -252,6 +252,7 @@ def test_each_bad_file_is_rejected_with_its_code_and_the_job_goes_on(tmp_path: P
         "tiny.jpg": (encode(scene(22, (48, 200))), "image_too_small"),
         "anim.gif": (encode(scene(23), "GIF"), "unsupported_format"),
         "photo.webp": (encode(scene(24), "WEBP"), "unsupported_format"),
+        "walk.mp4": (b"\0\0\0\x20ftypisom\0\0\x02\0isomiso2avc1mp41" + b"\0" * 64, "not_an_image"),
     }
     files = good[:2] + [write(tmp_path / name, data) for name, (data, _) in bad.items()] + good[2:]
     # When they are prepared
@@ -261,6 +262,8 @@ def test_each_bad_file_is_rejected_with_its_code_and_the_job_goes_on(tmp_path: P
     assert [(r.name, r.code) for r in result.rejected] == [(name, code) for name, (_, code) in bad.items()]
     for rejected in result.rejected:
         assert rejected.reason and str(rejected).startswith(f"{rejected.name} ({rejected.code}: ")
+    # and a video among photos says which kind takes it
+    assert "send a video as a splat_video job" in result.rejected[-1].reason
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 

@@ -119,3 +119,32 @@ def test_an_unwritable_output_fails_with_export_failed(tmp_path):
         job.export(ws, scene, params, [])
     assert failed.value.code == "export_failed"
     assert "IsADirectoryError" in failed.value.message
+
+
+def test_a_video_jobs_frames_come_back_from_a_checkpoint_without_the_video(tmp_path):
+    from types import SimpleNamespace
+
+    from daemon.checkpoints import Checkpoints, LocalBlobs
+    from daemon.handlers.params_video import SplatVideoParams
+    from daemon.handlers.splat import frames, resume
+    from tests import videos
+
+    # Given attempt 1 of a video job that chose its frames, which were checkpointed
+    video = videos.small_video(tmp_path / "clip.mp4", frames=40).path
+    blobs = LocalBlobs(tmp_path / "ckpt")
+    first = Workspace(tmp_path / "w1")
+    ctx1 = SimpleNamespace(checkpoints=Checkpoints(blobs, "v-1", attempt=1))
+    params = SplatVideoParams(fps=2, min_images=3)
+    chosen = job.checkpointed(
+        ctx1, first, "frames", lambda: frames.choose_frames(first, video, params, print)
+    )
+    assert chosen["paths"] == [f"{i:04d}.jpg" for i in range(1, 9)]
+    # When attempt 2 restores on another machine, where the video was never downloaded
+    video.unlink()
+    second = Workspace(tmp_path / "w2")
+    assert resume.restore(SimpleNamespace(checkpoints=Checkpoints(blobs, "v-1", attempt=2)), second)
+    # Then the frames stage is finished there with the same record and the same frame bytes
+    again = frames.choose_frames(second, video, params, print)
+    assert again == chosen
+    for name in chosen["paths"]:
+        assert (second.images / name).read_bytes() == (first.images / name).read_bytes()

@@ -16,14 +16,8 @@ import pytest
 from PIL import Image
 
 from daemon.errors import InputError
-from daemon.handlers.splat.video import (
-    ExtractedFrames,
-    FrameOptions,
-    describe_content,
-    extract_frames,
-    probe_video,
-    sniff_video,
-)
+from daemon.handlers.splat.video import ExtractedFrames, FrameOptions, extract_frames
+from daemon.handlers.splat.video_probe import describe_content, probe_video, sniff_video
 from tests import videos
 from tests.videos import OrbitVideo
 

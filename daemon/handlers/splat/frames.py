@@ -26,7 +26,7 @@ MIB = 1024 * 1024
 def fetch_video(ctx: Any, params: SplatVideoParams) -> list[Path]:
     """Download the job's one video under its size cap, stopping at the first bytes if they are not
     a video container (a web page or a photo where a video was expected)."""
-    from .video import describe_content, sniff_video
+    from .video_probe import describe_content, sniff_video
 
     item = ctx.spec.inputs[0]
     name = getattr(item, "name", None) or getattr(item, "url", None) or getattr(item, "s3_key", "input")

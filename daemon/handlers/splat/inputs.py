@@ -148,7 +148,7 @@ def prepare_images(
                     result.duplicates.append(path.name)
                 else:
                     out = out_dir / f"{len(result.paths) + 1:04d}.jpg"
-                    _save_jpeg(image, out, options.jpeg_quality)
+                    save_jpeg(image, out, options.jpeg_quality)
                     seen_sha256.add(digest)
                     seen_dhash.append(image_hash)
                     result.paths.append(out)
@@ -174,6 +174,10 @@ def _check_file(path: Path) -> tuple[str, str]:
         raise _Rejected("empty_file", "the file is empty (0 bytes)")
     kind = sniff_format(head)
     if kind is None:
+        from .video_probe import sniff_video  # here, not at the top: video_probe imports this module
+
+        if sniff_video(head) is not None:
+            raise _Rejected("not_an_image", "a video, not a photo: send a video as a splat_video job")
         raise _Rejected("not_an_image", "not a JPEG, PNG or HEIC image")
     if kind == "HEIF" and not HEIF_SUPPORTED:
         raise _Rejected("unsupported_format", "HEIC/HEIF is not supported (pillow-heif is not installed)")
@@ -280,7 +284,7 @@ def dhash(image: Image.Image) -> int:
     return bits
 
 
-def _save_jpeg(image: Image.Image, out: Path, quality: int) -> None:
+def save_jpeg(image: Image.Image, out: Path, quality: int) -> None:
     """Write atomically (a retried job may find a half-written file otherwise), with no metadata."""
     image.info.clear()  # no EXIF (GPS, serial numbers), no ICC: the pixels are sRGB now
     tmp = out.with_name(f".{out.name}.tmp")
