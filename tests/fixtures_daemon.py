@@ -4,6 +4,7 @@ started with `python -m daemon worker` exactly as systemd starts them."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -227,6 +228,15 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in workers:
         worker.stop()
+
+
+def enqueue_cli(env: dict[str, str], spec: dict[str, Any]) -> None:
+    """Enqueue `spec` as an operator does, with `python -m daemon enqueue`; fail with its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
 
 def wait_until(

@@ -21,6 +21,7 @@ import pytest
 
 from tests import scenes
 from tests.fixtures_daemon import ROOT, wait_until
+from tests.fixtures_daemon import enqueue_cli as enqueue
 from tests.test_worker_faults import horse_pid
 
 pytestmark = pytest.mark.slow
@@ -58,14 +59,6 @@ def reference_ply(ring_inputs, tmp_path_factory) -> bytes:
     )  # fmt: skip
     assert json.loads(done.stdout)["status"] == "completed", done.stderr[-3000:]
     return (base / "out" / "resume-reference" / "splat.ply").read_bytes()
-
-
-def enqueue(env: dict, spec: dict) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
 
 
 def test_spot_notice_mid_training_resumes_elsewhere_to_the_identical_result(

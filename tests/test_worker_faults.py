@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from tests.fixtures_daemon import enqueue_cli as enqueue
 from tests.fixtures_daemon import sample_jpeg, wait_until
 
 pytestmark = pytest.mark.slow
@@ -31,21 +32,6 @@ def slow_spec(file_server, job_id: str, seconds: float, **extra) -> dict:
         ],
         **extra,
     }
-
-
-def enqueue(env: dict, spec: dict) -> None:
-    import subprocess
-    import sys
-
-    from tests.fixtures_daemon import ROOT
-
-    subprocess.run(
-        [sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
 
 
 def horse_pid(worker) -> int | None:

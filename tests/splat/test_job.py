@@ -17,7 +17,7 @@ import pytest
 
 from daemon.handlers.splat.export import ply_property_names, read_ply
 from tests import scenes
-from tests.fixtures_daemon import ROOT, sample_jpeg, wait_until
+from tests.fixtures_daemon import ROOT, enqueue_cli, sample_jpeg, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -70,11 +70,7 @@ def test_splat_jobs_through_the_worker_bad_photos_fail_then_a_scene_completes(
         splat_spec("splat-bad-1", broken, **callback),
         splat_spec("splat-ok-1", ring_urls, **callback),
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)], env=full_env, cwd=ROOT,
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        enqueue_cli(full_env, spec)
 
     # When one worker serves both
     worker = start_worker(full_env)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests import videos
-from tests.fixtures_daemon import ROOT, wait_until
+from tests.fixtures_daemon import enqueue_cli, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -91,11 +89,7 @@ def test_video_jobs_bad_videos_fail_each_with_its_code_then_a_phone_video_comple
     url, name = video_urls["phone"]
     specs.append(video_spec("video-phone", url, name, callback, bundle=True))
     for spec in specs:
-        done = subprocess.run(
-            [sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)], env=full_env, cwd=ROOT,
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        enqueue_cli(full_env, spec)
 
     # When one worker serves them all
     worker = start_worker(full_env)
