@@ -68,7 +68,7 @@ def video_urls(file_server, tmp_path_factory) -> dict[str, tuple[str, str]]:
 
 FAILURES = {
     # job: (params, expected code, words the message must hold)
-    "html": ({}, "not_a_video", ("page.mp4", "HTML")),
+    "html": ({}, "not_a_video", ("page.mp4 is an HTML page (served as video/mp4)",)),  # at the first bytes
     "audio": ({}, "audio_only", ("voice.m4a",)),
     "truncated": ({}, "corrupt_video", ("cut.mp4",)),
     "long": ({"max_duration_s": 5}, "video_too_long", ("max_duration_s",)),
