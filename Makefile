@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server postgresql ffmpeg nodejs npm
+APT_PACKAGES := redis-server postgresql ffmpeg nodejs npm systemd shellcheck
 STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint system-deps venv node-deps schema clean
@@ -29,6 +29,8 @@ system-deps:
 	( command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ) || missing="$$missing postgresql"; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import sys
@@ -34,6 +35,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import DaemonWorker
 
     init_sentry(settings)
+    # A watchdog abort (SIGABRT) then prints every thread's stack to the journal: where the loop hung.
+    faulthandler.enable()
     worker = DaemonWorker(settings)
     log.info(
         "worker %s serving %s (storage=%s, rows=%s)",
@@ -107,6 +110,25 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     return 0 if ended["status"] in ("completed", "stopped") else 1
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    settings = _settings_and_logs()
+    from dataclasses import asdict
+
+    from .drain import drain
+    from .runtime import redis_client
+
+    report = drain(
+        redis_client(settings.redis_url),
+        args.pid,
+        finish_timeout_s=args.timeout,
+        checkpoint=args.checkpoint,
+        stop=args.stop,
+        stop_timeout_s=settings.stop_timeout_s + 60,
+    )
+    print(json.dumps(asdict(report), sort_keys=True))
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from .handlers import input_limits, params_models
     from .schema_file import render_schema
@@ -169,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--out", help="store outputs in this directory instead of where the spec says")
     local.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. sfm)")
     local.set_defaults(func=cmd_run_local)
+
+    drain = sub.add_parser(
+        "drain", help="stop workers of this host taking jobs; wait for their jobs (or checkpoint them)"
+    )
+    drain.add_argument("--pid", type=int, action="append", required=True, help="a worker's pid (repeat)")
+    drain.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait for running jobs to finish"
+    )
+    drain.add_argument(
+        "--checkpoint", action="store_true", help="don't wait: running jobs checkpoint and are requeued"
+    )
+    drain.add_argument(
+        "--stop", action="store_true", help="then stop the workers (SIGTERM); not under systemd"
+    )
+    drain.set_defaults(func=cmd_drain)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the job spec")
     schema.set_defaults(func=cmd_schema)

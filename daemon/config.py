@@ -64,6 +64,15 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
+def _optional_port(raw: str) -> int | None:
+    if not raw.strip():
+        return None
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port (0-65535), or empty")
+    return value
+
+
 def _optional(raw: str) -> str | None:
     return raw.strip() or None
 
@@ -264,6 +273,53 @@ VARIABLES: tuple[Var, ...] = (
         "5",
         "How often the spot interruption and rebalance notices are polled (AWS recommends 5 s).",
     ),
+    # Operating the fleet: health endpoint, scaling metric, scale-in protection
+    Var("DAEMON_HEALTH_BIND", str, "127.0.0.1", "Address of the /healthz and /metrics server."),
+    Var(
+        "DAEMON_HEALTH_PORT",
+        _optional_port,
+        "",
+        "Port of /healthz and Prometheus /metrics; empty = no server, 0 = any free port. The systemd "
+        "unit sets 947N for GPU N.",
+    ),
+    Var(
+        "DAEMON_HEALTH_STALE_S",
+        _positive_float,
+        "90",
+        "/healthz answers 503 when the worker's main loop has not ticked for this long.",
+    ),
+    Var(
+        "DAEMON_METRICS_DIR",
+        _optional,
+        "",
+        "Folder where work-horses leave their Prometheus samples (one per worker, emptied at start); "
+        "empty = `<DAEMON_STATE_DIR>/metrics/<port or worker name>`.",
+    ),
+    Var(
+        "AUTOSCALING_GROUP",
+        _optional,
+        "",
+        "Auto Scaling group whose backlog is published and whose instance is protected; empty = from the "
+        "instance tag aws:autoscaling:groupName (IMDS). Off EC2, when set, the backlog is only published.",
+    ),
+    Var(
+        "CLOUDWATCH_NAMESPACE",
+        _optional,
+        "CaptureDaemon",
+        "CloudWatch namespace of Backlog, BacklogTotal and BacklogPerInstance (the scaling policy names it).",
+    ),
+    Var(
+        "FLEET_METRICS_INTERVAL_S",
+        _positive_float,
+        "60",
+        "How often the group's backlog is published (by the one worker holding the Redis lease).",
+    ),
+    Var(
+        "SCALE_IN_PROTECTION",
+        _bool,
+        "true",
+        "Protect the instance from Auto Scaling scale-in while any of its workers runs a job.",
+    ),
     # Logs and errors
     Var("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level."),
     Var("SENTRY_DSN", _optional, "", "Send errors (and abandoned jobs) to Sentry when set.", secret=True),
@@ -312,6 +368,14 @@ class Settings:
     outbox_poll_interval_s: float = 1.0
     imds_url: str | None = "http://169.254.169.254"
     spot_poll_interval_s: float = 5.0
+    health_bind: str = "127.0.0.1"
+    health_port: int | None = None
+    health_stale_s: float = 90.0
+    metrics_dir: str | None = None
+    autoscaling_group: str | None = None
+    cloudwatch_namespace: str | None = "CaptureDaemon"
+    fleet_metrics_interval_s: float = 60.0
+    scale_in_protection: bool = True
     log_level: str = "info"
     sentry_dsn: str | None = field(default=None, repr=False)
     sentry_environment: str = "production"
@@ -330,6 +394,10 @@ _FIELD_FOR_VAR = {
     "DAEMON_WORK_DIR": "work_dir",
     "DAEMON_STATE_DIR": "state_dir",
     "DAEMON_OUTPUT_DIR": "output_dir",
+    "DAEMON_HEALTH_BIND": "health_bind",
+    "DAEMON_HEALTH_PORT": "health_port",
+    "DAEMON_HEALTH_STALE_S": "health_stale_s",
+    "DAEMON_METRICS_DIR": "metrics_dir",
     "SUPABASE_SERVICE_ROLE_KEY": "supabase_key",
     "SUPABASE_JOBS_TABLE": "supabase_table",
 }

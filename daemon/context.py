@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import metrics
 from .checkpoints import Checkpoints
 from .config import Settings
 from .handlers import Stage
@@ -81,6 +82,7 @@ class JobContext:
             raise ValueError(f"stage {name!r} is not declared by the handler ({', '.join(names)})")
         self.interrupts.raise_if_requested()
         self._stage_index = names.index(name)
+        metrics.stage_started(self.spec.kind, name)
         started = time.monotonic()
         with log_context(stage=name):
             self.reporter.update(stage=name, progress=self._percent(0.0))
@@ -89,6 +91,7 @@ class JobContext:
             self.progress(1.0)
             self.timings[name] = round(time.monotonic() - started, 3)
             log.info("stage done in %.1fs", self.timings[name])
+            metrics.stage_finished(self.spec.kind, name, self.timings[name])
         if name == self.stop_after:
             raise StopAfterStage(name)
 

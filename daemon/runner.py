@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from rq.job import Job, Retry
 from rq.timeouts import JobTimeoutException
 
+from . import metrics
 from .config import Settings
 from .context import JobContext
 from .errors import AttemptSuperseded, JobCanceled, JobError, JobInterrupted, JobPreempted, SpecError
@@ -63,6 +64,8 @@ class JobRunner:
     def run(self, raw: Any) -> Any:
         spec = self.prepare(raw)
         identity = Identity.of(spec)
+        metrics.job_started(spec.kind)
+        self._started = time.monotonic()
         attempt = self.runtime.ledger.begin_attempt(
             spec.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
         )
@@ -188,6 +191,7 @@ class JobRunner:
         with self.interrupts.shielded():
             if not self.runtime.ledger.claim_completion(identity.job_id, attempt):
                 return self.handle_superseded(identity, attempt, reporter)
+            self._count(identity, "completed")
             data = outputs_data(outputs)
             reporter.close(
                 status="completed",
@@ -220,6 +224,7 @@ class JobRunner:
                 )
                 reporter.close(status="requeued", **error_fields(error))
                 notify_ended(self.runtime, identity, attempt, "requeued", error=error)
+                self._count(identity, "requeued")
                 return self._retry(delay=delay, at_front=False)
             self.report_failed(identity, attempt, error, reporter=reporter)
             self._no_rq_retry()
@@ -247,6 +252,7 @@ class JobRunner:
             reporter.close(status="requeued", **error_fields(stopped))
             self.runtime.ledger.set_status(identity.job_id, "requeued")
             notify_ended(self.runtime, identity, attempt, "requeued", error=stopped)
+            self._count(identity, "requeued")
             return self._retry(delay=0, at_front=True)
 
     def handle_cancel(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> Any:
@@ -255,6 +261,7 @@ class JobRunner:
             self.runtime.ledger.set_status(identity.job_id, "canceled")
             notify_ended(self.runtime, identity, attempt, "canceled", error=CANCELED)
             log.warning("attempt canceled")
+            self._count(identity, "canceled")
             self._discard_checkpoints()
             return {"status": "canceled", "job_id": identity.job_id, "attempt": attempt}
 
@@ -263,6 +270,7 @@ class JobRunner:
         is not touched (the trigger would drop it anyway), no callback, no retry, no cleanup."""
         reporter.discard()
         log.warning("attempt %d superseded by a newer attempt; stopping without writing", attempt)
+        self._count(identity, "superseded")
         return {"status": "superseded", "job_id": identity.job_id, "attempt": attempt}
 
     def _discard_checkpoints(self) -> None:
@@ -285,7 +293,13 @@ class JobRunner:
             write_row(self.runtime, {**base_row(identity, attempt, self.settings.worker_name), **fields})
         self.runtime.ledger.set_status(identity.job_id, "failed")
         notify_ended(self.runtime, identity, attempt, "failed", error=error)
+        self._count(identity, "failed")
         self._discard_checkpoints()
+
+    def _count(self, identity: Identity, outcome: str) -> None:
+        """The attempt's end in /metrics (a no-op unless the worker set metrics up)."""
+        started = getattr(self, "_started", None)
+        metrics.job_ended(identity.kind, outcome, None if started is None else time.monotonic() - started)
 
     # -- rq plumbing -----------------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ What we change in rq, and why:
   notice means exactly what SIGTERM means (the watcher sends SIGTERM to this process); a rebalance
   recommendation stops taking new jobs and asks the running one for a checkpoint, which then goes on.
   A worker that starts while a notice is up takes no jobs at all (systemd may restart it there).
+- Draining by hand (`scripts/drain_instance.sh`, or DRAIN_SIGNAL = SIGRTMIN+2 to the worker): take no new
+  jobs and let the running one finish, then idle until stopped (not exit: systemd would restart it into
+  taking jobs). A job dequeued in the instant the drain arrived is handed back to the front of its queue.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from typing import Any
 
 import redis as redis_lib
 from rq.exceptions import AbandonedJobError, StopRequested
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.suspension import is_suspended
 from rq.worker import Worker
 
 from .config import Settings
@@ -43,6 +48,7 @@ from .entry import configure
 from .handlers import registry
 from .interrupts import CHECKPOINT_SIGNAL, PREEMPT_SIGNAL
 from .legacy import looks_legacy
+from .operations import Operations
 from .queue import GuardedJob, make_queue
 from .recovery import after_lost_attempt, describe_exit
 from .runtime import Runtime, redis_client
@@ -52,6 +58,13 @@ from .spot import MetadataClient, Notice, SpotWatcher
 from .workdirs import sweep
 
 log = logging.getLogger(__name__)
+
+CURRENT_JOB_FIELD = "daemon_current_job"
+"""Field of rq's worker hash holding the id of the job this worker runs (rq 3 keeps that in memory only):
+what `python -m daemon drain` watches."""
+
+DRAIN_SIGNAL = signal.SIGRTMIN + 2
+"""Sent by an operator (scripts/drain_instance.sh): stop taking jobs, finish the running one, stay idle."""
 
 
 def job_kind(job: Job) -> str | None:
@@ -97,12 +110,15 @@ class DaemonWorker(Worker):
             log_job_description=False,
             work_horse_killed_handler=self.on_horse_killed,
         )
+        # systemd, /healthz + /metrics, the backlog metric, scale-in protection: see operations.py.
+        self.ops = Operations(settings, self.name)
         self._preempting = False
         self._kill_timer: threading.Timer | None = None
         self.drainer = OutboxDrainer(self.runtime)
         self.spot: SpotWatcher | None = None
-        # Set by a spot notice: take no new jobs (the instance is going away).
-        self.draining: Notice | None = None
+        # Why this worker takes no new jobs: a spot notice (the instance is going away) or an operator's
+        # drain. None while it takes jobs.
+        self.draining: str | None = None
         self._working = False
         self._stop_reason: str | None = None
 
@@ -114,6 +130,7 @@ class DaemonWorker(Worker):
         # reach, so a forked job's garbage collections don't touch (and copy) the parent's pages.
         gc.freeze()
         sweep(self.settings.work_dir)
+        self.ops.start(self.connection)  # before the first fork (rq's scheduler, then each job)
         self.drainer.start()
         self.spot = self._watch_spot_notices()
         try:
@@ -124,7 +141,19 @@ class DaemonWorker(Worker):
                 self._kill_timer.cancel()
             if self.spot is not None:
                 self.spot.stop()
+            self.ops.stop()
             self.drainer.stop()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        self.ops.ready()  # registered in Redis and about to dequeue: systemd's "started"
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """rq calls this on every turn of the dequeue loop, after each job and, through
+        maintain_heartbeats, while a job runs: the main loop's pulse for systemd's watchdog and
+        /healthz. Ticked first, so a Redis outage does not read as a hung worker."""
+        self.ops.tick()
+        super().heartbeat(timeout, pipeline)
 
     # -- spot notices ----------------------------------------------------------------------------
 
@@ -149,8 +178,9 @@ class DaemonWorker(Worker):
             notice.deadline.isoformat() if notice.deadline else "an unknown time",
             f"{left:.0f}s" if left is not None else "unknown",
         )
-        self.draining = notice
         when = notice.deadline.isoformat() if notice.deadline else "an unknown time"
+        self.draining = f"spot interruption notice ({notice.action or 'interruption'} at {when})"
+        self.ops.draining(self.draining)
         self._stop_reason = f"spot interruption notice ({notice.action or 'interruption'} at {when})"
         if self._working:
             # The same path as systemd's SIGTERM: preempt the job (checkpoint, requeue), then exit.
@@ -159,34 +189,71 @@ class DaemonWorker(Worker):
 
     def on_rebalance_recommendation(self, notice: Notice) -> None:
         log.warning("rebalance recommendation: no new jobs here; the running job checkpoints and goes on")
-        self.draining = self.draining or notice
+        self.draining = self.draining or "spot rebalance recommendation"
+        self.ops.draining(self.draining)
         if self.horse_pid:
             self._signal_horse(CHECKPOINT_SIGNAL)
 
-    def check_for_suspension(self, burst: bool) -> None:
-        """Before each dequeue: rq's suspension, and ours while a spot notice is up (idle, alive, so
-        systemd does not restart us into taking jobs on an instance that is going away)."""
-        super().check_for_suspension(burst)
+    def request_drain(self, signum: int, frame: Any) -> None:
+        """DRAIN_SIGNAL: no new jobs; the running job (if any) finishes as usual."""
         if self.draining is None:
-            return
+            self.draining = "drain requested by an operator"
+            self.ops.draining(self.draining)
+            busy = f"job {self.get_current_job_id()} finishes first" if self.horse_pid else "idle"
+            log.warning("drain requested: taking no new jobs (%s)", busy)
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        signal.signal(DRAIN_SIGNAL, self.request_drain)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """Before each dequeue: rq's suspension, and ours while draining (a spot notice, or an operator):
+        idle, alive, so systemd does not restart us into taking jobs on an instance that is going away."""
+        while not burst and not self._stop_requested and is_suspended(self.connection, self):
+            # rq's own wait (`rq suspend`) has no hook: wait here, keeping systemd's watchdog fed.
+            self.ops.tick()
+            time.sleep(1.0)
+        super().check_for_suspension(burst)
+        if self.draining is not None:
+            self._idle_while_draining(burst)
+
+    def _idle_while_draining(self, burst: bool) -> None:
         if burst:
             raise StopRequested()
-        log.warning("taking no new jobs: spot %s notice", self.draining.kind)
+        log.warning("taking no new jobs: %s", self.draining)
         last_beat = time.monotonic()
         while not self._stop_requested:
             time.sleep(1.0)
+            self.ops.tick()
             if time.monotonic() - last_beat >= self.settings.monitor_interval_s:
                 self.heartbeat()
                 last_beat = time.monotonic()
         raise StopRequested()
 
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if result is not None and self.draining is not None:
+            # The drain arrived while we waited for a job: give it back, first in line, untouched.
+            job, queue = result
+            with self.connection.pipeline() as pipe:
+                pipe.lrem(IntermediateQueue(queue.key, self.connection).key, 1, job.id)
+                queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+                pipe.execute()
+            log.info("job %s handed back to queue %s: this worker is draining", job.id, queue.name)
+            self._idle_while_draining(burst=timeout is None)
+        return result
+
     def handle_warm_shutdown_request(self) -> None:
         """First SIGTERM/SIGINT: ask the running job to stop and requeue; kill it if it won't."""
         if not self.horse_pid:
             log.info("stop requested while idle")
+            self.ops.stopping("stopping (idle)")
             return
         log.warning("stop requested: preempting the running job (grace %.0fs)", self.settings.stop_timeout_s)
         self._preempting = True
+        self.ops.stopping(
+            f"preempting job {self.get_current_job_id()}", grace_s=self.settings.stop_timeout_s + 30
+        )
         self._note_stop_reason(self._stop_reason or "the worker was stopped (SIGTERM: shutdown or scale-in)")
         self._signal_horse(PREEMPT_SIGNAL)
         self._kill_timer = threading.Timer(self.settings.stop_timeout_s, self._kill_stuck_horse)
@@ -224,12 +291,28 @@ class DaemonWorker(Worker):
 
     def execute_job(self, job: Job, queue: Any) -> None:
         apply_kind_timeout(job)
-        super().execute_job(job, queue)
+        self._publish_current_job(job.id)
+        self.ops.job_started(job.id, job_kind(job))
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self.ops.job_finished()
+            self._publish_current_job(None)
+
+    def _publish_current_job(self, job_id: str | None) -> None:
+        try:
+            if job_id is None:
+                self.connection.hdel(self.key, CURRENT_JOB_FIELD)
+            else:
+                self.connection.hset(self.key, CURRENT_JOB_FIELD, job_id)
+        except redis_lib.RedisError as exc:  # only the drain command reads it
+            log.warning("current job not recorded in Redis: %s", exc)
 
     def on_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         cause = describe_exit(ret_val)
         try:
-            after_lost_attempt(self.runtime, job, cause=cause, preempted=self._preempting)
+            outcome = after_lost_attempt(self.runtime, job, cause=cause, preempted=self._preempting)
+            self.ops.job_lost(job_kind(job), outcome)
         except Exception:
             log.exception("could not report lost attempt of %s", job.id)
 

@@ -1,0 +1,167 @@
+"""Operating the fleet, through a real `python -m daemon worker`: what systemd hears on NOTIFY_SOCKET,
+what /healthz and /metrics say while a job runs, and, on a (fake) EC2 instance of a (moto) Auto Scaling
+group, the backlog published to CloudWatch and the instance's scale-in protection while it works."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from daemon.fleet import GROUP_TAG_PATH, INSTANCE_ID_PATH, REGION_PATH
+from daemon.health import scrape
+from daemon.spot import META_PREFIX
+from tests.fixtures_daemon import enqueue_cli, wait_until
+from tests.servers.imds import FakeIMDS
+from tests.test_fleet import REGION, Moto
+from tests.test_worker_faults import slow_spec, wait_status
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NotifyListener:
+    """The systemd side of sd_notify: a datagram socket collecting every message."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.1)
+        self.messages: list[dict[str, str]] = []
+
+    def poll(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                return self.messages
+            self.messages.append(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
+
+    def count(self, key: str, value: str | None = None) -> int:
+        return sum(1 for m in self.poll() if key in m and (value is None or m[key] == value))
+
+
+@pytest.fixture
+def notify_socket(tmp_path) -> Iterator[NotifyListener]:
+    listener = NotifyListener(str(tmp_path / "notify.sock"))
+    yield listener
+    listener.sock.close()
+
+
+def test_systemd_hears_ready_watchdog_and_a_stop_that_checkpoints(
+    daemon_env, file_server, start_worker, tmp_path, notify_socket
+):
+    # Given a worker started by "systemd" with a 6 s watchdog (its idle loop turns every
+    # DAEMON_MAINTENANCE_INTERVAL_S = 2 s here; the unit's WatchdogSec=120 covers the default 30 s)
+    env = {**daemon_env, "NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "6000000"}
+    worker = start_worker(env)
+    # Then it says READY once registered, and pings the watchdog while idle
+    wait_until(lambda: notify_socket.count("READY", "1"), timeout=30, message=worker.logs)
+    pings = notify_socket.count("WATCHDOG", "1")
+    time.sleep(5)
+    assert notify_socket.count("WATCHDOG", "1") >= pings + 2
+    # And keeps pinging while a job runs (from the heartbeat loop, not a free-running thread)
+    enqueue_cli(daemon_env, slow_spec(file_server, "sd-job", 30))
+    wait_status(tmp_path, "sd-job", "running", worker=worker)
+    pings = notify_socket.count("WATCHDOG", "1")
+    time.sleep(5)
+    assert notify_socket.count("WATCHDOG", "1") >= pings + 2
+    assert any(m.get("STATUS", "").startswith("running job sd-job") for m in notify_socket.poll())
+    # When systemd stops it (SIGTERM), it says STOPPING and asks for time to checkpoint the job
+    os.kill(worker.proc.pid, signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    stop = next(m for m in notify_socket.poll() if m.get("STOPPING") == "1")
+    assert stop["STATUS"] == "preempting job sd-job"
+    assert int(
+        next(m["EXTEND_TIMEOUT_USEC"] for m in notify_socket.poll() if "EXTEND_TIMEOUT_USEC" in m)
+    ) >= (float(daemon_env["DAEMON_STOP_TIMEOUT_S"]) * 1e6)
+    assert wait_status(tmp_path, "sd-job", "requeued")["error_code"] == "preempted"
+
+
+def test_healthz_and_metrics_during_and_after_a_job(daemon_env, file_server, start_worker, tmp_path):
+    # Given a worker with its health server on a local port
+    port = free_port()
+    worker = start_worker({**daemon_env, "DAEMON_HEALTH_PORT": str(port)})
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: f"health and metrics on {url}" in worker.logs(), timeout=30, message=worker.logs)
+    # When a job runs
+    enqueue_cli(daemon_env, slow_spec(file_server, "health-job", 4))
+    wait_status(tmp_path, "health-job", "running", worker=worker)
+    # Then /healthz names it and /metrics shows it running, with the host's resources
+    import httpx
+
+    health = httpx.get(f"{url}/healthz", timeout=5)
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["status"] == "ok" and body["current_job"]["id"] == "health-job"
+    assert body["current_job"]["kind"] == "inspect" and body["heartbeat_age_s"] < 10
+    samples = scrape(url)
+    assert samples.value("capture_job_running") == 1
+    assert samples.matching("capture_current_job_info", job_id="health-job", kind="inspect")
+    assert samples.value("capture_memory_total_bytes") > 0 and samples.value("capture_worker_up") == 1
+    # And once it completed, the work-horse's counts and stage timings reached the parent's /metrics
+    wait_status(tmp_path, "health-job", "completed", worker=worker)
+    samples = wait_until(
+        lambda: (s := scrape(url)).value("capture_jobs_total", kind="inspect", outcome="completed") and s,
+        timeout=10,
+    )
+    assert samples.value("capture_job_running") == 0
+    for stage in ("fetch", "inspect", "store"):
+        assert samples.value("capture_stage_duration_seconds_count", kind="inspect", stage=stage) == 1
+    assert samples.value("capture_stage_duration_seconds_sum", kind="inspect", stage="fetch") >= 3
+
+
+@pytest.fixture
+def on_ec2(imds: FakeIMDS, moto_s3, request) -> tuple[Moto, str, str, dict[str, str]]:
+    """This machine as instance `i-…` of a moto Auto Scaling group, as the worker's env sees it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "test-access-key")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+        patch.setenv("AWS_DEFAULT_REGION", REGION)
+        moto = Moto(moto_s3)
+    group = f"ops-e2e-{time.monotonic_ns()}"
+    (instance,) = moto.group(group, 1)
+    imds.serve(META_PREFIX + INSTANCE_ID_PATH, instance)
+    imds.serve(META_PREFIX + REGION_PATH, REGION)
+    imds.serve(META_PREFIX + GROUP_TAG_PATH, group)
+    env = {
+        "IMDS_URL": imds.url,
+        "AWS_ENDPOINT_URL": moto_s3.endpoint_url,  # boto3 sends every service there
+        "AWS_ACCESS_KEY_ID": "test-access-key",
+        "AWS_SECRET_ACCESS_KEY": "test-secret-key",
+        "AWS_DEFAULT_REGION": REGION,
+        "FLEET_METRICS_INTERVAL_S": "1",
+    }
+    return moto, group, instance, env
+
+
+def test_a_worker_publishes_the_backlog_and_protects_its_instance_while_busy(
+    daemon_env, file_server, start_worker, tmp_path, on_ec2
+):
+    moto, group, instance, aws = on_ec2
+    env = {**daemon_env, **aws}
+    # Given three jobs waiting before any worker runs
+    for n in range(3):
+        enqueue_cli(env, slow_spec(file_server, f"ops-{n}", 3))
+    # When a worker starts on the instance
+    worker = start_worker(env)
+    # Then it publishes the backlog for its group (3 waiting, on 1 instance), and protects the
+    # instance from scale-in while it works
+    wait_until(lambda: 3.0 in moto.metric(group, "BacklogPerInstance"), timeout=30, message=worker.logs)
+    assert 3.0 in moto.metric(group, "Backlog", priority="default")
+    wait_until(lambda: moto.protected(instance), timeout=30, message=worker.logs)
+    # And once the queue is empty and the worker idle, the backlog reads 0 and the protection goes
+    for n in range(3):
+        wait_status(tmp_path, f"ops-{n}", "completed", worker=worker)
+    wait_until(lambda: 0.0 in moto.metric(group, "BacklogTotal"), timeout=30, message=worker.logs)
+    wait_until(lambda: not moto.protected(instance), timeout=40, message=worker.logs)
