@@ -14,9 +14,10 @@ from redis import Redis
 
 from . import metrics
 from .config import Settings
-from .fleet import BacklogPublisher, FleetIdentity, ScaleInProtection
+from .fleet import BacklogPublisher, FleetIdentity
 from .handlers import registry
 from .health import HealthServer, WorkerState
+from .protection import ScaleInProtection
 from .spot import MetadataClient
 from .systemd import Notifier
 

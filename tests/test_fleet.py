@@ -24,9 +24,9 @@ from daemon.fleet import (
     REGION_PATH,
     BacklogPublisher,
     FleetIdentity,
-    ScaleInProtection,
     aws_client,
 )
+from daemon.protection import ScaleInProtection
 from daemon.queue import ENTRY_POINT, make_queue
 from daemon.spot import META_PREFIX, MetadataClient
 from tests.servers.imds import FakeIMDS
@@ -45,8 +45,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> floa
     return time.monotonic() - started
 
 
+FLEET_LOGGERS = ("daemon.fleet", "daemon.protection")
+
+
 def fleet_logs(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "daemon.fleet" and r.levelno == level]
+    return [r.getMessage() for r in caplog.records if r.name in FLEET_LOGGERS and r.levelno == level]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -272,7 +275,8 @@ def redis_token(redis_url: str, group: str) -> str | None:
 def test_publisher_outages_are_logged_once_and_recovered(
     moto: Moto, redis: Redis, group_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.fleet")
+    for name in FLEET_LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
     moto.group(group_name, 1)
     # Given CloudWatch unreachable (nothing listens there)
     (port,) = free_ports(1)
@@ -391,7 +395,8 @@ def test_busy_worker_refreshes_its_entry_beyond_the_ttl(
 def test_aws_unreachable_is_logged_never_raised_and_retried(
     moto: Moto, redis_url: str, group_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.fleet")
+    for name in FLEET_LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
     (instance,) = moto.group(group_name, 1)
     (port,) = free_ports(1)
     worker = protection(redis_url, FleetIdentity(instance, REGION, group_name), "gpu0", moto)
@@ -417,7 +422,8 @@ def test_aws_unreachable_is_logged_never_raised_and_retried(
 def test_identity_from_imds_drives_protection(
     imds: FakeIMDS, moto: Moto, redis_url: str, group_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.fleet")
+    for name in FLEET_LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
     (instance,) = moto.group(group_name, 1)
     # Given an instance whose metadata serves its id, region and group tag (InstanceMetadataTags=enabled)
     imds.serve(META_PREFIX + INSTANCE_ID_PATH, instance)
@@ -434,7 +440,8 @@ def test_identity_from_imds_drives_protection(
 
 
 def test_identity_overrides_and_missing_group_tag(imds: FakeIMDS, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.fleet")
+    for name in FLEET_LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
     client = MetadataClient(imds.url, timeout_s=0.5)
     # Tags not enabled: the tag path is 404, so no group is known and both features are off
     no_tag = FleetIdentity.discover(client)
@@ -457,7 +464,8 @@ def test_identity_overrides_and_missing_group_tag(imds: FakeIMDS, caplog: pytest
 def test_off_ec2_both_features_off_with_one_info_line(
     no_imds_url: str, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="daemon.fleet")
+    for name in FLEET_LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
     identity = FleetIdentity.discover(MetadataClient(no_imds_url, timeout_s=0.5))
     assert (identity.instance_id, identity.asg_name) == (None, None)
 
