@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from redis import Redis
 
 from tests.servers.postgres import PostgresServer
 from tests.servers.postgrest import PostgrestServer
@@ -40,6 +41,14 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
         client.flushall()
     yield redis_server.url
     redis_server.start()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    """A client of that server, closed after the test."""
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

@@ -137,13 +137,6 @@ def group_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def stoppers() -> Iterator[list[Callable[[], None]]]:
     """Publishers/protections a test starts are stopped after it, pass or fail."""
     pending: list[Callable[[], None]] = []

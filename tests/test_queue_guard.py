@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
 from redis import Redis
@@ -20,13 +19,6 @@ from daemon.spec_io import parse_job, spec_to_json
 MISSING_MODULE = "evil_module_that_does_not_exist"
 """A module no one can import: if the guard imported a name before refusing it, rq would raise
 ValueError/ImportError instead of ForbiddenCallable, and the module name would be looked up."""
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def forge(redis: Redis, func: str, **options) -> str:
