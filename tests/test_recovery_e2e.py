@@ -271,7 +271,7 @@ def test_rebalance_recommendation_checkpoints_and_finishes_but_takes_no_new_job(
     )
     assert done["attempt"] == 1
     # And the worker stays up but takes no new job
-    wait_until(lambda: "taking no new jobs: spot rebalance notice" in worker.logs(), timeout=30)
+    wait_until(lambda: "taking no new jobs: spot rebalance recommendation" in worker.logs(), timeout=30)
     time.sleep(3.0)
     assert worker.proc.poll() is None
     assert not jobs_rows(id="rebalance-2")  # never started: no row written
