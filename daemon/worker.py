@@ -125,6 +125,9 @@ class DaemonWorker(Worker):
     # -- lifecycle -------------------------------------------------------------------------------
 
     def work(self, **kwargs: Any) -> bool:  # type: ignore[override]
+        # First thing: the signal's default action would kill the worker (rq installs its own
+        # handlers only after it logs "Listening", when a drain may already have been sent).
+        signal.signal(DRAIN_SIGNAL, self.request_drain)
         configure(self.settings)
         # Everything imported so far lives as long as the worker: move it out of the collector's
         # reach, so a forked job's garbage collections don't touch (and copy) the parent's pages.
@@ -201,10 +204,6 @@ class DaemonWorker(Worker):
             self.ops.draining(self.draining)
             busy = f"job {self.get_current_job_id()} finishes first" if self.horse_pid else "idle"
             log.warning("drain requested: taking no new jobs (%s)", busy)
-
-    def _install_signal_handlers(self) -> None:
-        super()._install_signal_handlers()
-        signal.signal(DRAIN_SIGNAL, self.request_drain)
 
     def check_for_suspension(self, burst: bool) -> None:
         """Before each dequeue: rq's suspension, and ours while draining (a spot notice, or an operator):
