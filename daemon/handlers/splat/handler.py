@@ -4,6 +4,7 @@ lives in `job`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .. import Handler, Stage
@@ -49,12 +50,12 @@ HANDLER = Handler(
 )
 
 
-VIDEO_HANDLER = Handler(
+VIDEO_HANDLER = replace(
+    HANDLER,
     kind="splat_video",
     params_model=SplatVideoParams,
-    timeout_s=6 * 3600,
     stages=VIDEO_STAGES,
-    run=run,
     description="One video → sharp frames → SfM (one camera, sequential matching) → splat → PLY, bundle.",
     max_inputs=1,
 )
+"""The same job and time limit; `job.run` tells the kinds apart by their params."""
