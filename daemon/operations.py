@@ -38,15 +38,12 @@ class Operations:
 
     # -- start and stop --------------------------------------------------------------------------
 
-    def start(self, redis: Redis) -> None:
+    def start(self, redis: Redis, metadata: MetadataClient | None) -> None:
+        """`metadata`: the instance metadata service, None off EC2 (IMDS_URL empty)."""
         log.info("%s", self.systemd.describe())
         self._start_health()
         s = self.settings
-        identity = FleetIdentity.discover(
-            MetadataClient(s.imds_url) if s.imds_url else None,
-            asg_name=s.autoscaling_group,
-            default_region=s.aws_region,
-        )
+        identity = FleetIdentity.discover(metadata, asg_name=s.autoscaling_group, default_region=s.aws_region)
         self.backlog = BacklogPublisher(
             redis,
             identity,

@@ -133,9 +133,11 @@ class DaemonWorker(Worker):
         # reach, so a forked job's garbage collections don't touch (and copy) the parent's pages.
         gc.freeze()
         sweep(self.settings.work_dir)
-        self.ops.start(self.connection)  # before the first fork (rq's scheduler, then each job)
+        # One metadata client (and IMDSv2 token) for the fleet identity and the spot watcher.
+        metadata = MetadataClient(self.settings.imds_url) if self.settings.imds_url else None
+        self.ops.start(self.connection, metadata)  # before the first fork (rq's scheduler, each job)
         self.drainer.start()
-        self.spot = self._watch_spot_notices()
+        self.spot = self._watch_spot_notices(metadata)
         try:
             self._working = True
             return super().work(with_scheduler=True, **kwargs)
@@ -160,12 +162,12 @@ class DaemonWorker(Worker):
 
     # -- spot notices ----------------------------------------------------------------------------
 
-    def _watch_spot_notices(self) -> SpotWatcher | None:
-        if not self.settings.imds_url:
+    def _watch_spot_notices(self, metadata: MetadataClient | None) -> SpotWatcher | None:
+        if metadata is None:
             log.info("spot notices not watched (IMDS_URL is empty)")
             return None
         watcher = SpotWatcher(
-            MetadataClient(self.settings.imds_url),
+            metadata,
             on_interruption=self.on_spot_interruption,
             on_rebalance=self.on_rebalance_recommendation,
             interval_s=self.settings.spot_poll_interval_s,
