@@ -80,11 +80,10 @@ def job_kind(job: Job) -> str | None:
         return None
 
 
-def apply_kind_timeout(job: Job) -> None:
+def apply_kind_timeout(job: Job, kind: str | None) -> None:
     """Run every job under its kind's time limit, whatever its producer wrote: `rq enqueue` without
     --timeout would give an hour-long training rq's default of 180 s. Unknown or invalid specs keep
     theirs; they fail fast anyway."""
-    kind = job_kind(job)
     handler = registry().get(kind) if kind else None
     if handler is not None and job.timeout != handler.timeout_s:
         log.info("job %s: timeout %ss (kind %s)", job.id, handler.timeout_s, kind)
@@ -291,9 +290,10 @@ class DaemonWorker(Worker):
     # -- rq hooks --------------------------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Any) -> None:
-        apply_kind_timeout(job)
+        kind = job_kind(job)
+        apply_kind_timeout(job, kind)
         self._publish_current_job(job.id)
-        self.ops.job_started(job.id, job_kind(job))
+        self.ops.job_started(job.id, kind)
         try:
             super().execute_job(job, queue)
         finally:
