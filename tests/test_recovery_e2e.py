@@ -144,7 +144,9 @@ def test_sigkill_mid_training_resumes_from_the_periodic_checkpoint_within_90_s(
                message=lambda: second.logs()[-4000:])  # fmt: skip
     assert time.monotonic() - lost_at < 90 + 30  # detection, plus restoring the checkpoint
     resumed_at = int(re.search(r"training resumes at step (\d+)", second.logs()).group(1))
-    assert 0 < resumed_at <= last_step + 1  # at most one checkpoint interval was lost
+    # At most one checkpoint interval was lost: it resumes at the last checkpoint the log shows, or at
+    # a later one that was committed when the kill came before its log line.
+    assert 0 < last_step <= resumed_at
     done = wait_until(
         lambda: next((r for r in jobs_rows(id=job_id) if r["status"] == "completed"), None),
         timeout=300,
