@@ -18,7 +18,7 @@ log = logging.getLogger("daemon")
 
 
 def _settings_and_logs(*, to_stdout: bool = False) -> Settings:
-    from .runtime import secret_values
+    from .adapters.runtime import secret_values
 
     settings = load_settings()
     setup_logging(
@@ -31,8 +31,8 @@ def _settings_and_logs(*, to_stdout: bool = False) -> Settings:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings_and_logs(to_stdout=True)
-    from .sentry import init_sentry
-    from .worker import DaemonWorker
+    from .telemetry.sentry import init_sentry
+    from .worker.rq_worker import DaemonWorker
 
     init_sentry(settings)
     # A watchdog abort (SIGABRT) then prints every thread's stack to the journal: where the loop hung.
@@ -60,9 +60,9 @@ def _read_spec(source: str) -> Any:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = _settings_and_logs()
-    from .queue import enqueue
-    from .runtime import Runtime
-    from .spec_io import parse_job
+    from .adapters.runtime import Runtime
+    from .handlers import parse_job
+    from .worker.queue import enqueue
 
     spec = parse_job(_read_spec(args.spec))
     runtime = Runtime.for_this_process(settings)
@@ -73,8 +73,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     settings = _settings_and_logs()
-    from .cancel import cancel_job
-    from .runtime import Runtime
+    from .adapters.runtime import Runtime
+    from .worker.cancel import cancel_job
 
     outcome = cancel_job(Runtime.for_this_process(settings), args.job_id, wait_s=args.wait)
     print(json.dumps({"job_id": args.job_id, "result": outcome}))
@@ -83,7 +83,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings_and_logs()
-    from .runtime import Runtime
+    from .adapters.runtime import Runtime
 
     runtime = Runtime.for_this_process(settings)
     entry = runtime.ledger.get(args.job_id)
@@ -95,8 +95,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_run_local(args: argparse.Namespace) -> int:
     settings = _settings_and_logs()
-    from .local import run_local
-    from .spec_io import parse_job
+    from .attempt.local import run_local
+    from .handlers import parse_job
 
     spec = parse_job(_read_spec(args.spec))
     ended = run_local(
@@ -114,8 +114,8 @@ def cmd_drain(args: argparse.Namespace) -> int:
     settings = _settings_and_logs()
     from dataclasses import asdict
 
-    from .drain import drain
-    from .runtime import redis_client
+    from .adapters.runtime import redis_client
+    from .worker.drain import drain
 
     report = drain(
         redis_client(settings.redis_url),
@@ -131,7 +131,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from .handlers import input_limits, params_models
-    from .schema_file import render_schema
+    from .spec.schema import render_schema
 
     sys.stdout.write(render_schema(params_models(), input_limits()))
     return 0

@@ -10,9 +10,9 @@ from typing import Any
 
 from rq import get_current_job
 
+from .adapters.runtime import Runtime
+from .attempt.runner import JobRunner
 from .config import Settings, load_settings
-from .runner import JobRunner
-from .runtime import Runtime
 
 _settings: Settings | None = None
 

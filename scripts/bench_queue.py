@@ -17,10 +17,10 @@ What is measured, for trivial jobs (an `inspect` of one tiny JPEG served on 127.
 - Throughput: M jobs (`--jobs`) pushed in one Redis pipeline, jobs/s = M / (last job's `ended_at` - the
   moment the pipeline was sent).
 
-Both workers run the same job: `daemon.entry.run_job`, enqueued as `daemon.queue.enqueue` does (the burst
-mirrors its arguments, since `enqueue` cannot use a pipeline). A plain worker runs it too: `run_job` loads
-the settings from the environment when no worker configured them. The plain worker is started with
-`-c daemon.entry`, which only makes rq's CLI import that module (it has no UPPERCASE settings), so its
+Both workers run the same job: `daemon.entry.run_job`, enqueued as `daemon.worker.queue.enqueue`
+does (the burst mirrors its arguments, since `enqueue` cannot use a pipeline). A plain worker runs it
+too: `run_job` loads the settings from the environment when no worker configured them. The plain worker
+is started with `-c daemon.entry`, which only makes rq's CLI import that module (it has no UPPERCASE settings), so its
 parent preloads the job's code as ours does; otherwise every plain work-horse would spend ~0.6 s importing
 pydantic and the handlers, which is the job's cost, not the worker's (`--plain-cold` shows that case; the
 pickup latency is unaffected, `started_at` is written before the job's function is imported).
@@ -70,10 +70,9 @@ from rq.results import Result  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 from rq.utils import utcparse  # noqa: E402
 
-from daemon.handlers import registry  # noqa: E402
-from daemon.queue import ENTRY_POINT, FAILURE_TTL_S, RESULT_TTL_S, enqueue, make_queue  # noqa: E402
-from daemon.spec import JobSpec  # noqa: E402
-from daemon.spec_io import parse_job, spec_to_json  # noqa: E402
+from daemon.handlers import parse_job, registry  # noqa: E402
+from daemon.spec.model import JobSpec, spec_to_json  # noqa: E402
+from daemon.worker.queue import ENTRY_POINT, FAILURE_TTL_S, RESULT_TTL_S, enqueue, make_queue  # noqa: E402
 
 QUEUES = ("high", "default", "low")
 WARMUP_JOBS = 3
@@ -231,7 +230,7 @@ def make_spec(jpeg_url: str) -> JobSpec:
 
 
 def enqueue_burst(redis: Redis, specs: list[JobSpec]) -> tuple[float, list[str]]:
-    """Push all specs in one pipeline, with the arguments `daemon.queue.enqueue` uses; returns the
+    """Push all specs in one pipeline, with the arguments `daemon.worker.queue.enqueue` uses; returns the
     wall-clock time the pipeline was sent."""
     queue = make_queue(specs[0].priority, redis)
     datas = [

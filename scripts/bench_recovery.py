@@ -87,14 +87,14 @@ from rq import Queue  # noqa: E402
 from rq.job import Job  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
-from daemon.checkpoints import Checkpoints, S3Blobs  # noqa: E402
+from daemon.adapters.checkpoints import Checkpoints, S3Blobs  # noqa: E402
+from daemon.adapters.ledger import Ledger  # noqa: E402
+from daemon.adapters.storage import s3_client  # noqa: E402
 from daemon.handlers.splat import resume  # noqa: E402
 from daemon.handlers.splat.job import CURVE_POINTS, Curves  # noqa: E402
 from daemon.handlers.splat.train import Camera, TrainConfig, Trainer  # noqa: E402
 from daemon.handlers.splat.workspace import Workspace  # noqa: E402
-from daemon.ledger import Ledger  # noqa: E402
-from daemon.queue import ENTRY_POINT, GuardedJob, make_queue  # noqa: E402
-from daemon.storage import s3_client  # noqa: E402
+from daemon.worker.queue import ENTRY_POINT, GuardedJob, make_queue  # noqa: E402
 from tests.servers.s3 import MotoS3Server, SeaweedS3Server  # noqa: E402
 from tests.splat.test_train import look_at  # noqa: E402
 

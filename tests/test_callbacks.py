@@ -16,7 +16,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from daemon.callbacks import (
+from daemon.adapters.callbacks import (
     CallbackEvent,
     CallbackSender,
     CallbackSigner,
@@ -429,7 +429,7 @@ def test_signer_accepts_unpadded_secrets_and_hides_them_in_repr():
 
 
 def _pinning(policy):
-    from daemon.fetch import pinned_request
+    from daemon.adapters.fetch import pinned_request
 
     return lambda client, method, url, **kw: pinned_request(client, method, url, policy, **kw)
 
@@ -438,7 +438,7 @@ def test_pinned_delivery_reaches_an_allowed_receiver_with_its_host_header(webhoo
     # Given the daemon's SSRF pinning, with the receiver's loopback network allowed
     import ipaddress
 
-    from daemon.fetch import FetchPolicy
+    from daemon.adapters.fetch import FetchPolicy
 
     policy = FetchPolicy(allow_networks=(ipaddress.ip_network("127.0.0.1/32"),))
     host_url = webhook_receiver.url.replace("127.0.0.1", "localhost") + "/pinned"
@@ -453,7 +453,7 @@ def test_pinned_delivery_reaches_an_allowed_receiver_with_its_host_header(webhoo
 
 def test_pinned_delivery_refuses_a_private_address_without_sending(webhook_receiver):
     # Given the default policy (no network exempt) and a receiver on loopback
-    from daemon.fetch import FetchPolicy
+    from daemon.adapters.fetch import FetchPolicy
 
     with CallbackSender(CallbackSigner(webhook_receiver.secret), pin=_pinning(FetchPolicy())) as sender:
         outcome = sender.deliver(make_event(webhook_receiver.url + "/x?token=sekrit"))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from daemon.checkpoints import KEEP_MANIFESTS, Checkpoints, LocalBlobs, S3Blobs
+from daemon.adapters.checkpoints import KEEP_MANIFESTS, Checkpoints, LocalBlobs, S3Blobs
+from daemon.adapters.ledger import Ledger
 from daemon.errors import AttemptSuperseded
-from daemon.ledger import Ledger
 from tests.fixtures_s3 import new_bucket_name
 
 
@@ -106,7 +106,7 @@ def test_old_checkpoints_are_collected_and_all_deleted_at_the_end(blobs, tmp_pat
 
 
 def test_a_stale_attempt_cannot_commit(redis_url, tmp_path):
-    from daemon.runtime import redis_client
+    from daemon.adapters.runtime import redis_client
 
     ledger = Ledger(redis_client(redis_url))
     first = ledger.begin_attempt("job-6", rq_id="job-6", worker="w1")

@@ -1,4 +1,4 @@
-"""daemon.fetch: downloads of user-supplied URLs, against a real HTTP server on 127.0.0.1.
+"""daemon.adapters.fetch: downloads of user-supplied URLs, against a real HTTP server on 127.0.0.1.
 
 Happy paths use a policy that exempts exactly 127.0.0.1/32; the SSRF refusals use the DEFAULT policy.
 Nothing here talks to the internet: refused URLs are refused before any connection is made.
@@ -23,9 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from daemon import fetch
+from daemon.adapters import fetch
+from daemon.adapters.fetch import FetchPolicy, check_url, fetch_to_file, pinned_request, redact_url
 from daemon.errors import DownloadError, InputError, JobError
-from daemon.fetch import FetchPolicy, check_url, fetch_to_file, pinned_request, redact_url
 from tests.servers.s3 import free_ports
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 800  # ~200 KiB, starts with the JPEG magic

@@ -16,7 +16,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from daemon.fleet import (
+from daemon.fleet.backlog import (
     DEFAULT_NAMESPACE,
     GROUP_TAG_PATH,
     INSTANCE_ID_PATH,
@@ -26,9 +26,9 @@ from daemon.fleet import (
     FleetIdentity,
     aws_client,
 )
-from daemon.protection import ScaleInProtection
-from daemon.queue import ENTRY_POINT, make_queue
-from daemon.spot import META_PREFIX, MetadataClient
+from daemon.fleet.protection import ScaleInProtection
+from daemon.fleet.spot import META_PREFIX, MetadataClient
+from daemon.worker.queue import ENTRY_POINT, make_queue
 from tests.servers.imds import FakeIMDS
 from tests.servers.s3 import MotoS3Server, free_ports
 
@@ -45,7 +45,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> floa
     return time.monotonic() - started
 
 
-FLEET_LOGGERS = ("daemon.fleet", "daemon.protection")
+FLEET_LOGGERS = ("daemon.fleet.backlog", "daemon.fleet.protection")
 
 
 def fleet_logs(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:

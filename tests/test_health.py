@@ -15,8 +15,15 @@ from typing import Any
 
 import pytest
 
-from daemon import metrics
-from daemon.health import GpuProbe, HealthServer, WorkerState, parse_metrics, scrape, visible_gpu_indices
+from daemon.telemetry import metrics
+from daemon.telemetry.health import (
+    GpuProbe,
+    HealthServer,
+    WorkerState,
+    parse_metrics,
+    scrape,
+    visible_gpu_indices,
+)
 
 
 class FakeClock:
@@ -200,7 +207,7 @@ def test_without_nvml_there_are_no_gpu_series_and_no_error(
     state: WorkerState, caplog: pytest.LogCaptureFixture
 ):
     # Given this machine's real pynvml, which finds no driver here
-    caplog.set_level(logging.DEBUG, logger="daemon.health")
+    caplog.set_level(logging.DEBUG, logger="daemon.telemetry.health")
     with HealthServer("127.0.0.1", 0, state) as server:
         first, second = scrape(server.url), scrape(server.url)
     assert not {n for n in first.names() | second.names() if n.startswith("capture_gpu")}

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from daemon.attempt.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, CancelWatcher, Interrupts
 from daemon.errors import JobCanceled, JobInterrupted, JobPreempted
-from daemon.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, CancelWatcher, Interrupts
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from daemon.errors import SpecError
-from daemon.handlers.params_splat import SplatParams
-from daemon.handlers.params_video import SplatVideoParams
-from daemon.legacy import looks_legacy, translate_legacy
-from daemon.spec import JobSpec, parse_spec
+from daemon.handlers.splat.params import SplatParams
+from daemon.handlers.splat.params_video import SplatVideoParams
+from daemon.spec.legacy import looks_legacy, translate_legacy
+from daemon.spec.model import JobSpec, parse_spec
 from tests.test_spec import KINDS
 
 # The request examples exactly as the seed documents print them.
@@ -333,7 +333,7 @@ def test_translated_requests_match_the_published_schema(raw):
     # Given the JSON Schema the web app validates against (rendered for every kind legacy clients use,
     # including the splat kinds whose handlers are not registered yet)
     jsonschema = pytest.importorskip("jsonschema")
-    from daemon.schema_file import render_schema
+    from daemon.spec.schema import render_schema
     from tests.test_spec import KINDS
 
     schema = json.loads(render_schema(KINDS))

@@ -54,7 +54,7 @@ def lines(out: io.StringIO) -> list[str]:
 
 def test_line_carries_job_attempt_and_stage_from_log_context(plain):
     # Given a job's context, and a stage nested inside it
-    log = logging.getLogger("daemon.runner")
+    log = logging.getLogger("daemon.attempt.runner")
 
     # When lines are logged inside, inside the nested stage, and after both
     with log_context(job="job-42", attempt=3):
@@ -66,10 +66,10 @@ def test_line_carries_job_attempt_and_stage_from_log_context(plain):
 
     # Then each line carries exactly the fields in force when it was logged
     started, staged, back, idle = lines(plain)
-    assert "INFO    job=job-42 attempt=3 daemon.runner: attempt started" in started
-    assert "job=job-42 attempt=3 stage=fetch daemon.runner: stage started" in staged
-    assert "job=job-42 attempt=3 daemon.runner: back in the job" in back
-    assert "job=" not in idle and "INFO    daemon.runner: idle" in idle
+    assert "INFO    job=job-42 attempt=3 daemon.attempt.runner: attempt started" in started
+    assert "job=job-42 attempt=3 stage=fetch daemon.attempt.runner: stage started" in staged
+    assert "job=job-42 attempt=3 daemon.attempt.runner: back in the job" in back
+    assert "job=" not in idle and "INFO    daemon.attempt.runner: idle" in idle
 
 
 def test_terminal_lines_start_with_a_timestamp(plain):
@@ -91,12 +91,12 @@ def test_terminal_lines_start_with_a_timestamp(plain):
 def test_journald_line_starts_with_the_syslog_priority_and_has_no_timestamp(journald, level, prefix):
     # Given logging under systemd
     # When a line is logged at a level
-    logging.getLogger("daemon.worker").log(level, "event")
+    logging.getLogger("daemon.worker.rq_worker").log(level, "event")
 
     # Then the line starts with that level's syslog priority and leaves the time to journald
     (line,) = lines(journald)
     assert line.startswith(prefix + logging.getLevelName(level))
-    assert line.endswith("daemon.worker: event")
+    assert line.endswith("daemon.worker.rq_worker: event")
     assert not TIMESTAMP.search(line)
 
 
@@ -106,7 +106,7 @@ def test_journald_traceback_is_one_line(journald):
     try:
         raise ValueError("boom")
     except ValueError:
-        logging.getLogger("daemon.runner").exception("unexpected error")
+        logging.getLogger("daemon.attempt.runner").exception("unexpected error")
 
     # Then the whole event is one journal line, traceback included
     (line,) = lines(journald)

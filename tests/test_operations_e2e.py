@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.fleet import GROUP_TAG_PATH, INSTANCE_ID_PATH, REGION_PATH
-from daemon.health import scrape
-from daemon.spot import META_PREFIX
+from daemon.fleet.backlog import GROUP_TAG_PATH, INSTANCE_ID_PATH, REGION_PATH
+from daemon.fleet.spot import META_PREFIX
+from daemon.telemetry.health import scrape
 from tests.fixtures_daemon import enqueue_cli, wait_until
 from tests.servers.imds import FakeIMDS
 from tests.test_fleet import REGION, Moto

@@ -538,7 +538,7 @@ def test_apply_again_rolls_a_new_default_version_and_keeps_the_capacity(fleet: M
 
 def test_the_policy_reads_the_metric_as_the_workers_publish_it(fleet: MotoAws) -> None:
     # Given a datum shaped as daemon/fleet.py puts it (same namespace, name and group dimension),
-    from daemon import fleet as daemon_fleet
+    from daemon.fleet import backlog as daemon_fleet
 
     spec = json.loads((OPS / "scaling-policy.json").read_text())["TargetTrackingConfiguration"][
         "CustomizedMetricSpecification"

@@ -7,7 +7,7 @@ import time
 import pytest
 from redis import Redis
 
-from daemon.outbox import LEASE_S, Delivery, Outbox, OutboxItem
+from daemon.adapters.outbox import LEASE_S, Delivery, Outbox, OutboxItem
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from redis import Redis
 
+from daemon.adapters.outbox import ITEM_PREFIX, Outbox
+from daemon.adapters.rows import LocalRows, RowStore, SupabaseRows
+from daemon.adapters.runtime import Runtime
+from daemon.attempt.progress import ProgressReporter
 from daemon.config import load_settings
-from daemon.drainer import OutboxDrainer
-from daemon.outbox import ITEM_PREFIX, Outbox
-from daemon.progress import ProgressReporter
-from daemon.rows import LocalRows, RowStore, SupabaseRows
-from daemon.runtime import Runtime
+from daemon.worker.outbox_drainer import OutboxDrainer
 from tests.fixtures_daemon import wait_until
 
 

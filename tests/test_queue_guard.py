@@ -12,9 +12,9 @@ from rq.serializers import JSONSerializer
 
 import daemon.entry
 from daemon.errors import SpecError
-from daemon.handlers import registry
-from daemon.queue import ENTRY_POINT, ForbiddenCallable, GuardedJob, enqueue, make_queue
-from daemon.spec_io import parse_job, spec_to_json
+from daemon.handlers import parse_job, registry
+from daemon.spec.model import spec_to_json
+from daemon.worker.queue import ENTRY_POINT, ForbiddenCallable, GuardedJob, enqueue, make_queue
 
 MISSING_MODULE = "evil_module_that_does_not_exist"
 """A module no one can import: if the guard imported a name before refusing it, rq would raise
@@ -60,7 +60,7 @@ def spec(job_id: str = "scan-1", **extra):
         "os.system",
         "subprocess.check_call",
         "daemon.cli.main",
-        "daemon.runner.JobRunner",
+        "daemon.attempt.runner.JobRunner",
         "daemon.entry.configure",
     ],
 )

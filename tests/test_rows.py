@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from daemon.rows import LocalRows, RowWriteError, SupabaseRows, merge_row
+from daemon.adapters.rows import LocalRows, RowWriteError, SupabaseRows, merge_row
 
 T1, T2, T3 = "2026-01-02T03:04:01.000Z", "2026-01-02T03:04:02.000Z", "2026-01-02T03:04:03.000Z"
 

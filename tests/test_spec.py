@@ -13,11 +13,11 @@ from pydantic import BaseModel
 
 from daemon.errors import SpecError
 from daemon.handlers import input_limits, params_models
-from daemon.handlers.params_inspect import InspectParams
-from daemon.handlers.params_splat import SplatParams
-from daemon.handlers.params_video import SplatVideoParams
-from daemon.schema_file import render_schema
-from daemon.spec import JobSpec, parse_spec, spec_json_schema
+from daemon.handlers.inspect.params import InspectParams
+from daemon.handlers.splat.params import SplatParams
+from daemon.handlers.splat.params_video import SplatVideoParams
+from daemon.spec.model import JobSpec, parse_spec, spec_json_schema
+from daemon.spec.schema import render_schema
 
 KINDS: dict[str, type[BaseModel]] = {
     "splat": SplatParams,
@@ -155,7 +155,7 @@ def test_video_params_take_fps_or_frame_count_not_both():
 
 
 def test_a_video_job_takes_exactly_one_input():
-    from daemon.spec_io import parse_job
+    from daemon.handlers import parse_job
 
     # Given a splat_video spec with two inputs
     raw = {**minimal_spec(), "kind": "splat_video", "inputs": [{"s3_key": "a.mp4"}, {"s3_key": "b.mp4"}]}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.spot import (
+from daemon.fleet.spot import (
     INSTANCE_ACTION_PATH,
     REBALANCE_PATH,
     TOKEN_PATH,
@@ -84,7 +84,9 @@ def start_watcher(
 
 
 def spot_records(caplog: pytest.LogCaptureFixture, level: int | None = None) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "daemon.spot" and (level is None or r.levelno == level)]
+    return [
+        r for r in caplog.records if r.name == "daemon.fleet.spot" and (level is None or r.levelno == level)
+    ]
 
 
 def raw(
@@ -312,7 +314,7 @@ def test_off_ec2_the_watcher_says_so_once_and_ends(
     watchers: list[SpotWatcher],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="daemon.spot")
+    caplog.set_level(logging.DEBUG, logger="daemon.fleet.spot")
     interrupted, rebalanced = Recorder(), Recorder()
     watcher = start_watcher(watchers, no_imds_url, interrupted, rebalanced)
     watcher.join(timeout=1.0)
@@ -327,7 +329,7 @@ def test_off_ec2_the_watcher_says_so_once_and_ends(
 def test_an_outage_is_logged_once_and_its_end_too(
     imds: FakeIMDS, watchers: list[SpotWatcher], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.spot")
+    caplog.set_level(logging.INFO, logger="daemon.fleet.spot")
     interrupted = Recorder()
     start_watcher(watchers, imds.url, interrupted, Recorder())
     wait_until(lambda: imds.count("GET", INSTANCE_ACTION_PATH, 404) >= 1, what="a first poll")

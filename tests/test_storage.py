@@ -1,4 +1,4 @@
-"""daemon.storage: the local directory, S3 (moto and SeaweedFS) and presigned PUT URLs (SeaweedFS).
+"""daemon.adapters.storage: the local directory, S3 (moto and SeaweedFS) and presigned PUT URLs (SeaweedFS).
 
 moto is used where S3 semantics matter; SeaweedFS where signatures and presigned-URL expiry matter,
 since moto checks neither (DESIGN §6).
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from daemon.adapters.fetch import FetchPolicy
+from daemon.adapters.storage import LocalStore, PresignedPutStore, S3Store, object_key, s3_client
 from daemon.errors import DownloadError, InputError, StorageError
-from daemon.fetch import FetchPolicy
-from daemon.storage import LocalStore, PresignedPutStore, S3Store, object_key, s3_client
 from tests.fixtures_s3 import new_bucket_name
 from tests.servers.s3 import MotoS3Server, SeaweedS3Server, free_ports
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import VARIABLES, load_settings
-from daemon.systemd import NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC, Notifier
+from daemon.telemetry.systemd import NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC, Notifier
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT_DIR = REPO / "ops" / "systemd"
@@ -211,7 +211,7 @@ def test_a_socket_that_disappears_logs_one_warning_and_never_raises(listener, ca
     os.unlink(path)
 
     # When the worker keeps notifying
-    with caplog.at_level(logging.DEBUG, logger="daemon.systemd"):
+    with caplog.at_level(logging.DEBUG, logger="daemon.telemetry.systemd"):
         results = [notifier.ready("x"), notifier.watchdog(), notifier.status("y")]
 
     # Then nothing raised, and the failure was a warning once, the rest at debug
@@ -222,7 +222,7 @@ def test_a_socket_that_disappears_logs_one_warning_and_never_raises(listener, ca
 
 
 def test_a_non_unix_notify_socket_turns_notifications_off(caplog):
-    with caplog.at_level(logging.WARNING, logger="daemon.systemd"):
+    with caplog.at_level(logging.WARNING, logger="daemon.telemetry.systemd"):
         notifier = Notifier.from_env({NOTIFY_SOCKET: "vsock:2:1234"})
     assert not notifier.enabled
     assert notifier.ready() is False
@@ -280,7 +280,7 @@ def test_a_child_process_notifies_end_to_end(listener):
     sock, path = listener
     script = (
         "import os, sys\n"
-        "from daemon.systemd import Notifier\n"
+        "from daemon.telemetry.systemd import Notifier\n"
         "n = Notifier.from_env()\n"
         "assert n.ready('serving high,default,low')\n"
         "assert n.watchdog_ping() and not n.watchdog_ping()\n"

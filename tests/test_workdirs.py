@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from daemon.workdirs import claimed, sweep
+from daemon.attempt.workdirs import claimed, sweep
 
 
 def test_a_claimed_folder_is_removed_whatever_happens(tmp_path):
@@ -27,7 +27,7 @@ def test_sweep_removes_orphans_and_spares_live_attempts(tmp_path):
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
-            from daemon.workdirs import claimed
+            from daemon.attempt.workdirs import claimed
             with claimed(Path({str(live)!r})):
                 print("held", flush=True)
                 time.sleep(60)
@@ -38,7 +38,7 @@ def test_sweep_removes_orphans_and_spares_live_attempts(tmp_path):
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         # And two orphans: one whose process was killed holding the lock, one never locked
         dead = subprocess.Popen(
-            [sys.executable, "-c", f"from pathlib import Path; from daemon.workdirs import claimed; "
+            [sys.executable, "-c", f"from pathlib import Path; from daemon.attempt.workdirs import claimed; "
              f"c = claimed(Path({str(tmp_path / 'job-dead' / 'attempt-1')!r})); c.__enter__(); "
              f"import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
         )  # fmt: skip

@@ -120,7 +120,9 @@ def test_splat_jobs_through_the_worker_bad_photos_fail_then_a_scene_completes(
     assert progress == [25, 50, 75]
     # And the log shows the stages in order, with training steps
     logs = worker.logs()
-    starts = [logs.index(f"stage={s} daemon.context: stage started") for s in ("sfm", "train", "export")]
+    starts = [
+        logs.index(f"stage={s} daemon.attempt.context: stage started") for s in ("sfm", "train", "export")
+    ]
     assert starts == sorted(starts) and "step 120/120" in logs
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from daemon.errors import JobError
-from daemon.handlers.params_splat import SplatParams
 from daemon.handlers.splat import job
+from daemon.handlers.splat.params import SplatParams
 from daemon.handlers.splat.scene import Scene, split_holdout
 from daemon.handlers.splat.train import TrainConfig, Trainer
 from daemon.handlers.splat.workspace import Workspace
@@ -124,9 +124,9 @@ def test_an_unwritable_output_fails_with_export_failed(tmp_path):
 def test_a_video_jobs_frames_come_back_from_a_checkpoint_without_the_video(tmp_path):
     from types import SimpleNamespace
 
-    from daemon.checkpoints import Checkpoints, LocalBlobs
-    from daemon.handlers.params_video import SplatVideoParams
+    from daemon.adapters.checkpoints import Checkpoints, LocalBlobs
     from daemon.handlers.splat import frames, resume
+    from daemon.handlers.splat.params_video import SplatVideoParams
     from tests import videos
 
     # Given attempt 1 of a video job that chose its frames, which were checkpointed

@@ -15,9 +15,9 @@ import pytest
 
 pycolmap = pytest.importorskip("pycolmap")
 
+from daemon.attempt.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, Interrupts  # noqa: E402
 from daemon.errors import JobCanceled, JobError  # noqa: E402
 from daemon.handlers.splat.sfm import MATCHERS, VIDEO_MATCHER, SfmOptions, run_sfm  # noqa: E402
-from daemon.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, Interrupts  # noqa: E402
 from tests import scenes  # noqa: E402
 
 FAST = SfmOptions(max_image_size=640, max_num_features=2048, num_threads=2, time_limit_s=300)

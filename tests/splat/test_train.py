@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from daemon.handlers.splat.metrics import psnr
+from daemon.handlers.splat.quality import psnr
 from daemon.handlers.splat.raster import rasterize
 from daemon.handlers.splat.train import Camera, TrainConfig, Trainer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
-from ..params_video import SplatVideoParams
+from .params_video import SplatVideoParams
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)

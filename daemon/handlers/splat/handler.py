@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .. import Handler, Stage
-from ..params_splat import SplatParams
-from ..params_video import SplatVideoParams
+from ..base import Handler, Stage
+from .params import SplatParams
+from .params_video import SplatVideoParams
 
 STAGES = (
     Stage("download", 3),
@@ -57,5 +57,7 @@ VIDEO_HANDLER = replace(
     stages=VIDEO_STAGES,
     description="One video → sharp frames → SfM (one camera, sequential matching) → splat → PLY, bundle.",
     max_inputs=1,
+    input_noun="video",
+    too_many_inputs_hint="send photos as a splat job",
 )
 """The same job and time limit; `job.run` tells the kinds apart by their params."""

@@ -22,13 +22,13 @@ from typing import Any
 import torch
 
 from ...errors import JobError, JobPreempted
-from ..params_splat import SplatParams
-from ..params_video import SplatVideoParams
 from . import frames as video_frames
 from . import resume
 from .bundle import write_bundle, write_cameras_json
 from .export import write_compressed, write_ply
 from .inputs import ImageOptions, prepare_images
+from .params import SplatParams
+from .params_video import SplatVideoParams
 from .report import save_curves, save_preview
 from .scene import Scene, load_scene
 from .sfm import VIDEO_MATCHER, SfmOptions, run_sfm

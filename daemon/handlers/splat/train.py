@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ...errors import JobError
-from .metrics import psnr, ssim
+from .quality import psnr, ssim
 from .raster import Backend, rasterize
 from .strategy import CappedDefaultStrategy
 

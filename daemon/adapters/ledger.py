@@ -1,0 +1,133 @@
+"""The daemon's own per-job state in Redis, beside rq's: attempts, failures, cancel requests.
+
+rq knows executions of an rq job; the customer's job (one `job_id`) may run several times: after a
+crash, a lost instance, a spot notice. The ledger counts those attempts with INCR, so attempt numbers
+are unique and increasing across instances, which makes them usable as fencing tokens for progress rows
+and callbacks. Preemptions are attempts but not failures: only failures use up JOB_MAX_ATTEMPTS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+
+from ..errors import AttemptSuperseded
+
+KEY_PREFIX = "daemon:job:"
+"""Hash per job id: attempt, failures, rq_id, status, worker."""
+
+CANCEL_PREFIX = "daemon:cancel:"
+"""Unix time of the last cancel request for the job id."""
+
+STATE_TTL_S = 30 * 24 * 3600
+"""How long the ledger remembers a job after its last change (re-runs of old ids continue counting)."""
+
+
+_CLAIM_COMPLETION = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if current ~= tonumber(ARGV[1]) or redis.call('HGET', KEYS[1], 'status') == 'completed' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'completed', 'completed_attempt', ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    attempt: int
+    failures: int
+    preemptions: int
+    rq_id: str | None
+    status: str | None
+    worker: str | None
+
+
+class Ledger:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def _key(self, job_id: str) -> str:
+        return KEY_PREFIX + job_id
+
+    def begin_attempt(self, job_id: str, *, rq_id: str, worker: str) -> int:
+        """Count a new attempt and return its number (1, 2, …)."""
+        key = self._key(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "attempt", 1)
+            pipe.hset(key, mapping={"rq_id": rq_id, "status": "running", "worker": worker})
+            pipe.expire(key, STATE_TTL_S)
+            attempt = pipe.execute()[0]
+        return int(attempt)
+
+    def record_failure(self, job_id: str) -> int:
+        """Count a failed attempt; returns the number of failures so far."""
+        key = self._key(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "failures", 1)
+            pipe.expire(key, STATE_TTL_S)
+            return int(pipe.execute()[0])
+
+    def record_preemption(self, job_id: str) -> int:
+        """Count a preemption; returns the number so far (capped by JOB_MAX_PREEMPTIONS, not by
+        the failure budget)."""
+        key = self._key(job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, "preemptions", 1)
+            pipe.expire(key, STATE_TTL_S)
+            return int(pipe.execute()[0])
+
+    def is_current(self, job_id: str, attempt: int) -> bool:
+        """Whether `attempt` is still the job's newest attempt and the job is not completed."""
+        current, status = self.redis.hmget(self._key(job_id), ["attempt", "status"])
+        return int(current or 0) == attempt and status != b"completed"
+
+    def check_current(self, job_id: str, attempt: int) -> None:
+        """The fence before any write that a newer attempt could own: raise AttemptSuperseded if
+        this attempt is stale."""
+        if not self.is_current(job_id, attempt):
+            raise AttemptSuperseded(f"attempt {attempt} of {job_id} is no longer current")
+
+    def claim_completion(self, job_id: str, attempt: int) -> bool:
+        """Atomically mark the job completed by `attempt` if it is the current attempt and nobody
+        completed it yet. Only the attempt that gets True reports completion."""
+        return bool(self.redis.eval(_CLAIM_COMPLETION, 1, self._key(job_id), attempt))
+
+    def set_stop_reason(self, job_id: str, reason: str) -> None:
+        """Why the worker is preempting the job (a spot notice, SIGTERM): the job's row will say it."""
+        self.redis.hset(self._key(job_id), "stop_reason", reason)
+
+    def pop_stop_reason(self, job_id: str) -> str | None:
+        with self.redis.pipeline() as pipe:
+            pipe.hget(self._key(job_id), "stop_reason")
+            pipe.hdel(self._key(job_id), "stop_reason")
+            raw = pipe.execute()[0]
+        return raw.decode() if raw else None
+
+    def set_status(self, job_id: str, status: str) -> None:
+        self.redis.hset(self._key(job_id), "status", status)
+
+    def get(self, job_id: str) -> LedgerEntry:
+        stored: dict[bytes, bytes] = self.redis.hgetall(self._key(job_id))  # type: ignore[assignment]
+        raw = {k.decode(): v.decode() for k, v in stored.items()}
+        return LedgerEntry(
+            attempt=int(raw.get("attempt", 0)),
+            failures=int(raw.get("failures", 0)),
+            preemptions=int(raw.get("preemptions", 0)),
+            rq_id=raw.get("rq_id"),
+            status=raw.get("status"),
+            worker=raw.get("worker"),
+        )
+
+    def request_cancel(self, job_id: str, at: float) -> None:
+        self.redis.set(CANCEL_PREFIX + job_id, repr(at), ex=STATE_TTL_S)
+
+    def cancel_requested(self, job_id: str, *, since: float) -> bool:
+        """True if a cancel was asked at or after `since` (the rq job's creation), so a job id that
+        is enqueued again after a cancel runs normally."""
+        raw = self.redis.get(CANCEL_PREFIX + job_id)
+        return raw is not None and float(raw) >= since
+
+    def clear_cancel(self, job_id: str) -> None:
+        self.redis.delete(CANCEL_PREFIX + job_id)

@@ -1,0 +1,159 @@
+"""How a job's state leaves the daemon: progress rows and callbacks, shaped in one place.
+
+Used by the runner (inside the work-horse) and by the worker parent when a horse dies or a job is
+found abandoned, so every path reports the same row fields and callback payloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..adapters.callbacks import build_event
+from ..adapters.rows import RowWriteError, utcnow_iso
+from ..adapters.runtime import Runtime
+from ..adapters.storage import StoredObject
+from ..errors import JobError
+
+log = logging.getLogger(__name__)
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Just enough of a job to report on it: what a broken spec may still tell us, or a parsed one."""
+
+    job_id: str
+    kind: str
+    callback_url: str | None = None
+    callback_format: str = "standard"
+    metadata: Mapping[str, str] | None = None
+    owner_id: str | None = None
+
+    @classmethod
+    def of(cls, spec: Any) -> Identity:
+        return cls(
+            job_id=spec.job_id,
+            kind=spec.kind,
+            callback_url=spec.callback_url,
+            callback_format=spec.callback_format,
+            metadata=dict(spec.metadata or {}),
+            owner_id=str(spec.owner_id) if spec.owner_id else None,
+        )
+
+    @classmethod
+    def salvage(cls, raw: Any) -> Identity | None:
+        """From a spec that failed validation, keep the id and callback if each is valid on its own,
+        so the failure still reaches the row and the client."""
+        if not isinstance(raw, Mapping):
+            return None
+        wrapped = raw.get("input")
+        body: Mapping[str, Any] = wrapped if isinstance(wrapped, Mapping) else raw
+        job_id = next(
+            (body.get(k) for k in ("job_id", "project_id", "scene_id") if isinstance(body.get(k), str)), None
+        )
+        if not job_id or not _JOB_ID.match(job_id):
+            return None
+        url = body.get("callback_url") or body.get("webhook_url")
+        url = url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+        legacy = "webhook_url" in body
+        meta = {k: body[k] for k in ("project_id", "scene_id") if isinstance(body.get(k), str)}
+        kind = str(body["kind"]) if isinstance(body.get("kind"), str) else "unknown"
+        return cls(job_id, kind[:64], url, "legacy" if legacy else "standard", meta)
+
+
+def base_row(identity: Identity, attempt: int, worker: str) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": identity.job_id,
+        "kind": identity.kind,
+        "attempt": attempt,
+        "worker_id": worker,
+    }
+    if identity.owner_id:
+        row["owner_id"] = identity.owner_id
+    return row
+
+
+def error_fields(error: JobError) -> dict[str, Any]:
+    return {"error_code": error.code, "error_message": error.message[:2000]}
+
+
+def outputs_data(outputs: Mapping[str, StoredObject]) -> dict[str, Any]:
+    return {
+        name: {"uri": o.uri, "size": o.size, "sha256": o.sha256, "content_type": o.content_type}
+        for name, o in outputs.items()
+    }
+
+
+CANCELED = JobError("canceled on request", code="canceled")
+
+
+def preemption(cause: str, code: str = "preempted") -> JobError:
+    return JobError(cause, code=code, retryable=True)
+
+
+def notify_ended(
+    runtime: Runtime,
+    identity: Identity,
+    attempt: int,
+    status: str,
+    *,
+    error: JobError | None = None,
+    outputs: Mapping[str, Any] | None = None,
+    result: Mapping[str, Any] | None = None,
+) -> None:
+    """The callback that ends an attempt: `job.<status>`, with the error or the outputs (and the
+    job's result, e.g. the splat manifest)."""
+    data: dict[str, Any] = {"status": status}
+    if error is not None:
+        data["error"] = {"code": error.code, "message": error.message}
+    if outputs is not None:
+        data["outputs"] = dict(outputs)
+    if result is not None:
+        data["result"] = dict(result)
+    notify(runtime, identity, attempt, f"job.{status}", 100, data)
+
+
+def write_row(runtime: Runtime, row: Mapping[str, Any]) -> None:
+    """Write a row now; if the store is down, leave it to the outbox (used outside a running job)."""
+    row = {**row, "heartbeat_at": utcnow_iso()}
+    try:
+        runtime.rows.write(row)
+        return
+    except RowWriteError as exc:
+        if not exc.retryable:
+            log.error("row for %s refused: %s", row["id"], exc)
+            return
+        log.warning("row for %s not written (%s); queued in the outbox", row["id"], exc)
+    runtime.outbox.put_row(row)
+
+
+def notify(
+    runtime: Runtime, identity: Identity, attempt: int, event_type: str, seq: int, data: Mapping[str, Any]
+) -> None:
+    """Queue a signed callback in the outbox; the worker's drainer delivers it, retrying as needed."""
+    if not identity.callback_url:
+        return
+    event = build_event(
+        url=identity.callback_url,
+        type=event_type,
+        job_id=identity.job_id,
+        attempt=attempt,
+        seq=seq,
+        data=dict(data),
+        fmt=identity.callback_format,
+        metadata=identity.metadata,
+    )
+    if event is None:
+        return
+    try:
+        runtime.outbox.put_callback(
+            {"url": event.url, "body": event.body.decode(), "type": event.type, "job_id": event.job_id},
+            webhook_id=event.webhook_id,
+        )
+    except Exception:
+        log.exception("callback %s for %s could not be queued", event_type, identity.job_id)

@@ -1,0 +1,317 @@
+"""One attempt of one job, inside the work-horse: the job's life, readable by its method names.
+
+    prepare → (canceled already?) → announce start → perform the handler's stages →
+    handle success | handle failure (retry or fail) | handle interrupt (cancel or preempt)
+
+Delivery is at-least-once: an attempt may be cut anywhere (SIGKILL, lost instance) and run again, so
+every stage must be idempotent and outputs are written under deterministic keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq.job import Job, Retry
+from rq.timeouts import JobTimeoutException
+
+from ..adapters.runtime import Runtime
+from ..config import Settings
+from ..errors import AttemptSuperseded, JobCanceled, JobError, JobInterrupted, JobPreempted, SpecError
+from ..handlers import parse_job, registry
+from ..logs import bind_context
+from ..telemetry import metrics
+from .context import JobContext
+from .interrupts import CancelWatcher, Interrupts
+from .progress import ProgressReporter
+from .report import (
+    CANCELED,
+    Identity,
+    base_row,
+    error_fields,
+    notify,
+    notify_ended,
+    outputs_data,
+    preemption,
+    write_row,
+)
+from .workdirs import claimed
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):  # noqa: N818 - what rq records as the failure of the rq job
+    """Raised to rq after the failure was reported to the row and the callback."""
+
+
+def retry_delay(settings: Settings, failures: int) -> int:
+    """Backoff between failed attempts: JOB_RETRY_BACKOFF_S, doubling, capped at an hour."""
+    return int(min(3600, settings.job_retry_backoff_s * 2 ** max(0, failures - 1)))
+
+
+class JobRunner:
+    def __init__(self, runtime: Runtime, rq_job: Job) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.rq_job = rq_job
+        self.interrupts = Interrupts()
+
+    # -- the life of an attempt ------------------------------------------------------------------
+
+    def run(self, raw: Any) -> Any:
+        spec = self.prepare(raw)
+        identity = Identity.of(spec)
+        metrics.job_started(spec.kind)
+        self._started = time.monotonic()
+        attempt = self.runtime.ledger.begin_attempt(
+            spec.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
+        )
+        bind_context(job=spec.job_id, attempt=attempt)
+        reporter = ProgressReporter(
+            self.runtime.rows,
+            {
+                **base_row(identity, attempt, self.settings.worker_name),
+                "status": "running",
+                "stage": "starting",
+            },
+            outbox=self.runtime.outbox,
+            min_interval_s=self.settings.progress_min_interval_s,
+            heartbeat_s=self.settings.heartbeat_interval_s,
+        )
+        if self._cancel_requested(spec.job_id):
+            return self.handle_cancel(identity, attempt, reporter)
+        reporter.update(started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        reporter.start()
+        log.info("attempt started: kind=%s inputs=%d", spec.kind, len(spec.inputs))
+        notify(self.runtime, identity, attempt, "job.started", 0, {"status": "running"})
+        self.interrupts.install()
+        watcher = CancelWatcher(lambda: self._cancel_requested(spec.job_id)).start()
+        workdir = self.settings.work_dir / spec.job_id / f"attempt-{attempt}"
+        self.checkpoints = self.runtime.checkpoints(spec.job_id, attempt)
+        try:
+            try:
+                with claimed(workdir):
+                    done = self.perform(spec, attempt, workdir, reporter, identity)
+            finally:
+                watcher.stop()
+            return self.handle_success(identity, attempt, reporter, done.outputs, done.result)
+        except AttemptSuperseded:
+            return self.handle_superseded(identity, attempt, reporter)
+        except JobInterrupted as interrupt:
+            return self.handle_interrupt(identity, attempt, reporter, interrupt)
+        except JobError as error:
+            return self.handle_failure(identity, attempt, reporter, error)
+        except JobTimeoutException:
+            timeout = JobError(f"attempt exceeded the {spec.kind} time limit", code="job_timeout")
+            return self.handle_failure(identity, attempt, reporter, timeout)
+        except Exception as exc:
+            log.exception("unexpected error")
+            internal = JobError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+            return self.handle_failure(identity, attempt, reporter, internal)
+
+    def prepare(self, raw: Any) -> Any:
+        """Validate the spec before any work; a bad one is reported where the client will see it."""
+        try:
+            spec = parse_job(raw)
+            if spec.callback_url and not self.settings.callback_secret:
+                raise SpecError(
+                    "callback_url given but this daemon has no CALLBACK_SECRET to sign callbacks",
+                    code="callbacks_not_configured",
+                )
+            return spec
+        except SpecError as error:
+            log.error("spec refused: %s", error)
+            identity = Identity.salvage(raw)
+            if identity is not None:
+                bind_context(job=identity.job_id)
+                self.report_failed(
+                    identity,
+                    self.runtime.ledger.begin_attempt(
+                        identity.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
+                    ),
+                    error,
+                    reporter=None,
+                )
+            self._no_rq_retry()
+            raise JobFailed(str(error)) from None
+
+    def perform(
+        self, spec: Any, attempt: int, workdir: Any, reporter: ProgressReporter, identity: Identity
+    ) -> JobContext:
+        handler = registry()[spec.kind]
+        workdir.mkdir(parents=True, exist_ok=True)
+
+        def milestone(percent: int) -> None:
+            try:
+                current = self.runtime.ledger.is_current(spec.job_id, attempt)
+            except RedisError as exc:  # a progress callback is not worth failing the job for
+                log.warning("attempt not checked before a progress callback: %s", exc)
+                current = True
+            if not current:
+                raise AttemptSuperseded(f"attempt {attempt} of {spec.job_id} is no longer current")
+            notify(
+                self.runtime,
+                identity,
+                attempt,
+                "job.progress",
+                percent,
+                {"status": "running", "progress": percent, "stage": reporter.state.get("stage")},
+            )
+
+        ctx = JobContext(
+            spec=spec,
+            attempt=attempt,
+            workdir=workdir,
+            stages=handler.stages,
+            reporter=reporter,
+            inputs=self.runtime.input_source(),
+            store=self.runtime.output_store(spec.output),
+            interrupts=self.interrupts,
+            on_milestone=milestone,
+            checkpoints=self.checkpoints,
+            settings=self.settings,
+            fence=lambda: self.runtime.ledger.check_current(spec.job_id, attempt),
+        )
+        handler.run(ctx)
+        return ctx
+
+    # -- endings ---------------------------------------------------------------------------------
+
+    def handle_success(
+        self,
+        identity: Identity,
+        attempt: int,
+        reporter: ProgressReporter,
+        outputs: Any,
+        result: dict[str, Any] | None = None,
+    ) -> Any:
+        with self.interrupts.shielded():
+            if not self.runtime.ledger.claim_completion(identity.job_id, attempt):
+                return self.handle_superseded(identity, attempt, reporter)
+            self._count(identity, "completed")
+            data = outputs_data(outputs)
+            reporter.close(
+                status="completed",
+                stage="done",
+                progress=100,
+                outputs=data,
+                result=result,
+                error_code=None,
+                error_message=None,
+            )
+            notify_ended(self.runtime, identity, attempt, "completed", outputs=data, result=result)
+            log.info("attempt completed: %d output(s)", len(data))
+            self._discard_checkpoints()
+            ended = {"status": "completed", "job_id": identity.job_id, "attempt": attempt, "outputs": data}
+            return {**ended, "result": result} if result is not None else ended
+
+    def handle_failure(
+        self, identity: Identity, attempt: int, reporter: ProgressReporter, error: JobError
+    ) -> Any:
+        with self.interrupts.shielded():
+            failures = self.runtime.ledger.record_failure(identity.job_id) if error.retryable else 0
+            if error.retryable and failures < self.settings.job_max_attempts:
+                delay = retry_delay(self.settings, failures)
+                log.warning(
+                    "attempt failed (%s); retry %d of %d in %ds",
+                    error,
+                    failures,
+                    self.settings.job_max_attempts - 1,
+                    delay,
+                )
+                reporter.close(status="requeued", **error_fields(error))
+                notify_ended(self.runtime, identity, attempt, "requeued", error=error)
+                self._count(identity, "requeued")
+                return self._retry(delay=delay, at_front=False)
+            self.report_failed(identity, attempt, error, reporter=reporter)
+            self._no_rq_retry()
+            raise JobFailed(str(error))
+
+    def handle_interrupt(
+        self, identity: Identity, attempt: int, reporter: ProgressReporter, interrupt: JobInterrupted
+    ) -> Any:
+        if isinstance(interrupt, JobCanceled) or self.interrupts.requested is JobCanceled:
+            return self.handle_cancel(identity, attempt, reporter)
+        assert isinstance(interrupt, JobPreempted)
+        with self.interrupts.shielded():
+            preemptions = self.runtime.ledger.record_preemption(identity.job_id)
+            cap = self.settings.job_max_preemptions
+            if preemptions > cap:
+                too_many = JobError(
+                    f"preempted {preemptions} times (JOB_MAX_PREEMPTIONS={cap})", code="too_many_preemptions"
+                )
+                self.report_failed(identity, attempt, too_many, reporter=reporter)
+                self._no_rq_retry()
+                raise JobFailed(str(too_many))
+            log.warning("attempt preempted (%d so far); requeued at the front of its queue", preemptions)
+            cause = self.runtime.ledger.pop_stop_reason(identity.job_id) or "the worker stopped"
+            stopped = preemption(f"{cause}; the job was requeued")
+            reporter.close(status="requeued", **error_fields(stopped))
+            self.runtime.ledger.set_status(identity.job_id, "requeued")
+            notify_ended(self.runtime, identity, attempt, "requeued", error=stopped)
+            self._count(identity, "requeued")
+            return self._retry(delay=0, at_front=True)
+
+    def handle_cancel(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> Any:
+        with self.interrupts.shielded():
+            reporter.close(status="canceled", **error_fields(CANCELED))
+            self.runtime.ledger.set_status(identity.job_id, "canceled")
+            notify_ended(self.runtime, identity, attempt, "canceled", error=CANCELED)
+            log.warning("attempt canceled")
+            self._count(identity, "canceled")
+            self._discard_checkpoints()
+            return {"status": "canceled", "job_id": identity.job_id, "attempt": attempt}
+
+    def handle_superseded(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> Any:
+        """A newer attempt owns the job (this one was presumed dead): leave without a trace. The row
+        is not touched (the trigger would drop it anyway), no callback, no retry, no cleanup."""
+        reporter.discard()
+        log.warning("attempt %d superseded by a newer attempt; stopping without writing", attempt)
+        self._count(identity, "superseded")
+        return {"status": "superseded", "job_id": identity.job_id, "attempt": attempt}
+
+    def _discard_checkpoints(self) -> None:
+        checkpoints = getattr(self, "checkpoints", None)
+        if checkpoints is None:
+            return
+        try:
+            checkpoints.delete_all()
+        except JobError as exc:  # they expire by the bucket's lifecycle rule anyway
+            log.warning("checkpoints of the ended job not deleted: %s", exc)
+
+    def report_failed(
+        self, identity: Identity, attempt: int, error: JobError, *, reporter: ProgressReporter | None
+    ) -> None:
+        log.error("job failed: %s", error)
+        fields = {"status": "failed", **error_fields(error)}
+        if reporter is not None:
+            reporter.close(**fields)
+        else:
+            write_row(self.runtime, {**base_row(identity, attempt, self.settings.worker_name), **fields})
+        self.runtime.ledger.set_status(identity.job_id, "failed")
+        notify_ended(self.runtime, identity, attempt, "failed", error=error)
+        self._count(identity, "failed")
+        self._discard_checkpoints()
+
+    def _count(self, identity: Identity, outcome: str) -> None:
+        """The attempt's end in /metrics (a no-op unless the worker set metrics up)."""
+        started = getattr(self, "_started", None)
+        metrics.job_ended(identity.kind, outcome, None if started is None else time.monotonic() - started)
+
+    # -- rq plumbing -----------------------------------------------------------------------------
+
+    def _cancel_requested(self, job_id: str) -> bool:
+        created = self.rq_job.created_at.timestamp() if self.rq_job.created_at else 0.0
+        return self.runtime.ledger.cancel_requested(job_id, since=created)
+
+    def _retry(self, *, delay: int, at_front: bool) -> Retry:
+        # Our ledger decides whether to retry; rq's Retry is only the mechanism, so its max is always
+        # one more than the retries so far.
+        return Retry(max=(self.rq_job.number_of_retries or 0) + 1, interval=delay, enqueue_at_front=at_front)
+
+    def _no_rq_retry(self) -> None:
+        # A producer may have set rq's --retry-max; the failure was judged final here, so rq must not
+        # run it again behind our back.
+        self.rq_job.retries_left = None

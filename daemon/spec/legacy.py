@@ -1,0 +1,215 @@
+"""Requests in the shapes of the workers this daemon replaces, translated at the edge into a v1 spec.
+
+Existing clients switch to this daemon without changes. The shapes (seeds 000-002):
+
+    RunPod wrapper   {"input": {...}} around either shape below (RunPod handed handlers job["input"])
+    photos (000/001) project_id, image_urls, upload_url, webhook_url, params; 000 also top-level iterations
+    video  (002)     video_url, scene_id, params {iterations, fps}
+
+`translate_legacy` returns a plain dict that still goes through `parse_spec`: this module only renames,
+it never decides what is valid, except where an error would otherwise name a field the client never
+sent (job ids, URLs). Unknown fields are refused, not dropped: a silently ignored option is a wrong job.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..errors import SpecError
+from .model import SPEC_VERSION, did_you_mean, job_id_problem, json_type, spec_error, url_problem
+
+PHOTO_FIELDS = ("project_id", "image_urls", "iterations", "upload_url", "webhook_url", "params")
+"""Every field the photo workers (seeds 000 and 001) read."""
+
+VIDEO_FIELDS = ("scene_id", "video_url", "params")
+"""Every field the video worker (seed 002) read."""
+
+MAIN_OUTPUT = "splat.ply"
+"""The splat kind's main output, which the legacy `upload_url` receives."""
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
+
+
+def looks_legacy(raw: Mapping[str, Any]) -> bool:
+    """True when `raw` is not a v1 spec but one of the legacy request shapes."""
+    if "spec_version" in raw:
+        return False
+    return "input" in raw or any(field in raw for field in (*PHOTO_FIELDS, *VIDEO_FIELDS))
+
+
+def translate_legacy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A v1 spec dict (still to be checked by `parse_spec`) for a legacy request, or SpecError."""
+    body, prefix = _unwrap(raw)
+    if "spec_version" in body:
+        return dict(body)  # a v1 spec sent through a RunPod-style client: only the wrapper was legacy
+    if "video_url" in body and "image_urls" in body:
+        raise SpecError(
+            f"{prefix}video_url: give either image_urls or video_url, not both", code="conflicting_fields"
+        )
+    if "video_url" in body:
+        return _translate_video(body, prefix)
+    if "image_urls" in body:
+        return _translate_photo(body, prefix)
+    _refuse_unknown(body, (*PHOTO_FIELDS, *VIDEO_FIELDS), prefix)  # a typo'd "image_url" says so
+    raise SpecError(f"{prefix}image_urls: missing field (or video_url for a video job)", code="missing_field")
+
+
+def _unwrap(raw: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """The request body, and the prefix that error paths need to name fields as the client sent them."""
+    if "input" not in raw:
+        return raw, ""
+    # RunPod's /run also took "webhook", "policy" and "s3Config" beside "input"; we implement none.
+    _refuse_unknown(raw, ("input",), "")
+    body = raw["input"]
+    if not isinstance(body, Mapping):
+        raise SpecError(f"input: expected object, got {json_type(body)}", code="wrong_type")
+    return body, "input."
+
+
+def _translate_photo(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    _refuse_unknown(body, PHOTO_FIELDS, prefix)
+    job_id = _job_id(body, "project_id", prefix)
+    urls = _urls(body, "image_urls", prefix)
+    params = _params(body, prefix)
+    if "iterations" in body:  # seed 000 put it at the top level
+        if "iterations" in params:
+            raise SpecError(f"{prefix}iterations: also given as params.iterations", code="conflicting_fields")
+        params["iterations"] = body["iterations"]
+    spec = _spec(job_id, "splat", urls, _input_names(urls, "image", ".jpg"), params)
+    spec["metadata"] = {"project_id": job_id}
+    upload_url = _optional_url(body, "upload_url", prefix)
+    if upload_url is not None:
+        spec["output"] = {"presigned_put": {MAIN_OUTPUT: upload_url}}
+    webhook_url = _optional_url(body, "webhook_url", prefix)
+    if webhook_url is not None:
+        spec["callback_url"] = webhook_url
+        spec["callback_format"] = "legacy"
+    return spec
+
+
+def _translate_video(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    _refuse_unknown(body, VIDEO_FIELDS, prefix)
+    job_id = _job_id(body, "scene_id", prefix)
+    url = _optional_url(body, "video_url", prefix)
+    if url is None:
+        raise SpecError(f"{prefix}video_url: must not be null", code="missing_field")
+    # The video worker uploaded to its own MASTER_SERVER_URL: here that is the daemon's configured storage.
+    params = _params(body, prefix)
+    # The video worker's one result was a zip (its `plt_url`): its clients get the bundle by default.
+    params.setdefault("bundle", True)
+    spec = _spec(job_id, "splat_video", [url], _input_names([url], "video", ".mp4"), params)
+    spec["metadata"] = {"scene_id": job_id}
+    return spec
+
+
+def _spec(
+    job_id: str, kind: str, urls: list[str], names: list[str], params: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "spec_version": SPEC_VERSION,
+        "job_id": job_id,
+        "kind": kind,
+        "inputs": [{"url": url, "name": name} for url, name in zip(urls, names, strict=True)],
+        "params": params,
+    }
+
+
+def _refuse_unknown(body: Mapping[str, Any], known: tuple[str, ...], prefix: str) -> None:
+    problems = [
+        ("unknown_field", f"{prefix}{key}: unknown field{did_you_mean(str(key), known)}")
+        for key in body
+        if key not in known
+    ]
+    if problems:
+        raise spec_error(problems)
+
+
+def _job_id(body: Mapping[str, Any], field: str, prefix: str) -> str:
+    """The legacy id doubles as our job id, so it must be a valid one: refused here, named as sent."""
+    value = body.get(field)
+    if value is None:
+        raise SpecError(f"{prefix}{field}: missing field (it becomes the job id)", code="missing_field")
+    if not isinstance(value, str):
+        raise SpecError(f"{prefix}{field}: expected string, got {json_type(value)}", code="wrong_type")
+    problem = job_id_problem(value)
+    if problem:
+        raise SpecError(f"{prefix}{field}: cannot be the job id: {problem}", code="invalid_job_id")
+    return value
+
+
+def _urls(body: Mapping[str, Any], field: str, prefix: str) -> list[str]:
+    urls = body[field]
+    if not isinstance(urls, list):
+        raise SpecError(f"{prefix}{field}: expected array, got {json_type(urls)}", code="wrong_type")
+    if not urls:
+        raise SpecError(f"{prefix}{field}: needs at least one URL", code="invalid_value")
+    for index, url in enumerate(urls):
+        _check_url(url, f"{prefix}{field}[{index}]")
+    return urls
+
+
+def _optional_url(body: Mapping[str, Any], field: str, prefix: str) -> str | None:
+    url = body.get(field)
+    if url is not None:
+        _check_url(url, f"{prefix}{field}")
+    return url
+
+
+def _check_url(url: Any, path: str) -> None:
+    if not isinstance(url, str):
+        raise SpecError(f"{path}: expected string, got {json_type(url)}", code="wrong_type")
+    problem = url_problem(url)
+    if problem:
+        raise SpecError(f"{path}: {problem}", code="invalid_url")
+
+
+def _params(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    params = body.get("params")
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise SpecError(f"{prefix}params: expected object, got {json_type(params)}", code="wrong_type")
+    return dict(params)  # a copy: top-level iterations may be added to it
+
+
+def _input_names(urls: list[str], stem: str, default_ext: str) -> list[str]:
+    """Safe, unique file names from the URLs' basenames; `<stem>_0001<ext>` when nothing usable is left."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for number, url in enumerate(urls, start=1):
+        basename = unquote(posixpath.basename(urlsplit(url).path))
+        name = _safe_name(basename)
+        if name is None:
+            name = f"{stem}_{number:04d}{_split_extension(basename)[1] or default_ext}"
+        names.append(_unique(name, taken))
+    return names
+
+
+def _safe_name(basename: str) -> str | None:
+    # Leading dots and dashes go: no hidden files, nothing a tool could read as an option.
+    stem, extension = _split_extension(_UNSAFE_NAME_CHARS.sub("_", basename).lstrip(".-"))
+    if not re.search(r"[A-Za-z0-9]", stem):
+        return None  # e.g. a non-Latin name that became all underscores: the fallback says more
+    return stem[: 255 - len(extension)] + extension
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    stem, extension = _split_extension(name)
+    candidate, copy = name, 1
+    while candidate in taken:
+        copy += 1
+        suffix = f"_{copy}{extension}"
+        candidate = stem[: 255 - len(suffix)] + suffix
+    taken.add(candidate)
+    return candidate
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    """("IMG_1", ".jpg"); only a short alphanumeric suffix counts as an extension."""
+    stem, extension = posixpath.splitext(name)
+    return (stem, extension) if _EXTENSION.fullmatch(extension) else (name, "")

@@ -1,0 +1,112 @@
+"""Jobs on the wire: rq queues with the JSON serializer, our single entry point, and its guard.
+
+Anyone who can write to Redis can put a job naming any importable callable. `GuardedJob` refuses every
+callable but `ENTRY_POINT` (and every rq success/failure/stopped callback) before importing anything,
+so the worst a forged job can do is fail.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from ..errors import DaemonError, SpecError
+from ..handlers import registry
+from ..spec.model import JobSpec, spec_to_json
+
+ENTRY_POINT = "daemon.entry.run_job"
+"""The only callable a worker of ours runs. Producers put it in the job's `data`."""
+
+PRIORITIES = ("high", "default", "low")
+"""Queue names, highest first; a worker serves them in this order (DAEMON_QUEUES)."""
+
+RESULT_TTL_S = 7 * 24 * 3600
+"""How long rq keeps a finished job's result (the row in Supabase is the lasting record)."""
+
+FAILURE_TTL_S = 30 * 24 * 3600
+"""How long rq keeps a failed job for inspection (`rq info`, requeue by hand)."""
+
+
+class ForbiddenCallable(DaemonError):  # noqa: N818
+    """A job named a callable other than our entry point."""
+
+
+class GuardedJob(Job):
+    """An rq Job that resolves only our entry point, checked by name before any import."""
+
+    @property
+    def func(self) -> Any:
+        name = self.func_name
+        if name != ENTRY_POINT or self.instance is not None:
+            raise ForbiddenCallable(f"job {self.id} names {name!r}; this worker only runs {ENTRY_POINT}")
+        from ..entry import run_job
+
+        return run_job
+
+    def _refuse_callback(self, which: str, name: str | None) -> None:
+        if name:
+            raise ForbiddenCallable(
+                f"job {self.id} sets a {which} callback {name!r}; callbacks are not allowed"
+            )
+
+    @property
+    def success_callback(self) -> Any:
+        self._refuse_callback("success", self._success_callback_name)
+        return None
+
+    @property
+    def failure_callback(self) -> Any:
+        self._refuse_callback("failure", self._failure_callback_name)
+        return None
+
+    @property
+    def stopped_callback(self) -> Any:
+        self._refuse_callback("stopped", self._stopped_callback_name)
+        return None
+
+    def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+        # rq 3's own job webhooks would make the worker send requests to any URL a job names (cloud
+        # metadata, internal services). Our callbacks are signed and SSRF-guarded; these never go out.
+        if self.webhooks:
+            logging.getLogger(__name__).warning(
+                "job %s carries %d rq webhook(s); not sent", self.id, len(self.webhooks)
+            )
+
+
+def make_queue(name: str, redis: Redis) -> Queue:
+    return Queue(name, connection=redis, serializer=JSONSerializer, job_class=GuardedJob)
+
+
+def enqueue(redis: Redis, spec: JobSpec, *, priority: str | None = None) -> Job:
+    """Put a validated spec on its priority queue, the rq job id being the job id."""
+    queue_name = priority or spec.priority
+    if queue_name not in PRIORITIES:
+        raise SpecError(f"priority: expected one of {', '.join(PRIORITIES)}", code="invalid_priority")
+    existing = _active_status(redis, spec.job_id)
+    if existing is not None:
+        raise SpecError(f"job_id: {spec.job_id} is already {existing}", code="duplicate_job")
+    handler = registry()[spec.kind]
+    return make_queue(queue_name, redis).enqueue_call(
+        ENTRY_POINT,
+        args=(spec_to_json(spec),),
+        job_id=spec.job_id,
+        timeout=handler.timeout_s,
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=FAILURE_TTL_S,
+        description=f"{spec.kind} {spec.job_id}",
+    )
+
+
+def _active_status(redis: Redis, job_id: str) -> str | None:
+    """The status of an rq job with this id that has not ended yet, if any."""
+    try:
+        status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
+    except Exception:
+        return None
+    active = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+    return str(status.value if hasattr(status, "value") else status) if status in active else None
