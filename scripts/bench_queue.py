@@ -17,13 +17,14 @@ What is measured, for trivial jobs (an `inspect` of one tiny JPEG served on 127.
 - Throughput: M jobs (`--jobs`) pushed in one Redis pipeline, jobs/s = M / (last job's `ended_at` - the
   moment the pipeline was sent).
 
-Both workers run the same job: `daemon.entry.run_job`, enqueued as `daemon.worker.queue.enqueue`
-does (the burst mirrors its arguments, since `enqueue` cannot use a pipeline). A plain worker runs it
-too: `run_job` loads the settings from the environment when no worker configured them. The plain worker
-is started with `-c daemon.entry`, which only makes rq's CLI import that module (it has no UPPERCASE settings), so its
-parent preloads the job's code as ours does; otherwise every plain work-horse would spend ~0.6 s importing
-pydantic and the handlers, which is the job's cost, not the worker's (`--plain-cold` shows that case; the
-pickup latency is unaffected, `started_at` is written before the job's function is imported).
+Both workers run the same job: `daemon.entry.run_job`, enqueued as `daemon.worker.queue.enqueue` does
+(the burst mirrors its arguments, since `enqueue` cannot use a pipeline). A plain worker runs it too:
+`run_job` loads the settings from the environment when no worker configured them. The plain worker is
+started with `-c daemon.entry`, which only makes rq's CLI import that module (it has no UPPERCASE
+settings), so its parent preloads the job's code as ours does; otherwise every plain work-horse would
+spend ~0.6 s importing pydantic and the handlers, which is the job's cost, not the worker's (`--plain-
+cold` shows that case; the pickup latency is unaffected, `started_at` is written before the job's
+function is imported).
 
 Per round the two workers run one after the other (FLUSHALL between, a few warm-up jobs first); round 2
 runs them in the opposite order so ordering effects show. Nothing is asserted: the script prints a table
