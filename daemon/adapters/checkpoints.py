@@ -20,7 +20,6 @@ are deleted after each write, keeping `KEEP_MANIFESTS` for fallback.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..digest import file_sha256
 from ..errors import StorageError
 from .storage import BOTO_ERRORS, _s3_error, check_job_id, check_name
 
@@ -71,15 +71,6 @@ class Blobs(Protocol):
     def keys(self, prefix: str) -> list[str]: ...
     def delete(self, keys: list[str]) -> None: ...
     def describe(self) -> str: ...
-
-
-def file_sha256(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as src:
-        while chunk := src.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 class CheckpointCorrupt(Exception):  # noqa: N818 - reads as what was found

@@ -17,7 +17,6 @@ error message goes through `redact_url` first.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import os
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpcore  # noqa: F401 - imported once in the worker, not by every job's first client
 import httpx
 
+from ..digest import Sha256Sum
 from ..errors import DownloadError, InputError
 
 log = logging.getLogger(__name__)
@@ -315,22 +315,21 @@ def _copy_body(
 ) -> tuple[int, str]:
     """Stream the body into `out` under the size and time caps; return (size, sha256)."""
     content_type = _media_type(response)
-    digest, size, head = hashlib.sha256(), 0, b""
+    body, head = Sha256Sum(), b""
     # iter_bytes() without a chunk size yields each read as it arrives, so a slow drip is seen.
     for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > policy.max_bytes:
+        if body.size + len(chunk) > policy.max_bytes:
             raise _too_large(url, policy)
         _remaining(deadline, url)
         if accept is not None and len(head) < SNIFF_BYTES:
             head += chunk[: SNIFF_BYTES - len(head)]
             if len(head) == SNIFF_BYTES:
                 _check_content(accept, content_type, head, url)
-        digest.update(chunk)
+        body.update(chunk)
         out.write(chunk)
     if accept is not None and len(head) < SNIFF_BYTES:  # short body: judge what there is
         _check_content(accept, content_type, head, url)
-    return size, digest.hexdigest()
+    return body.size, body.hexdigest()
 
 
 def _media_type(response: httpx.Response) -> str:

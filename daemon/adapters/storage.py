@@ -10,7 +10,6 @@ An upload either returns a `StoredObject` or raises `StorageError`; it never fai
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -26,6 +25,7 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from s3transfer.subscribers import BaseSubscriber
 
+from ..digest import Sha256Sum, file_chunks, file_sha256
 from ..errors import DownloadError, InputError, JobError, StorageError
 from .fetch import FetchPolicy, new_client, pinned_request, redact_url, transport_errors
 
@@ -38,7 +38,6 @@ NAME_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 MAX_NAME_CHARS = 512
 """Output names are ours (e.g. `splat/point_cloud.ply`); anything longer is a bug, not a file."""
 
-CHUNK_BYTES = 1024 * 1024
 """Read size when hashing or copying files: large enough for disk throughput, small in memory."""
 
 PERMANENT_S3_ERRORS = frozenset(
@@ -113,12 +112,6 @@ def check_input_key(key: str) -> str:
 # --- hashing and copying --------------------------------------------------------------------------
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as src:
-        while chunk := src.read(CHUNK_BYTES):
-            yield chunk
-
-
 def _require_file(path: Path) -> None:
     """Fail early, permanently and clearly when the handler did not produce the file it names."""
     if not path.is_file():
@@ -154,12 +147,11 @@ class LocalStore:
     def _copy_atomically(src: Path, dest: Path) -> tuple[int, str]:
         """Copy through a temp file and rename, so readers see the old file or the whole new one."""
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        digest, size = hashlib.sha256(), 0
+        copied = Sha256Sum()
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in _chunks(src):
-                    digest.update(chunk)
-                    size += len(chunk)
+                for chunk in file_chunks(src):
+                    copied.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())  # the rename must not land before the data does
@@ -167,7 +159,7 @@ class LocalStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return size, digest.hexdigest()
+        return copied.size, copied.hexdigest()
 
 
 # --- S3 -------------------------------------------------------------------------------------------
@@ -267,14 +259,11 @@ class S3Store:
         try:
             with create_transfer_manager(self.client, self.transfer) as manager:
                 future = manager.upload(str(path), self.bucket, key, extra_args={"ContentType": content_type})
-                digest, size = hashlib.sha256(), 0
-                for chunk in _chunks(path):
-                    digest.update(chunk)
-                    size += len(chunk)
+                size, sha256 = file_sha256(path)
                 future.result()
         except BOTO_ERRORS as exc:
             raise _s3_error(action, exc) from exc
-        return StoredObject(name, f"s3://{self.bucket}/{key}", size, digest.hexdigest(), content_type)
+        return StoredObject(name, f"s3://{self.bucket}/{key}", size, sha256, content_type)
 
     def download(self, key: str, dest: Path, max_bytes: int) -> Path:
         """Fetch an input object to `dest` (atomically), refusing it up front if over `max_bytes`."""
@@ -369,16 +358,19 @@ class _HashingReader:
     """Streams a file from disk as the request body, hashing what actually went out."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.size, self._digest = path, 0, hashlib.sha256()
+        self.path, self._sum = path, Sha256Sum()
+
+    @property
+    def size(self) -> int:
+        return self._sum.size
 
     def chunks(self) -> Iterator[bytes]:
-        for chunk in _chunks(self.path):
-            self._digest.update(chunk)
-            self.size += len(chunk)
+        for chunk in file_chunks(self.path):
+            self._sum.update(chunk)
             yield chunk
 
     def hexdigest(self) -> str:
-        return self._digest.hexdigest()
+        return self._sum.hexdigest()
 
 
 def _raise_for_put_status(status: int, where: str) -> None:

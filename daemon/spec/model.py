@@ -61,6 +61,12 @@ MAX_METADATA_ENTRIES = 32
 MAX_REPORTED_PROBLEMS = 5
 """How many problems one SpecError message lists; the rest are counted."""
 
+PRIORITIES = ("high", "default", "low")
+"""Job priorities, highest first: each is an rq queue of that name, and a worker serves them in this
+order (DAEMON_QUEUES)."""
+
+Priority = Literal["high", "default", "low"]
+
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 """Job ids become S3 keys, file names and Redis keys: rq's own id alphabet, capped at 128 characters.
 The `jobs` table's check constraint uses the same pattern."""
@@ -373,7 +379,7 @@ class JobSpec(BaseModel, Generic[P]):
     kind: str
     """What to make; selects the params model."""
 
-    priority: Literal["high", "default", "low"] = "default"
+    priority: Priority = "default"
     """Queue to run in."""
 
     inputs: Annotated[list[InputRef], Field(min_length=1, max_length=MAX_INPUTS)]

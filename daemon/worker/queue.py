@@ -17,13 +17,10 @@ from rq.serializers import JSONSerializer
 
 from ..errors import DaemonError, SpecError
 from ..handlers import registry
-from ..spec.model import JobSpec, spec_to_json
+from ..spec.model import PRIORITIES, JobSpec, spec_to_json
 
 ENTRY_POINT = "daemon.entry.run_job"
 """The only callable a worker of ours runs. Producers put it in the job's `data`."""
-
-PRIORITIES = ("high", "default", "low")
-"""Queue names, highest first; a worker serves them in this order (DAEMON_QUEUES)."""
 
 RESULT_TTL_S = 7 * 24 * 3600
 """How long rq keeps a finished job's result (the row in Supabase is the lasting record)."""

@@ -8,13 +8,13 @@ what `make demo` runs until the splat handler lands.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from ...digest import file_sha256
 from ...errors import InputError
 from ..base import Handler, Stage
 from .params import InspectParams
@@ -42,14 +42,6 @@ def detect_type(head: bytes) -> str:
     return "application/octet-stream"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _image_facts(path: Path) -> dict[str, Any]:
     try:
         with Image.open(path) as img:
@@ -68,7 +60,7 @@ def describe_file(path: Path, *, with_sha256: bool) -> dict[str, Any]:
         head = src.read(64)
     facts: dict[str, Any] = {"name": path.name, "size": size, "type": detect_type(head)}
     if with_sha256:
-        facts["sha256"] = _sha256(path)
+        facts["sha256"] = file_sha256(path)[1]
     if facts["type"] in ("image/jpeg", "image/png", "image/gif"):
         facts.update(_image_facts(path))
     return facts

@@ -12,7 +12,6 @@ The output is a pure function of the input bytes and options, so a retried job w
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import struct
@@ -25,6 +24,7 @@ from typing import BinaryIO
 
 from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
 
+from ...digest import file_sha256
 from ...errors import InputError
 
 try:  # HEIC/HEIF (every iPhone photo) needs the optional pillow-heif package.
@@ -164,12 +164,8 @@ def prepare_images(
 
 def _check_file(path: Path) -> tuple[str, str]:
     """Refuse empty files and files that are not a supported image; return (SHA-256, format)."""
-    digest = hashlib.sha256()
     with path.open("rb") as src:
         head = src.read(32)
-        digest.update(head)
-        for block in iter(lambda: src.read(1 << 20), b""):
-            digest.update(block)
     if not head:
         raise _Rejected("empty_file", "the file is empty (0 bytes)")
     kind = sniff_format(head)
@@ -183,7 +179,7 @@ def _check_file(path: Path) -> tuple[str, str]:
         raise _Rejected("unsupported_format", "HEIC/HEIF is not supported (pillow-heif is not installed)")
     if kind not in SUPPORTED_FORMATS:
         raise _Rejected("unsupported_format", f"{kind} images are not supported; send JPEG, PNG or HEIC")
-    return digest.hexdigest(), kind
+    return file_sha256(path)[1], kind
 
 
 def sniff_format(head: bytes) -> str | None:
