@@ -10,8 +10,8 @@ checkpoints and interrupts. It never touches Redis, Supabase, S3 or HTTP itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,8 +66,8 @@ class Interruptible(Protocol):
     @property
     def requested(self) -> Any: ...
 
-    @property
-    def checkpoint_requested(self) -> bool: ...
+    # Set by the signal; the handler clears it once it has written the checkpoint.
+    checkpoint_requested: bool
 
     def raise_if_requested(self) -> None: ...
 
