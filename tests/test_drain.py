@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from daemon.worker.rq_worker import DRAIN_SIGNAL
+from daemon.worker.signals import DRAIN_SIGNAL
 from tests.fixtures_daemon import ROOT, enqueue_cli, wait_until
 from tests.test_worker_faults import horse_pid, local_row, slow_spec, wait_status
 

@@ -23,7 +23,7 @@ from redis import Redis
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker, Worker
 
-from .rq_worker import CURRENT_JOB_FIELD, DRAIN_SIGNAL
+from .signals import CURRENT_JOB_FIELD, DRAIN_SIGNAL
 
 log = logging.getLogger(__name__)
 

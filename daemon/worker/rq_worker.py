@@ -53,15 +53,9 @@ from .hooks import Operations
 from .lost import after_lost_attempt, describe_exit
 from .outbox_drainer import OutboxDrainer
 from .queue import GuardedJob, make_queue
+from .signals import CURRENT_JOB_FIELD, DRAIN_SIGNAL
 
 log = logging.getLogger(__name__)
-
-CURRENT_JOB_FIELD = "daemon_current_job"
-"""Field of rq's worker hash holding the id of the job this worker runs (rq 3 keeps that in memory only):
-what `python -m daemon drain` watches."""
-
-DRAIN_SIGNAL = signal.SIGRTMIN + 2
-"""Sent by an operator (scripts/drain_instance.sh): stop taking jobs, finish the running one, stay idle."""
 
 
 def job_kind(job: Job) -> str | None:
