@@ -1,6 +1,6 @@
 # make test  - install what a fresh Debian machine lacks, then run every test (CI runs this)
 # make demo  - run the main job end to end on embedded defaults (private Redis, local storage)
-# make lint  - ruff and mypy
+# make lint  - ruff, mypy and the import contracts (lint-imports; see ARCHITECTURE.md)
 
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -21,6 +21,7 @@ lint: venv
 	$(VENV)/bin/ruff check daemon tests scripts
 	$(VENV)/bin/ruff format --check daemon tests scripts
 	$(VENV)/bin/mypy daemon
+	$(VENV)/bin/lint-imports
 
 # System packages: only those missing are installed (apt needs root; CI runs as root).
 system-deps:

@@ -3,6 +3,9 @@
 A bad value stops start-up with a `ConfigError` naming the variable. Precedence, in one line:
 process environment > `.env` file (path in `DAEMON_ENV_FILE`, default `./.env`) > the defaults below.
 The README's configuration table is generated from `VARIABLES`, so each variable's doc lives here once.
+
+Long on purpose: one table of every variable (name, parser, default, doc) and the typed settings it fills;
+split, a reader would have to hold two files to see what one variable does.
 """
 
 from __future__ import annotations
@@ -21,6 +24,17 @@ from dotenv import dotenv_values
 from .errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_QUEUES = ("high", "default", "low")
+"""What a worker serves when DAEMON_QUEUES is unset, highest first: every job priority, each an rq queue
+of that name. `daemon.spec.model.PRIORITIES` is this tuple (the spec may import config, not the reverse)."""
+
+DEFAULT_IMDS_URL = "http://169.254.169.254"
+"""Where IMDS answers on every EC2 instance (IPv6-only subnets: http://[fd00:ec2::254])."""
+
+DEFAULT_CLOUDWATCH_NAMESPACE = "CaptureDaemon"
+"""CloudWatch namespace of the backlog metrics; ops/launch-template's scaling and instance policies name
+it too."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,9 @@ VARIABLES: tuple[Var, ...] = (
         "redis://127.0.0.1:6379/0",
         "Redis holding the queues. `make demo` starts a private one when unset.",
     ),
-    Var("DAEMON_QUEUES", _csv, "high,default,low", "Queues this worker serves, highest priority first."),
+    Var(
+        "DAEMON_QUEUES", _csv, ",".join(DEFAULT_QUEUES), "Queues this worker serves, highest priority first."
+    ),
     Var(
         "DAEMON_WORKER_NAME",
         _optional,
@@ -264,7 +280,7 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "IMDS_URL",
         _url(("http",)),
-        "http://169.254.169.254",
+        DEFAULT_IMDS_URL,
         "EC2 instance metadata service polled for spot notices; empty = don't watch. Off EC2 it is skipped.",
     ),
     Var(
@@ -305,7 +321,7 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "CLOUDWATCH_NAMESPACE",
         _optional,
-        "CaptureDaemon",
+        DEFAULT_CLOUDWATCH_NAMESPACE,
         "CloudWatch namespace of Backlog, BacklogTotal and BacklogPerInstance (the scaling policy names it).",
     ),
     Var(
@@ -366,14 +382,14 @@ class Settings:
     callback_timeout_s: float = 10.0
     callback_max_age_s: int = 86400
     outbox_poll_interval_s: float = 1.0
-    imds_url: str | None = "http://169.254.169.254"
+    imds_url: str | None = DEFAULT_IMDS_URL
     spot_poll_interval_s: float = 5.0
     health_bind: str = "127.0.0.1"
     health_port: int | None = None
     health_stale_s: float = 90.0
     metrics_dir: str | None = None
     autoscaling_group: str | None = None
-    cloudwatch_namespace: str | None = "CaptureDaemon"
+    cloudwatch_namespace: str | None = DEFAULT_CLOUDWATCH_NAMESPACE
     fleet_metrics_interval_s: float = 60.0
     scale_in_protection: bool = True
     log_level: str = "info"

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from daemon.handlers.splat.raster import Compositor, rasterize_cpu  # noqa: E402
 from daemon.handlers.splat.raster_cpu import composite_tiles  # noqa: E402
 from daemon.handlers.splat.raster_dense import composite_dense  # noqa: E402
+from daemon.samples.gaussians import make_scene as gaussian_scene  # noqa: E402
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
 CASES = ((64, 48, 2_000, True), (128, 128, 10_000, True), (256, 192, 50_000, False))
@@ -50,9 +51,7 @@ CASES = ((64, 48, 2_000, True), (128, 128, 10_000, True), (256, 192, 50_000, Fal
 
 def make_scene(n: int, width: int, height: int, seed: int = 0) -> dict[str, Any]:
     """One camera's worth of the tests' random scene (same generator, so bench and tests agree)."""
-    from tests.splat.test_raster import make_scene as test_scene
-
-    return test_scene(n, width, height, cameras=1, seed=seed)
+    return gaussian_scene(n, width, height, cameras=1, seed=seed)
 
 
 def run_once(

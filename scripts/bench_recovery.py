@@ -87,16 +87,16 @@ from rq import Queue  # noqa: E402
 from rq.job import Job  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
+from daemon.adapters.aws import s3_client  # noqa: E402
 from daemon.adapters.checkpoints import Checkpoints, S3Blobs  # noqa: E402
 from daemon.adapters.ledger import Ledger  # noqa: E402
-from daemon.adapters.storage import s3_client  # noqa: E402
 from daemon.handlers.splat import resume  # noqa: E402
-from daemon.handlers.splat.job import CURVE_POINTS, Curves  # noqa: E402
 from daemon.handlers.splat.train import Camera, TrainConfig, Trainer  # noqa: E402
+from daemon.handlers.splat.train_stage import CURVE_POINTS, Curves  # noqa: E402
 from daemon.handlers.splat.workspace import Workspace  # noqa: E402
+from daemon.samples.gaussians import look_at  # noqa: E402
 from daemon.worker.queue import ENTRY_POINT, GuardedJob, make_queue  # noqa: E402
 from tests.servers.s3 import MotoS3Server, SeaweedS3Server  # noqa: E402
-from tests.splat.test_train import look_at  # noqa: E402
 
 SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (10_000, 100_000)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """SfM benchmark: which `SfmOptions` matter for CPU time, and what they cost in accuracy.
 
-A textured room (tests/scenes.py) is rendered from N cameras on a circle at photo-like resolution
+A textured room (daemon/samples/room.py) is rendered from N cameras on a circle at photo-like resolution
 (default 30 views at 1600×1200), then `run_sfm` runs once per setting. Per setting the table shows
 CPU seconds per sub-step (extract, match, map, undistort; all threads), total CPU and wall seconds,
 matched pairs, registered/total, 3D points, mean reprojection error and the median / max rotation
@@ -43,8 +43,11 @@ import pycolmap  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from daemon.errors import JobError  # noqa: E402
-from daemon.handlers.splat.sfm import STEP_SPANS, SfmOptions, run_sfm  # noqa: E402
-from tests import scenes  # noqa: E402
+from daemon.handlers.splat.sfm import run_sfm  # noqa: E402
+from daemon.handlers.splat.sfm_options import SfmOptions  # noqa: E402
+from daemon.handlers.splat.sfm_supervisor import STEP_SPANS  # noqa: E402
+from daemon.samples import cameras, room  # noqa: E402
+from daemon.samples.textures import texture_atlas  # noqa: E402
 
 BASELINE = (1024, 4096, "exhaustive")
 VIDEO_MATCHERS = ("exhaustive", "sequential", "sequential_loop")
@@ -70,7 +73,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_one(scene: scenes.Scene, workdir: Path, options: SfmOptions) -> dict[str, object]:
+def run_one(scene: cameras.Scene, workdir: Path, options: SfmOptions) -> dict[str, object]:
     """One `run_sfm`; CPU seconds per sub-step come from process CPU time sampled at each progress
     report (every 0.2 s), split at the sub-steps' progress boundaries. Under load from other
     processes CPU time is a steadier measure of cost than wall time."""
@@ -87,7 +90,7 @@ def run_one(scene: scenes.Scene, workdir: Path, options: SfmOptions) -> dict[str
     row["cpu"] = samples[-1][1] - samples[0][1]
     with pycolmap.Database.open(workdir / "database.db") as db:
         row["pairs"] = db.num_matched_image_pairs()
-    errors = scenes.model_rotation_errors(scene, result)
+    errors = cameras.model_rotation_errors(scene, result)
     row.update(
         registered=f"{result.registered}/{result.total}",
         points=result.points,
@@ -124,14 +127,14 @@ def print_table(rows: list[tuple[tuple[int, int, str], dict[str, object]]]) -> N
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
-def render_orbit(out_dir: Path, count: int, size: tuple[int, int], seed: int = 0) -> scenes.Scene:
+def render_orbit(out_dir: Path, count: int, size: tuple[int, int], seed: int = 0) -> cameras.Scene:
     """`count` frames of one full, smooth orbit around the box (radius, height and aim wander
     slowly, as a hand-held camera's do, and come back to where they started): video frames, unlike
-    `scenes.ring_poses`, whose jitter is independent per view."""
+    `cameras.ring_poses`, whose jitter is independent per view."""
     width, height = size
     focal = (width / 2) / np.tan(np.deg2rad(60.0) / 2)
-    scene = scenes.Scene([], width, height, focal, focal, width / 2, height / 2)
-    atlas = scenes._atlas("auto", seed, 512)  # the room's textures, as render_textured_scene uses them
+    scene = cameras.Scene([], width, height, focal, focal, width / 2, height / 2)
+    atlas = texture_atlas("auto", seed, 512)  # the room's textures, as render_textured_scene uses them
     out_dir.mkdir(parents=True, exist_ok=True)
     phase = np.random.default_rng(seed).uniform(0, 2 * np.pi, 4)
     for index in range(count):
@@ -145,16 +148,16 @@ def render_orbit(out_dir: Path, count: int, size: tuple[int, int], seed: int = 0
             ]
         )
         target = np.array([0.15 * np.sin(angle + phase[2]), 0.15 * np.cos(2 * angle + phase[3]), 0.5])
-        R, t = scenes.look_at(center, target)  # noqa: N806 - rotation, as in tests/scenes.py
-        fine = scenes.render_view(R, t, np.diag([2, 2, 1.0]) @ scene.K, 2 * width, 2 * height, atlas)
+        R, t = cameras.look_at(center, target)  # noqa: N806 - rotation, as in daemon/samples
+        fine = room.render_view(R, t, np.diag([2, 2, 1.0]) @ scene.K, 2 * width, 2 * height, atlas)
         pixels = sum(fine[i::2, j::2] for i in range(2) for j in range(2)) / 4  # 2×2 supersampling
         path = out_dir / f"frame_{index:04d}.jpg"
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=92)
-        scene.views.append(scenes.SceneView(path, R, t))
+        scene.views.append(cameras.SceneView(path, R, t))
     return scene
 
 
-def run_video(scene: scenes.Scene, workdir: Path, options: SfmOptions) -> dict[str, object]:
+def run_video(scene: cameras.Scene, workdir: Path, options: SfmOptions) -> dict[str, object]:
     """One `run_sfm` on video frames: the figures of the `--video` table."""
     cpu, wall = cpu_seconds(), time.monotonic()
     try:
@@ -168,7 +171,7 @@ def run_video(scene: scenes.Scene, workdir: Path, options: SfmOptions) -> dict[s
     model = pycolmap.Reconstruction(result.model_dir)
     ends = (f"{0:05d}_{scene.views[0].path.name}", f"{len(scene.views) - 1:05d}_{scene.views[-1].path.name}")
     row["loop"] = all(model.find_image_with_name(name) is not None for name in ends)
-    errors = scenes.model_rotation_errors(scene, result)
+    errors = cameras.model_rotation_errors(scene, result)
     row.update(
         registered=f"{result.registered}/{result.total}",
         rot_median=float(np.median(errors)),
@@ -250,7 +253,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_sfm_") as tmp:
         started = time.monotonic()
         # Large renders: bilinear texture lookup on 2048² textures, one ray per pixel.
-        scene = scenes.render_textured_scene(
+        scene = room.render_textured_scene(
             Path(tmp) / "photos",
             count=args.views,
             size=(width, height),

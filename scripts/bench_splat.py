@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Whole-job benchmark of `splat` on CPU: photos in, splat out, per stage, for a few settings side by side.
 
-What is measured: a textured room (tests/scenes.py) is rendered from `--views` cameras on a ring
+What is measured: a textured room (daemon/samples/room.py) is rendered from `--views` cameras on a ring
 (default 30 views at 320x240, JPEG) and served over HTTP on 127.0.0.1; then each setting runs as a real
 job through the daemon's CLI (`python -m daemon run-local SPEC --out DIR`), each in a fresh process so
 that its peak RSS is its own. The first table (columns = settings) shows, from the job's manifest: images
@@ -61,7 +61,7 @@ import torch  # noqa: E402
 
 from daemon.handlers.splat.raster_cpu import composite_tiles  # noqa: E402
 from daemon.handlers.splat.raster_dense import composite_dense  # noqa: E402
-from tests import scenes  # noqa: E402
+from daemon.samples.room import render_textured_scene  # noqa: E402
 
 HOLDOUT_EVERY = 8
 JOB_TIMEOUT_S = 3600
@@ -261,14 +261,14 @@ def print_header(args: argparse.Namespace) -> None:
         flush=True,
     )
     print(
-        f"bench: scene: textured room (tests/scenes.py), {args.views} views at {args.width}x{args.height} "
+        f"bench: scene: textured room (daemon/samples), {args.views} views at {args.width}x{args.height} "
         f"on a 360° ring, seed 0; every {HOLDOUT_EVERY}th view held out; S = {args.steps} steps",
         flush=True,
     )
 
 
 def run_settings(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
-    scene = scenes.render_textured_scene(tmp / "scene", count=args.views, size=(args.width, args.height))
+    scene = render_textured_scene(tmp / "scene", count=args.views, size=(args.width, args.height))
     results: dict[str, dict[str, Any]] = {}
     with serve(tmp / "scene") as base_url:
         for name, params in settings(args.steps, args.quick).items():

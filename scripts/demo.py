@@ -2,7 +2,7 @@
 """`make demo`: the main job (photos → splat) end to end on CPU, on embedded defaults: no AWS, no Supabase.
 
 - Redis: REDIS_URL if set, else a private redis-server started here on a free port (and stopped).
-- Inputs: 24 photos of a generated textured room (tests/scenes.py: known cameras on a ring, 320×240),
+- Inputs: 24 photos of a generated textured room (daemon/samples: known cameras on a ring, 320×240),
   written to var/demo/files and served on 127.0.0.1; the daemon downloads them like any customer URL
   (URL_ALLOW_NETWORKS lets it reach loopback for this demo only).
 - Enqueue with `python -m daemon enqueue`, then run `python -m daemon worker --burst` until the queue
@@ -103,17 +103,17 @@ def serve(folder: Path) -> ThreadingHTTPServer:
 
 def splat_inputs(folder: Path, base: str, views: int) -> list[dict[str, str]]:
     sys.path.insert(0, str(ROOT))
-    from tests import scenes
+    from daemon.samples.room import render_textured_scene
 
-    scene = scenes.render_textured_scene(folder, count=views, size=(320, 240), seed=0)
+    scene = render_textured_scene(folder, count=views, size=(320, 240), seed=0)
     return [{"url": f"{base}/{p.name}", "name": p.name} for p in scene.paths]
 
 
 def video_inputs(folder: Path, base: str) -> list[dict[str, str]]:
     sys.path.insert(0, str(ROOT))
-    from tests import videos
+    from daemon.samples.video import write_orbit_video
 
-    video = videos.write_orbit_video(folder / "phone.mp4", frames=120, size=(240, 320), rotation=90)
+    video = write_orbit_video(folder / "phone.mp4", frames=120, size=(240, 320), rotation=90)
     return [{"url": f"{base}/{video.path.name}", "name": video.path.name}]
 
 

@@ -38,14 +38,23 @@ def sample_jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
     return out.getvalue()
 
 
+HOLD_MAX_S = 300.0
+"""A held download that nobody releases goes on after this long (a forgotten release must not hang CI)."""
+
+
 class _QuietHandler(SimpleHTTPRequestHandler):
-    """Static files, plus `/slow/<seconds>/<name>`: the file dripped over that many seconds, which is
-    how tests get a job that is still running when they kill, stop or cancel it."""
+    """Static files, plus `/held/<n>/<name>`: each of the first n requests of that name sends half the
+    file and waits until the test calls `FileServer.release(name)` (later ones are served at once), how
+    tests get a job that is certainly still running when they kill, stop or cancel it, however loaded
+    the machine; `/slow/<seconds>/<name>`: the file dripped over that many seconds, for jobs that must
+    simply take a while; `/flaky/<n>/<name>`: 503 for the first n requests."""
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
     failures: dict[str, int] = {}  # noqa: RUF012 - shared on purpose: counts across requests
+    gates: dict[str, threading.Event] = {}  # noqa: RUF012 - shared on purpose: released by the tests
+    lock = threading.Lock()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         parts = self.path.split("/")
@@ -53,7 +62,32 @@ class _QuietHandler(SimpleHTTPRequestHandler):
             return self._drip(float(parts[2]), parts[3])
         if len(parts) == 4 and parts[1] == "flaky":
             return self._flaky(int(parts[2]), parts[3])
+        if len(parts) == 4 and parts[1] == "held":
+            return self._held(int(parts[2]), parts[3])
         return super().do_GET()
+
+    @classmethod
+    def gate(cls, name: str) -> threading.Event:
+        with cls.lock:
+            return cls.gates.setdefault(name, threading.Event())
+
+    def _held(self, times: int, name: str) -> None:
+        with _QuietHandler.lock:
+            seen = _QuietHandler.failures.get(f"held:{name}", 0)
+            _QuietHandler.failures[f"held:{name}"] = seen + 1
+        data = (Path(self.directory) / name).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            if seen < times:
+                self.gate(name).wait(HOLD_MAX_S)
+            self.wfile.write(data[len(data) // 2 :])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _flaky(self, fail_times: int, name: str) -> None:
         """`/flaky/<n>/<name>`: 503 for the first n requests of that name, then the file."""
@@ -105,6 +139,19 @@ class FileServer:
 
     def slow_url(self, name: str, seconds: float) -> str:
         return f"{self.base_url}/slow/{seconds:g}/{name}"
+
+    def held_url(self, name: str, times: int = 1) -> str:
+        """The first `times` downloads of `name` stop half-way until `release(name)`; later ones don't."""
+        return f"{self.base_url}/held/{times}/{name}"
+
+    def release(self, name: str) -> None:
+        """Let the held downloads of `name` finish, and any later one through at once."""
+        _QuietHandler.gate(name).set()
+
+    def requests_of(self, name: str) -> int:
+        """How many times `held_url(name)` was asked for."""
+        with _QuietHandler.lock:
+            return _QuietHandler.failures.get(f"held:{name}", 0)
 
     def close(self) -> None:
         self.httpd.shutdown()

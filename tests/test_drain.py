@@ -15,7 +15,7 @@ from redis import Redis
 
 from daemon.worker.signals import DRAIN_SIGNAL
 from tests.fixtures_daemon import ROOT, enqueue_cli, wait_until
-from tests.test_worker_faults import horse_pid, local_row, slow_spec, wait_status
+from tests.test_worker_faults import held_spec, horse_pid, local_row, slow_spec, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -45,17 +45,21 @@ def test_drain_lets_the_running_job_finish_takes_no_other_then_stops(
 ):
     # Given a worker running a job, and another job waiting
     worker = start_worker(daemon_env)
-    enqueue_cli(daemon_env, slow_spec(file_server, "drain-running", 4))
+    enqueue_cli(daemon_env, held_spec(file_server, "drain-running"))
     wait_status(tmp_path, "drain-running", "running", worker=worker)
     enqueue_cli(daemon_env, slow_spec(file_server, "drain-waiting", 0.1))
-    # When the operator drains it (no systemd here: the command stops the worker itself)
-    done = subprocess.run(
+    # When the operator drains it (no systemd here: the command stops the worker itself), and the
+    # running job's download goes on once the worker has taken the drain
+    drain = subprocess.Popen(
         [sys.executable, "-m", "daemon", "drain", "--pid", str(worker.proc.pid), "--stop"],
-        env=daemon_env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=daemon_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    wait_until(lambda: "drain requested" in worker.logs(), timeout=60, message=worker.logs)
+    file_server.release("drain-running")
+    stdout, stderr = drain.communicate(timeout=120)
     # Then the running job completed, the worker exited cleanly, and the other job still waits
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    assert drain.returncode == 0, stderr
+    report = json.loads(stdout)
     assert report["finished"] == ["drain-running"] and report["checkpointed"] == [] and report["stopped"]
     assert local_row(tmp_path, "drain-running")["status"] == "completed"
     assert worker.proc.wait(30) == 0

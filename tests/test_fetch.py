@@ -477,10 +477,30 @@ def test_redirect_to_a_forbidden_address_is_refused_on_the_hop(
         ("http://[::1]:9000/a", "http://[::1]:9000/a"),
         ("http://example.com/a\x1b[31mred", "http://example.com/a%1B[31mred"),
         ("http://[::1/", "<malformed url>"),
+        # What callbacks need of it too: a webhook URL's token never shows, whatever the host.
+        ("https://u:pw@h.example:8443/p/q?token=s#frag", "https://h.example:8443/p/q"),
+        ("https://u:pw@[2001:db8::1]:8443/hook?token=s", "https://[2001:db8::1]:8443/hook"),
+        ("http://h.example:99999/hook?token=s", "<malformed url>"),
+        # A newline would forge a log line: urlsplit drops it.
+        ("http://example.com/a\nINFO forged line", "http://example.com/aINFO forged line"),
+        ("", ""),
     ],
 )
 def test_redact_url(url: str, redacted: str) -> None:
     assert redact_url(url) == redacted
+
+
+def test_redact_url_caps_the_length_after_dropping_the_query() -> None:
+    # Given a hostile URL with a huge path and a presigned query
+    url = "https://h.example/" + "a" * 5000 + "?X-Amz-Signature=sekrit"
+    # When it is redacted, Then it is cut to the cap and the query never appears
+    redacted = redact_url(url)
+    assert len(redacted) == fetch.REDACTED_MAX_CHARS
+    assert redacted.startswith("https://h.example/aaa") and "sekrit" not in redacted
+
+
+def test_redact_url_takes_any_url_object() -> None:
+    assert redact_url(httpx.URL("https://h.example/p?token=s")) == "https://h.example/p"
 
 
 def test_httpx_is_not_asked_to_follow_or_proxy() -> None:

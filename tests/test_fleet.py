@@ -16,18 +16,12 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from daemon.fleet.backlog import (
-    DEFAULT_NAMESPACE,
-    GROUP_TAG_PATH,
-    INSTANCE_ID_PATH,
-    LEASE_PREFIX,
-    REGION_PATH,
-    BacklogPublisher,
-    FleetIdentity,
-    aws_client,
-)
+from daemon.adapters.aws import aws_client
+from daemon.config import DEFAULT_CLOUDWATCH_NAMESPACE
+from daemon.fleet.backlog import LEASE_PREFIX, BacklogPublisher
+from daemon.fleet.identity import GROUP_TAG_PATH, INSTANCE_ID_PATH, REGION_PATH, FleetIdentity
+from daemon.fleet.imds import META_PREFIX, MetadataClient
 from daemon.fleet.protection import ScaleInProtection
-from daemon.fleet.spot import META_PREFIX, MetadataClient
 from daemon.worker.queue import ENTRY_POINT, make_queue
 from tests.servers.imds import FakeIMDS
 from tests.servers.s3 import MotoS3Server, free_ports
@@ -45,7 +39,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> floa
     return time.monotonic() - started
 
 
-FLEET_LOGGERS = ("daemon.fleet.backlog", "daemon.fleet.protection")
+FLEET_LOGGERS = ("daemon.fleet.identity", "daemon.fleet.backlog", "daemon.fleet.protection")
 
 
 def fleet_logs(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
@@ -109,7 +103,7 @@ class Moto:
                     "Id": "m",
                     "MetricStat": {
                         "Metric": {
-                            "Namespace": DEFAULT_NAMESPACE,
+                            "Namespace": DEFAULT_CLOUDWATCH_NAMESPACE,
                             "MetricName": name,
                             "Dimensions": dimensions,
                         },
@@ -182,7 +176,8 @@ def test_backlog_per_priority_total_and_per_instance_read_back_from_cloudwatch(
     assert moto.metric(group_name, "BacklogTotal") == [4.0]
     assert moto.metric(group_name, "BacklogPerInstance") == [2.0]
     listed = moto.cloudwatch.list_metrics(
-        Namespace=DEFAULT_NAMESPACE, Dimensions=[{"Name": "AutoScalingGroupName", "Value": group_name}]
+        Namespace=DEFAULT_CLOUDWATCH_NAMESPACE,
+        Dimensions=[{"Name": "AutoScalingGroupName", "Value": group_name}],
     )["Metrics"]
     assert sorted(m["MetricName"] for m in listed) == ["Backlog"] * 3 + ["BacklogPerInstance", "BacklogTotal"]
 

@@ -1,5 +1,5 @@
-"""`/healthz` and `/metrics` over real HTTP, and job metrics recorded in forked horses (daemon/health.py,
-daemon/metrics.py)."""
+"""`/healthz` and `/metrics` over real HTTP, and job metrics recorded in forked horses
+(daemon/telemetry: health.py, host.py, gpu.py, metrics.py)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,9 @@ from typing import Any
 import pytest
 
 from daemon.telemetry import metrics
-from daemon.telemetry.health import (
-    GpuProbe,
-    HealthServer,
-    WorkerState,
-    parse_metrics,
-    scrape,
-    visible_gpu_indices,
-)
+from daemon.telemetry.gpu import GpuProbe, visible_gpu_indices
+from daemon.telemetry.health import HealthServer, WorkerState
+from tests.metrics_text import parse_metrics, scrape
 
 
 class FakeClock:
@@ -207,7 +202,7 @@ def test_without_nvml_there_are_no_gpu_series_and_no_error(
     state: WorkerState, caplog: pytest.LogCaptureFixture
 ):
     # Given this machine's real pynvml, which finds no driver here
-    caplog.set_level(logging.DEBUG, logger="daemon.telemetry.health")
+    caplog.set_level(logging.DEBUG, logger="daemon.telemetry.gpu")
     with HealthServer("127.0.0.1", 0, state) as server:
         first, second = scrape(server.url), scrape(server.url)
     assert not {n for n in first.names() | second.names() if n.startswith("capture_gpu")}

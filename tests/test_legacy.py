@@ -1,4 +1,4 @@
-"""Legacy request shapes (daemon/legacy.py): the replaced workers' clients keep working unchanged."""
+"""Legacy request shapes (daemon/spec/legacy.py): the replaced workers' clients keep working unchanged."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from daemon.attempt.report import Identity
 from daemon.errors import SpecError
 from daemon.handlers.splat.params import SplatParams
 from daemon.handlers.splat.params_video import SplatVideoParams
-from daemon.spec.legacy import looks_legacy, translate_legacy
+from daemon.spec.legacy import Salvaged, looks_legacy, salvage, translate_legacy
 from daemon.spec.model import JobSpec, parse_spec
 from tests.test_spec import KINDS
 
@@ -339,3 +340,57 @@ def test_translated_requests_match_the_published_schema(raw):
     schema = json.loads(render_schema(KINDS))
     # When a translated legacy request is checked against it, Then it passes
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(translate_legacy(raw))) == []
+
+
+# --- Salvaging a refused request ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "salvaged"),
+    [
+        (
+            {"spec_version": 1, "job_id": "job-1", "kind": "splat", "callback_url": "https://a.example/h"},
+            Salvaged("job-1", "splat", "https://a.example/h", "standard", {}),
+        ),
+        (
+            {"input": {"project_id": "p-1", "image_urls": "x", "webhook_url": "https://w.example/h"}},
+            Salvaged("p-1", "unknown", "https://w.example/h", "legacy", {"project_id": "p-1"}),
+        ),
+        (
+            {"scene_id": "s-1", "video_url": 5, "webhook_url": "ftp://w.example/h"},
+            Salvaged("s-1", "unknown", None, "legacy", {"scene_id": "s-1"}),
+        ),
+        (
+            {"job_id": 7, "project_id": "p-2", "kind": "k" * 100},
+            Salvaged("p-2", "k" * 64, None, "standard", {"project_id": "p-2"}),
+        ),
+    ],
+)
+def test_a_refused_request_keeps_what_is_valid_on_its_own(raw, salvaged):
+    # Given a request that fails validation, When salvaged, Then its id, callback and ids survive
+    assert salvage(raw) == salvaged
+    # and the failure report is built from exactly that
+    identity = Identity.salvage(raw)
+    assert identity is not None
+    assert (identity.job_id, identity.kind, identity.callback_url) == (
+        salvaged.job_id,
+        salvaged.kind,
+        salvaged.callback_url,
+    )
+    assert (identity.callback_format, identity.metadata) == (salvaged.callback_format, salvaged.metadata)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ["job-1"],
+        {"kind": "splat"},
+        {"job_id": "job-1\n", "callback_url": "https://a.example/h"},
+        {"input": {"project_id": "job-1\n"}},
+        {"scene_id": "../x"},
+        {"job_id": "a b", "project_id": "p-1"},  # the first id given is the one that counts
+    ],
+)
+def test_a_request_without_a_valid_job_id_is_not_salvaged(raw):
+    assert salvage(raw) is None
+    assert Identity.salvage(raw) is None

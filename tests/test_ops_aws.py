@@ -537,16 +537,16 @@ def test_apply_again_rolls_a_new_default_version_and_keeps_the_capacity(fleet: M
 
 
 def test_the_policy_reads_the_metric_as_the_workers_publish_it(fleet: MotoAws) -> None:
-    # Given a datum shaped as daemon/fleet.py puts it (same namespace, name and group dimension),
-    from daemon.fleet import backlog as daemon_fleet
+    # Given a datum shaped as daemon/fleet/backlog.py puts it (same namespace, name and group dimension),
+    from daemon.config import DEFAULT_CLOUDWATCH_NAMESPACE
 
     spec = json.loads((OPS / "scaling-policy.json").read_text())["TargetTrackingConfiguration"][
         "CustomizedMetricSpecification"
     ]
-    assert spec["Namespace"] == daemon_fleet.DEFAULT_NAMESPACE
+    assert spec["Namespace"] == DEFAULT_CLOUDWATCH_NAMESPACE
     cloudwatch = fleet.client("cloudwatch")
     cloudwatch.put_metric_data(
-        Namespace=daemon_fleet.DEFAULT_NAMESPACE,
+        Namespace=DEFAULT_CLOUDWATCH_NAMESPACE,
         MetricData=[
             {
                 "MetricName": "BacklogPerInstance",

@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 
 from tests.fixtures_daemon import wait_until
-from tests.test_worker_faults import enqueue, horse_pid, local_row, slow_spec, wait_status
+from tests.test_worker_faults import enqueue, held_spec, horse_pid, local_row, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 def test_a_superseded_attempt_writes_no_output_row_or_callback(
     daemon_env, file_server, start_worker, tmp_path, webhook_receiver
 ):
-    # Given an attempt busy downloading a slow input
-    enqueue(daemon_env, slow_spec(file_server, "fenced", 4, callback_url=webhook_receiver.url))
+    # Given an attempt busy downloading an input (held until the test lets it go)
+    enqueue(daemon_env, held_spec(file_server, "fenced", callback_url=webhook_receiver.url))
     worker = start_worker(daemon_env)
     wait_status(tmp_path, "fenced", "running", worker=worker)
     webhook_receiver.wait_for(lambda e: e.type == "job.progress", timeout=30)  # the 25 % milestone
@@ -28,6 +28,7 @@ def test_a_superseded_attempt_writes_no_output_row_or_callback(
     redis = Redis.from_url(daemon_env["REDIS_URL"])
     assert redis.hincrby("daemon:job:fenced", "attempt", 1) == 2
     sent_before = len(webhook_receiver.events)
+    file_server.release("fenced")
     # Then attempt 1 stops at its first output instead of writing it
     wait_until(lambda: "superseded by a newer attempt" in worker.logs(), timeout=30,
                message=lambda: worker.logs()[-3000:])  # fmt: skip
@@ -42,7 +43,7 @@ def test_a_superseded_attempt_writes_no_output_row_or_callback(
 def test_preemptions_have_their_own_budget(daemon_env, file_server, start_worker, tmp_path):
     # Given a budget of 2 preemptions and a job stopped three times by SIGTERM
     env = {**daemon_env, "JOB_MAX_PREEMPTIONS": "2", "JOB_MAX_ATTEMPTS": "1"}
-    enqueue(env, slow_spec(file_server, "hunted", 8))
+    enqueue(env, held_spec(file_server, "hunted", attempts=3))
     for round_ in range(3):
         worker = start_worker(env, name=f"w{round_}")
         wait_until(lambda w=worker: horse_pid(w), timeout=30)
@@ -53,3 +54,4 @@ def test_preemptions_have_their_own_budget(daemon_env, file_server, start_worker
     row = local_row(tmp_path, "hunted")
     assert row["status"] == "failed" and row["error_code"] == "too_many_preemptions", json.dumps(row)
     assert row["attempt"] == 3
+    file_server.release("hunted")

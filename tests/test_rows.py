@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import pytest
@@ -141,6 +142,19 @@ def test_local_rows_round_trip_with_the_merge_rules(tmp_path):
     assert stored["attempt"] == 2 and stored["progress"] == 30 and stored["status"] == "running"
     assert json.loads((tmp_path / "jobs" / "job-1.json").read_text()) == stored
     assert rows.read("job-unknown") is None
+
+
+def test_local_row_writes_are_logged_at_debug_not_info(tmp_path, caplog):
+    # Given local rows, and a log at INFO as the worker runs it
+    rows = LocalRows(tmp_path)
+    caplog.set_level(logging.DEBUG, logger="daemon.adapters.rows")
+    # When a running job writes its row many times
+    for progress in range(1, 21):
+        rows.write({"id": "job-1", "attempt": 1, "status": "running", "progress": progress})
+    # Then none of those writes is an INFO line (they would flood journalctl), each is a DEBUG one
+    records = [r for r in caplog.records if r.name == "daemon.adapters.rows"]
+    assert len(records) == 20
+    assert all(r.levelno == logging.DEBUG for r in records)
 
 
 def test_local_rows_reader_never_sees_a_partial_file(tmp_path):

@@ -1,4 +1,4 @@
-"""The job contract (daemon/spec.py): what a valid spec yields, and how each malformed one is refused."""
+"""The job contract (daemon/spec/): what a valid spec yields, and how each malformed one is refused."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from daemon.handlers import input_limits, params_models
 from daemon.handlers.inspect.params import InspectParams
 from daemon.handlers.splat.params import SplatParams
 from daemon.handlers.splat.params_video import SplatVideoParams
-from daemon.spec.model import JobSpec, parse_spec, spec_json_schema
-from daemon.spec.schema import render_schema
+from daemon.spec.fields import JOB_ID_PATTERN, JOB_ID_RE, is_job_id
+from daemon.spec.model import JobSpec, parse_spec
+from daemon.spec.schema import render_schema, spec_json_schema
 
 KINDS: dict[str, type[BaseModel]] = {
     "splat": SplatParams,
@@ -381,6 +382,20 @@ def test_unknown_kind_still_reports_the_other_problems():
     # Then both are reported, the kind first
     assert error.code == "unknown_kind"
     assert "inputs[0].url: URL scheme" in error.message
+
+
+@pytest.mark.parametrize("job_id", ["job-1\n", "job-1\r", " job-1", "job-1 "])
+def test_a_job_id_with_a_trailing_newline_is_refused(job_id):
+    # Given a job id that a `.match` with `$` would accept
+    # When checked, or parsed as a spec's job id, Then it is refused
+    assert not is_job_id(job_id)
+    assert refused(put("job_id", job_id)(minimal_spec())).code == "invalid_job_id"
+
+
+def test_the_schema_job_id_pattern_is_the_checked_one():
+    assert is_job_id("job-1") and is_job_id("a" * 128) and not is_job_id("a" * 129) and not is_job_id(7)
+    assert f"^{JOB_ID_RE.pattern}$" == JOB_ID_PATTERN
+    assert spec_json_schema(KINDS)["properties"]["job_id"]["pattern"] == JOB_ID_PATTERN
 
 
 def test_non_json_python_values_are_refused():

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.fleet.imds import TOKEN_PATH, MetadataClient, MetadataUnavailable
 from daemon.fleet.spot import (
     INSTANCE_ACTION_PATH,
     REBALANCE_PATH,
-    TOKEN_PATH,
-    MetadataClient,
-    MetadataUnavailable,
     Notice,
     SpotWatcher,
     parse_interruption,

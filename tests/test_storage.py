@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from daemon.adapters.aws import s3_client
 from daemon.adapters.fetch import FetchPolicy
-from daemon.adapters.storage import LocalStore, PresignedPutStore, S3Store, object_key, s3_client
+from daemon.adapters.storage import LocalStore, PresignedPutStore, S3Store, object_key
 from daemon.errors import DownloadError, InputError, StorageError
 from tests.fixtures_s3 import new_bucket_name
 from tests.servers.s3 import MotoS3Server, SeaweedS3Server, free_ports

@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 
 from tests.fixtures_daemon import ROOT, sample_jpeg, wait_until
-from tests.test_worker_faults import enqueue, horse_pid, local_row, slow_spec, wait_status
+from tests.test_worker_faults import enqueue, held_spec, horse_pid, local_row, slow_spec, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -68,20 +68,20 @@ def test_cancel_stops_a_running_job_within_seconds(
 def test_a_long_job_keeps_heartbeating_and_the_parent_stays_responsive(
     daemon_env, file_server, start_worker, tmp_path, webhook_receiver
 ):
-    # Given a job that runs for a while
-    enqueue(daemon_env, slow_spec(file_server, "long-one", 8, callback_url=webhook_receiver.url))
+    # Given a job that runs for as long as the test holds its download
+    enqueue(daemon_env, held_spec(file_server, "long-one", callback_url=webhook_receiver.url))
     worker = start_worker(daemon_env)
     first = wait_status(tmp_path, "long-one", "running", worker=worker)
     redis = Redis.from_url(daemon_env["REDIS_URL"])
     expiry = wait_until(lambda: redis.zrange("rq:wip:default", 0, -1, withscores=True), timeout=10)[0][1]
-    # When a few monitor intervals pass
-    time.sleep(3)
-    # Then rq's heartbeat keeps pushing the job's expiry forward, and the row's heartbeat moves too
-    assert redis.zrange("rq:wip:default", 0, -1, withscores=True)[0][1] > expiry
-    assert local_row(tmp_path, "long-one")["heartbeat_at"] > first["heartbeat_at"]
+    # When monitor intervals pass, then rq's heartbeat pushes the job's expiry forward, and the row's
+    # heartbeat moves too
+    wait_until(lambda: redis.zrange("rq:wip:default", 0, -1, withscores=True)[0][1] > expiry, timeout=30)
+    wait_until(lambda: local_row(tmp_path, "long-one")["heartbeat_at"] > first["heartbeat_at"], timeout=30)
     # And the worker's parent delivered the started callback while the job was still running
-    webhook_receiver.wait_for(lambda e: e.type == "job.started", timeout=5)
+    webhook_receiver.wait_for(lambda e: e.type == "job.started", timeout=30)
     assert local_row(tmp_path, "long-one")["status"] == "running"
+    file_server.release("long-one")
     wait_status(tmp_path, "long-one", "completed", worker=worker)
 
 

@@ -28,6 +28,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from ..errors import ConfigError
+from .fetch import redact_url
 
 EVENT_TYPES = (
     "job.started",
@@ -307,17 +308,6 @@ def classify_status(status: int) -> tuple[bool, bool, str | None]:
     if status in RETRYABLE_STATUSES or status >= 500:
         return False, True, f"HTTP {status}"
     return False, False, f"HTTP {status}: rejected by the receiver"
-
-
-def redact_url(url: str) -> str:
-    """The URL without credentials, query string or fragment: those often carry tokens."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-    except ValueError:
-        return "<unparseable URL>"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _redact(message: str, url: str) -> str:

@@ -34,7 +34,8 @@ from typing import Any, Protocol
 
 from ..digest import file_sha256
 from ..errors import StorageError
-from .storage import BOTO_ERRORS, _s3_error, check_job_id, check_name
+from .aws import AWS_ERRORS, s3_error
+from .storage import check_job_id, check_name
 
 log = logging.getLogger(__name__)
 
@@ -294,26 +295,26 @@ class S3Blobs:
     def put_file(self, key: str, path: Path) -> None:
         try:
             self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
-        except BOTO_ERRORS as exc:
-            raise _s3_error(f"writing checkpoint {key}", exc) from exc
+        except AWS_ERRORS as exc:
+            raise s3_error(f"writing checkpoint {key}", exc) from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
-        except BOTO_ERRORS as exc:
-            raise _s3_error(f"writing checkpoint {key}", exc) from exc
+        except AWS_ERRORS as exc:
+            raise s3_error(f"writing checkpoint {key}", exc) from exc
 
     def get_file(self, key: str, dest: Path) -> None:
         try:
             self.client.download_file(self.bucket, self._key(key), str(dest), Config=self.transfer)
-        except BOTO_ERRORS as exc:
-            raise _s3_error(f"reading checkpoint {key}", exc) from exc
+        except AWS_ERRORS as exc:
+            raise s3_error(f"reading checkpoint {key}", exc) from exc
 
     def get_bytes(self, key: str) -> bytes:
         try:
             return bytes(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
-        except BOTO_ERRORS as exc:
-            raise _s3_error(f"reading checkpoint {key}", exc) from exc
+        except AWS_ERRORS as exc:
+            raise s3_error(f"reading checkpoint {key}", exc) from exc
 
     def keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
@@ -323,8 +324,8 @@ class S3Blobs:
                 Bucket=self.bucket, Prefix=self._key(prefix)
             ):
                 keys += [obj["Key"][strip:] for obj in page.get("Contents", [])]
-        except BOTO_ERRORS as exc:
-            raise _s3_error(f"listing checkpoints {prefix}", exc) from exc
+        except AWS_ERRORS as exc:
+            raise s3_error(f"listing checkpoints {prefix}", exc) from exc
         return sorted(keys)
 
     def delete(self, keys: list[str]) -> None:
@@ -332,5 +333,5 @@ class S3Blobs:
             batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
             try:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
-            except BOTO_ERRORS as exc:
-                raise _s3_error("deleting checkpoints", exc) from exc
+            except AWS_ERRORS as exc:
+                raise s3_error("deleting checkpoints", exc) from exc

@@ -84,17 +84,17 @@ class FetchedFile:
 
 
 def redact_url(url: object) -> str:
-    """`url` without credentials, query string or fragment: safe for logs and error messages."""
+    """`url` without credentials, query string or fragment (presigned and webhook URLs carry tokens
+    there), control characters escaped (they could forge log lines), length capped: safe for logs,
+    errors and stored URIs. The daemon's one redaction: downloads, uploads and callbacks use it."""
     try:
         parts = urlsplit(str(url))
         host, port = parts.hostname or "", parts.port
     except ValueError:
         return "<malformed url>"
-    if ":" in host:
-        host = f"[{host}]"
+    host = f"[{host}]" if ":" in host else host  # an IPv6 literal
     netloc = host if port is None else f"{host}:{port}"
     text = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    # Control characters would let a URL forge log lines.
     text = "".join(c if c.isprintable() else f"%{ord(c):02X}" for c in text)
     return text[:REDACTED_MAX_CHARS]
 

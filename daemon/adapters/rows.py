@@ -112,8 +112,10 @@ def merge_row(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
 
 
 class LocalRows:
-    """One JSON file per job under a state directory; each change is also logged, so the demo shows
-    progress on the terminal. Writes are atomic (temp file + rename) and serialised per process."""
+    """One JSON file per job under a state directory. Each write is logged at DEBUG only: during training
+    the reporter writes about once a second, and INFO is kept for one line per event (stage started and
+    done, training every few hundred steps, requeue, failure), which is what `journalctl -u` should show.
+    Writes are atomic (temp file + rename) and serialised per process."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root) / "jobs"
@@ -143,7 +145,7 @@ class LocalRows:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
-        log.info(
+        log.debug(
             "row %s status=%s stage=%s progress=%s",
             merged["id"],
             merged.get("status"),

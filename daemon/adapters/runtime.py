@@ -21,13 +21,14 @@ from redis.retry import Retry as RedisRetry
 
 from ..config import Settings, url_password
 from ..errors import SpecError
+from .aws import s3_client
 from .callbacks import CallbackSender, CallbackSigner
 from .checkpoints import Blobs, Checkpoints, LocalBlobs, S3Blobs
 from .fetch import FetchPolicy, check_url, fetch_to_file, pinned_request
 from .ledger import Ledger
 from .outbox import Outbox
 from .rows import LocalRows, RowStore, SupabaseRows
-from .storage import LocalStore, OutputStore, PresignedPutStore, S3Store, s3_client
+from .storage import LocalStore, OutputStore, PresignedPutStore, S3Store
 
 REDIS_RETRIES = 10
 """Each Redis command is retried this often (backoff capped at 1 s): a Redis restart of a few seconds

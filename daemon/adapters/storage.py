@@ -18,39 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import boto3
 import botocore.exceptions
 import httpx
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.config import Config
 from s3transfer.subscribers import BaseSubscriber
 
 from ..digest import Sha256Sum, file_chunks, file_sha256
 from ..errors import DownloadError, InputError, JobError, StorageError
+from ..spec.fields import is_job_id
+from .aws import AWS_ERRORS, s3_error
 from .fetch import FetchPolicy, new_client, pinned_request, redact_url, transport_errors
-
-JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-"""Job ids as the web app mints them; matched with fullmatch (a `$` would accept a trailing newline)."""
 
 NAME_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 """One path segment of an output name; `/` separates sub-folders."""
 
 MAX_NAME_CHARS = 512
 """Output names are ours (e.g. `splat/point_cloud.ply`); anything longer is a bug, not a file."""
-
-"""Read size when hashing or copying files: large enough for disk throughput, small in memory."""
-
-PERMANENT_S3_ERRORS = frozenset(
-    {
-        "AccessDenied",
-        "AllAccessDisabled",
-        "InvalidAccessKeyId",
-        "InvalidBucketName",
-        "NoSuchBucket",
-        "SignatureDoesNotMatch",
-    }
-)
-"""S3 error codes that another attempt with the same configuration cannot fix."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +62,8 @@ def _is_safe_text(text: str) -> bool:
 
 
 def check_job_id(job_id: str) -> str:
-    """A job id as the web app mints it (see JOB_ID_RE); anything else never becomes a path or key."""
-    if not (isinstance(job_id, str) and JOB_ID_RE.fullmatch(job_id) and _is_safe_text(job_id)):
+    """A job id as the spec defines it (`is_job_id`); anything else never becomes a path or key."""
+    if not (is_job_id(job_id) and _is_safe_text(job_id)):
         raise StorageError(f"invalid job id {job_id!r}", code="invalid_object_name", retryable=False)
     return job_id
 
@@ -165,63 +148,6 @@ class LocalStore:
 # --- S3 -------------------------------------------------------------------------------------------
 
 
-def s3_client(
-    endpoint_url: str | None,
-    region: str | None,
-    *,
-    access_key: str | None = None,
-    secret_key: str | None = None,
-    session_token: str | None = None,
-    max_attempts: int = 5,
-    connect_timeout_s: float = 10.0,
-    read_timeout_s: float = 60.0,
-    max_pool_connections: int = 16,
-) -> Any:
-    """A boto3 S3 client. Without keys, boto3's usual chain (env, instance profile) supplies them.
-
-    An endpoint_url means an S3-compatible server (SeaweedFS, MinIO, moto): those want path-style
-    addressing (`http://host/bucket/key`) since `bucket.host` does not resolve.
-    Retries use botocore's "standard" mode: exponential backoff with jitter on throttling, 5xx and
-    connection errors, bounded by max_attempts (counting the first try).
-    """
-    config = Config(
-        region_name=region,
-        signature_version="s3v4",
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        connect_timeout=connect_timeout_s,
-        read_timeout=read_timeout_s,
-        max_pool_connections=max_pool_connections,
-        s3={"addressing_style": "path" if endpoint_url else "auto"},
-    )
-    session = boto3.session.Session()  # a private session: the default one is not thread-safe to build
-    return session.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        aws_session_token=session_token,
-        config=config,
-    )
-
-
-BOTO_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
-"""What a boto3 call or a transfer can raise: service answers, client-side failures, local I/O."""
-
-
-def _s3_error(action: str, exc: Exception, error: type[JobError] = StorageError) -> JobError:
-    """Map a boto3 failure to `error` (StorageError for outputs, DownloadError for inputs),
-    retryable unless the server said it never will work."""
-    if isinstance(exc, botocore.exceptions.ClientError):
-        code = exc.response.get("Error", {}).get("Code", "Unknown")
-        permanent = code in PERMANENT_S3_ERRORS
-        return error(
-            f"{action}: {code}", code="storage_rejected" if permanent else None, retryable=not permanent
-        )
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return error(f"{action}: no S3 credentials configured", code="storage_rejected", retryable=False)
-    return error(f"{action}: {type(exc).__name__}: {exc}", retryable=True)
-
-
 class _KnownObject(BaseSubscriber):
     """Tells the transfer manager the size and ETag we saw in HEAD: it downloads exactly that many
     bytes and sends If-Match on every ranged GET, so a swapped object fails instead of growing."""
@@ -261,8 +187,8 @@ class S3Store:
                 future = manager.upload(str(path), self.bucket, key, extra_args={"ContentType": content_type})
                 size, sha256 = file_sha256(path)
                 future.result()
-        except BOTO_ERRORS as exc:
-            raise _s3_error(action, exc) from exc
+        except AWS_ERRORS as exc:
+            raise s3_error(action, exc) from exc
         return StoredObject(name, f"s3://{self.bucket}/{key}", size, sha256, content_type)
 
     def download(self, key: str, dest: Path, max_bytes: int) -> Path:
@@ -280,8 +206,8 @@ class S3Store:
             with create_transfer_manager(self.client, self.transfer) as manager:
                 subscriber = _KnownObject(size, head["ETag"])
                 manager.download(self.bucket, key, str(dest), subscribers=[subscriber]).result()
-        except BOTO_ERRORS as exc:
-            raise _s3_error(f"downloading {where}", exc, DownloadError) from exc
+        except AWS_ERRORS as exc:
+            raise s3_error(f"downloading {where}", exc, DownloadError) from exc
         return dest
 
     def _head_input(self, key: str, where: str) -> dict[str, Any]:
@@ -294,9 +220,9 @@ class S3Store:
                 raise InputError(f"input {where} not found", code="input_not_found") from exc
             if status == 403:
                 raise InputError(f"input {where} is not readable by us", code="input_access_denied") from exc
-            raise _s3_error(f"looking up {where}", exc, DownloadError) from exc
-        except BOTO_ERRORS as exc:
-            raise _s3_error(f"looking up {where}", exc, DownloadError) from exc
+            raise s3_error(f"looking up {where}", exc, DownloadError) from exc
+        except AWS_ERRORS as exc:
+            raise s3_error(f"looking up {where}", exc, DownloadError) from exc
 
 
 # --- presigned PUT URLs ---------------------------------------------------------------------------

@@ -9,16 +9,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..adapters.checkpoints import Checkpoints
+from ..adapters.outbox import Outbox
+from ..adapters.rows import RowStore
 from ..adapters.storage import OutputStore, StoredObject
 from ..config import Settings
-from ..handlers.base import Stage
+from ..handlers.base import Handler, Stage
 from ..logs import log_context
+from ..spec.model import JobSpec
 from ..telemetry import metrics
 from .interrupts import Interrupts
 from .progress import ProgressReporter
+from .report import Identity, base_row
+
+if TYPE_CHECKING:
+    from ..adapters.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ class InputSource(Protocol):
 
 @dataclass
 class JobContext:
-    spec: Any
+    spec: JobSpec[Any]
     attempt: int
     workdir: Path
     stages: tuple[Stage, ...]
@@ -63,6 +70,41 @@ class JobContext:
     settings: Settings | None = None
     _stage_index: int = -1
     _sent_milestones: set[int] = field(default_factory=set)
+
+    @classmethod
+    def for_attempt(
+        cls,
+        runtime: Runtime,
+        handler: Handler,
+        spec: JobSpec[Any],
+        attempt: int,
+        *,
+        workdir: Path,
+        reporter: ProgressReporter,
+        store: OutputStore,
+        interrupts: Interrupts,
+        on_milestone: Callable[[int], None] = lambda percent: None,
+        checkpoints: Checkpoints | None = None,
+        fence: Callable[[], None] = lambda: None,
+        stop_after: str | None = None,
+    ) -> JobContext:
+        """The context of one attempt of `spec`, as the worker's runner and `run-local` both build it:
+        the handler's stages, inputs through the runtime's guarded fetcher, the runtime's settings."""
+        return cls(
+            spec=spec,
+            attempt=attempt,
+            workdir=workdir,
+            stages=handler.stages,
+            reporter=reporter,
+            inputs=runtime.input_source(),
+            store=store,
+            interrupts=interrupts,
+            on_milestone=on_milestone,
+            stop_after=stop_after,
+            checkpoints=checkpoints,
+            fence=fence,
+            settings=runtime.settings,
+        )
 
     @property
     def job_id(self) -> str:
@@ -135,3 +177,17 @@ class JobContext:
         self.outputs[name] = stored
         log.info("output %s stored (%d bytes) at %s", name, stored.size, stored.uri)
         return stored
+
+
+def attempt_reporter(
+    rows: RowStore, identity: Identity, attempt: int, settings: Settings, *, outbox: Outbox | None
+) -> ProgressReporter:
+    """The progress reporter of one attempt, not started yet: its row begins as running, at stage
+    "starting", and is written at most every PROGRESS_MIN_INTERVAL_S, heartbeating in between."""
+    return ProgressReporter(
+        rows,
+        {**base_row(identity, attempt, settings.worker_name), "status": "running", "stage": "starting"},
+        outbox=outbox,
+        min_interval_s=settings.progress_min_interval_s,
+        heartbeat_s=settings.heartbeat_interval_s,
+    )

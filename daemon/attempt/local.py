@@ -24,17 +24,17 @@ from ..config import Settings
 from ..errors import JobError
 from ..handlers import registry
 from ..logs import bind_context
-from .context import JobContext, StopAfterStage
+from ..spec.model import JobSpec
+from .context import JobContext, StopAfterStage, attempt_reporter
 from .interrupts import Interrupts
-from .progress import ProgressReporter
-from .report import Identity, base_row, error_fields, outputs_data
+from .report import Identity, error_fields, outputs_data
 
 log = logging.getLogger(__name__)
 
 
 def run_local(
     settings: Settings,
-    spec: Any,
+    spec: JobSpec[Any],
     *,
     workdir: Path | None = None,
     out_dir: Path | None = None,
@@ -51,25 +51,17 @@ def run_local(
     keep = workdir is not None
     folder = workdir or settings.work_dir / spec.job_id / f"local-{int(time.time())}"
     folder.mkdir(parents=True, exist_ok=True)
-    reporter = ProgressReporter(
-        LocalRows(settings.state_dir),
-        {**base_row(identity, 1, settings.worker_name), "status": "running", "stage": "starting"},
-        outbox=None,
-        min_interval_s=settings.progress_min_interval_s,
-        heartbeat_s=settings.heartbeat_interval_s,
-    ).start()
-    ctx = JobContext(
-        spec=spec,
-        attempt=1,
+    reporter = attempt_reporter(LocalRows(settings.state_dir), identity, 1, settings, outbox=None).start()
+    ctx = JobContext.for_attempt(
+        runtime,
+        handler,
+        spec,
+        1,
         workdir=folder,
-        stages=handler.stages,
         reporter=reporter,
-        inputs=runtime.input_source(),
         store=LocalStore(out_dir) if out_dir is not None else runtime.output_store(spec.output),
         interrupts=Interrupts(),
-        on_milestone=lambda percent: None,
         stop_after=until,
-        settings=settings,
     )
     log.info("running %s locally in %s (kept: %s)", spec.kind, folder, "yes" if keep else "no")
     try:

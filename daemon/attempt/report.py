@@ -7,7 +7,6 @@ found abandoned, so every path reports the same row fields and callback payloads
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,9 @@ from ..adapters.rows import RowWriteError, utcnow_iso
 from ..adapters.runtime import Runtime
 from ..adapters.storage import StoredObject
 from ..errors import JobError
+from ..spec.legacy import salvage
 
 log = logging.getLogger(__name__)
-
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -49,21 +47,10 @@ class Identity:
     def salvage(cls, raw: Any) -> Identity | None:
         """From a spec that failed validation, keep the id and callback if each is valid on its own,
         so the failure still reaches the row and the client."""
-        if not isinstance(raw, Mapping):
+        found = salvage(raw)
+        if found is None:
             return None
-        wrapped = raw.get("input")
-        body: Mapping[str, Any] = wrapped if isinstance(wrapped, Mapping) else raw
-        job_id = next(
-            (body.get(k) for k in ("job_id", "project_id", "scene_id") if isinstance(body.get(k), str)), None
-        )
-        if not job_id or not _JOB_ID.match(job_id):
-            return None
-        url = body.get("callback_url") or body.get("webhook_url")
-        url = url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
-        legacy = "webhook_url" in body
-        meta = {k: body[k] for k in ("project_id", "scene_id") if isinstance(body.get(k), str)}
-        kind = str(body["kind"]) if isinstance(body.get("kind"), str) else "unknown"
-        return cls(job_id, kind[:64], url, "legacy" if legacy else "standard", meta)
+        return cls(found.job_id, found.kind, found.callback_url, found.callback_format, found.metadata)
 
 
 def base_row(identity: Identity, attempt: int, worker: str) -> dict[str, Any]:
@@ -90,10 +77,6 @@ def outputs_data(outputs: Mapping[str, StoredObject]) -> dict[str, Any]:
 
 
 CANCELED = JobError("canceled on request", code="canceled")
-
-
-def preemption(cause: str, code: str = "preempted") -> JobError:
-    return JobError(cause, code=code, retryable=True)
 
 
 def notify_ended(

@@ -3,6 +3,9 @@
     prepare → (canceled already?) → announce start → perform the handler's stages →
     handle success | handle failure (retry or fail) | handle interrupt (cancel or preempt)
 
+How a failure or a preemption ends (retry, requeue at the front, fail; which budget) is decided by
+daemon/attempt/policy.py, the same policy daemon/worker/lost.py applies when the horse dies.
+
 Delivery is at-least-once: an attempt may be cut anywhere (SIGKILL, lost instance) and run again, so
 every stage must be idempotent and outputs are written under deterministic keys.
 """
@@ -11,32 +14,26 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
 from rq.job import Job, Retry
 from rq.timeouts import JobTimeoutException
 
+from ..adapters.checkpoints import Checkpoints
 from ..adapters.runtime import Runtime
-from ..config import Settings
+from ..adapters.storage import StoredObject
 from ..errors import AttemptSuperseded, JobCanceled, JobError, JobInterrupted, JobPreempted, SpecError
 from ..handlers import parse_job, registry
 from ..logs import bind_context
+from ..spec.model import JobSpec
 from ..telemetry import metrics
-from .context import JobContext
+from .context import JobContext, attempt_reporter
 from .interrupts import CancelWatcher, Interrupts
+from .policy import Action, Budgets, Ending, How, settle
 from .progress import ProgressReporter
-from .report import (
-    CANCELED,
-    Identity,
-    base_row,
-    error_fields,
-    notify,
-    notify_ended,
-    outputs_data,
-    preemption,
-    write_row,
-)
+from .report import CANCELED, Identity, base_row, error_fields, notify, notify_ended, outputs_data, write_row
 from .workdirs import claimed
 
 log = logging.getLogger(__name__)
@@ -46,17 +43,17 @@ class JobFailed(Exception):  # noqa: N818 - what rq records as the failure of th
     """Raised to rq after the failure was reported to the row and the callback."""
 
 
-def retry_delay(settings: Settings, failures: int) -> int:
-    """Backoff between failed attempts: JOB_RETRY_BACKOFF_S, doubling, capped at an hour."""
-    return int(min(3600, settings.job_retry_backoff_s * 2 ** max(0, failures - 1)))
-
-
 class JobRunner:
     def __init__(self, runtime: Runtime, rq_job: Job) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.rq_job = rq_job
+        self.budgets = Budgets.of(self.settings)
         self.interrupts = Interrupts()
+        # When the attempt began (monotonic), for its duration in /metrics; None until then.
+        self.started: float | None = None
+        # Where this attempt's checkpoints go; None until it begins work (nothing to clean up before).
+        self.checkpoints: Checkpoints | None = None
 
     # -- the life of an attempt ------------------------------------------------------------------
 
@@ -64,21 +61,13 @@ class JobRunner:
         spec = self.prepare(raw)
         identity = Identity.of(spec)
         metrics.job_started(spec.kind)
-        self._started = time.monotonic()
+        self.started = time.monotonic()
         attempt = self.runtime.ledger.begin_attempt(
             spec.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
         )
         bind_context(job=spec.job_id, attempt=attempt)
-        reporter = ProgressReporter(
-            self.runtime.rows,
-            {
-                **base_row(identity, attempt, self.settings.worker_name),
-                "status": "running",
-                "stage": "starting",
-            },
-            outbox=self.runtime.outbox,
-            min_interval_s=self.settings.progress_min_interval_s,
-            heartbeat_s=self.settings.heartbeat_interval_s,
+        reporter = attempt_reporter(
+            self.runtime.rows, identity, attempt, self.settings, outbox=self.runtime.outbox
         )
         if self._cancel_requested(spec.job_id):
             return self.handle_cancel(identity, attempt, reporter)
@@ -89,11 +78,11 @@ class JobRunner:
         self.interrupts.install()
         watcher = CancelWatcher(lambda: self._cancel_requested(spec.job_id)).start()
         workdir = self.settings.work_dir / spec.job_id / f"attempt-{attempt}"
-        self.checkpoints = self.runtime.checkpoints(spec.job_id, attempt)
+        self.checkpoints = checkpoints = self.runtime.checkpoints(spec.job_id, attempt)
         try:
             try:
                 with claimed(workdir):
-                    done = self.perform(spec, attempt, workdir, reporter, identity)
+                    done = self.perform(spec, attempt, workdir, reporter, identity, checkpoints)
             finally:
                 watcher.stop()
             return self.handle_success(identity, attempt, reporter, done.outputs, done.result)
@@ -111,7 +100,7 @@ class JobRunner:
             internal = JobError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
             return self.handle_failure(identity, attempt, reporter, internal)
 
-    def prepare(self, raw: Any) -> Any:
+    def prepare(self, raw: Any) -> JobSpec[Any]:
         """Validate the spec before any work; a bad one is reported where the client will see it."""
         try:
             spec = parse_job(raw)
@@ -126,19 +115,22 @@ class JobRunner:
             identity = Identity.salvage(raw)
             if identity is not None:
                 bind_context(job=identity.job_id)
-                self.report_failed(
-                    identity,
-                    self.runtime.ledger.begin_attempt(
-                        identity.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
-                    ),
-                    error,
-                    reporter=None,
+                attempt = self.runtime.ledger.begin_attempt(
+                    identity.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
                 )
+                decision = settle(self.runtime.ledger, identity.job_id, Ending.failed(error), self.budgets)
+                self.report_failed(identity, attempt, decision.error, reporter=None)
             self._no_rq_retry()
             raise JobFailed(str(error)) from None
 
     def perform(
-        self, spec: Any, attempt: int, workdir: Any, reporter: ProgressReporter, identity: Identity
+        self,
+        spec: JobSpec[Any],
+        attempt: int,
+        workdir: Path,
+        reporter: ProgressReporter,
+        identity: Identity,
+        checkpoints: Checkpoints,
     ) -> JobContext:
         handler = registry()[spec.kind]
         workdir.mkdir(parents=True, exist_ok=True)
@@ -160,18 +152,17 @@ class JobRunner:
                 {"status": "running", "progress": percent, "stage": reporter.state.get("stage")},
             )
 
-        ctx = JobContext(
-            spec=spec,
-            attempt=attempt,
+        ctx = JobContext.for_attempt(
+            self.runtime,
+            handler,
+            spec,
+            attempt,
             workdir=workdir,
-            stages=handler.stages,
             reporter=reporter,
-            inputs=self.runtime.input_source(),
             store=self.runtime.output_store(spec.output),
             interrupts=self.interrupts,
             on_milestone=milestone,
-            checkpoints=self.checkpoints,
-            settings=self.settings,
+            checkpoints=checkpoints,
             fence=lambda: self.runtime.ledger.check_current(spec.job_id, attempt),
         )
         handler.run(ctx)
@@ -184,9 +175,9 @@ class JobRunner:
         identity: Identity,
         attempt: int,
         reporter: ProgressReporter,
-        outputs: Any,
+        outputs: dict[str, StoredObject],
         result: dict[str, Any] | None = None,
-    ) -> Any:
+    ) -> dict[str, Any]:
         with self.interrupts.shielded():
             if not self.runtime.ledger.claim_completion(identity.job_id, attempt):
                 return self.handle_superseded(identity, attempt, reporter)
@@ -209,25 +200,9 @@ class JobRunner:
 
     def handle_failure(
         self, identity: Identity, attempt: int, reporter: ProgressReporter, error: JobError
-    ) -> Any:
+    ) -> Retry:
         with self.interrupts.shielded():
-            failures = self.runtime.ledger.record_failure(identity.job_id) if error.retryable else 0
-            if error.retryable and failures < self.settings.job_max_attempts:
-                delay = retry_delay(self.settings, failures)
-                log.warning(
-                    "attempt failed (%s); retry %d of %d in %ds",
-                    error,
-                    failures,
-                    self.settings.job_max_attempts - 1,
-                    delay,
-                )
-                reporter.close(status="requeued", **error_fields(error))
-                notify_ended(self.runtime, identity, attempt, "requeued", error=error)
-                self._count(identity, "requeued")
-                return self._retry(delay=delay, at_front=False)
-            self.report_failed(identity, attempt, error, reporter=reporter)
-            self._no_rq_retry()
-            raise JobFailed(str(error))
+            return self.conclude(identity, attempt, reporter, Ending.failed(error))
 
     def handle_interrupt(
         self, identity: Identity, attempt: int, reporter: ProgressReporter, interrupt: JobInterrupted
@@ -236,35 +211,46 @@ class JobRunner:
             return self.handle_cancel(identity, attempt, reporter)
         assert isinstance(interrupt, JobPreempted)
         with self.interrupts.shielded():
-            preemptions = self.runtime.ledger.record_preemption(identity.job_id)
-            cap = self.settings.job_max_preemptions
-            if preemptions > cap:
-                too_many = JobError(
-                    f"preempted {preemptions} times (JOB_MAX_PREEMPTIONS={cap})", code="too_many_preemptions"
-                )
-                self.report_failed(identity, attempt, too_many, reporter=reporter)
-                self._no_rq_retry()
-                raise JobFailed(str(too_many))
-            log.warning("attempt preempted (%d so far); requeued at the front of its queue", preemptions)
             cause = self.runtime.ledger.pop_stop_reason(identity.job_id) or "the worker stopped"
-            stopped = preemption(f"{cause}; the job was requeued")
-            reporter.close(status="requeued", **error_fields(stopped))
-            self.runtime.ledger.set_status(identity.job_id, "requeued")
-            notify_ended(self.runtime, identity, attempt, "requeued", error=stopped)
-            self._count(identity, "requeued")
-            return self._retry(delay=0, at_front=True)
+            return self.conclude(identity, attempt, reporter, Ending.preempted(cause))
 
-    def handle_cancel(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> Any:
+    def conclude(self, identity: Identity, attempt: int, reporter: ProgressReporter, ending: Ending) -> Retry:
+        """End the attempt as the policy decides: requeued (rq retries it) or failed (JobFailed)."""
+        decision = settle(self.runtime.ledger, identity.job_id, ending, self.budgets)
+        if decision.action is Action.FAIL:
+            self.report_failed(identity, attempt, decision.error, reporter=reporter)
+            self._no_rq_retry()
+            raise JobFailed(str(decision.error))
+        if decision.at_front:
+            log.warning("attempt preempted (%d so far); requeued at the front of its queue", decision.spent)
+        else:
+            log.warning(
+                "attempt failed (%s); retry %d of %d in %ds",
+                decision.error,
+                decision.spent,
+                self.budgets.max_attempts - 1,
+                decision.delay_s,
+            )
+        reporter.close(status=decision.status, **error_fields(decision.error))
+        notify_ended(self.runtime, identity, attempt, decision.status, error=decision.error)
+        self._count(identity, decision.status)
+        return self._retry(delay=decision.delay_s, at_front=decision.at_front)
+
+    def handle_cancel(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> dict[str, Any]:
         with self.interrupts.shielded():
-            reporter.close(status="canceled", **error_fields(CANCELED))
-            self.runtime.ledger.set_status(identity.job_id, "canceled")
-            notify_ended(self.runtime, identity, attempt, "canceled", error=CANCELED)
+            decision = settle(
+                self.runtime.ledger, identity.job_id, Ending(How.CANCELED, CANCELED), self.budgets
+            )
+            reporter.close(status=decision.status, **error_fields(decision.error))
+            notify_ended(self.runtime, identity, attempt, decision.status, error=decision.error)
             log.warning("attempt canceled")
             self._count(identity, "canceled")
             self._discard_checkpoints()
             return {"status": "canceled", "job_id": identity.job_id, "attempt": attempt}
 
-    def handle_superseded(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> Any:
+    def handle_superseded(
+        self, identity: Identity, attempt: int, reporter: ProgressReporter
+    ) -> dict[str, Any]:
         """A newer attempt owns the job (this one was presumed dead): leave without a trace. The row
         is not touched (the trigger would drop it anyway), no callback, no retry, no cleanup."""
         reporter.discard()
@@ -273,32 +259,31 @@ class JobRunner:
         return {"status": "superseded", "job_id": identity.job_id, "attempt": attempt}
 
     def _discard_checkpoints(self) -> None:
-        checkpoints = getattr(self, "checkpoints", None)
-        if checkpoints is None:
+        if self.checkpoints is None:
             return
         try:
-            checkpoints.delete_all()
+            self.checkpoints.delete_all()
         except JobError as exc:  # they expire by the bucket's lifecycle rule anyway
             log.warning("checkpoints of the ended job not deleted: %s", exc)
 
     def report_failed(
         self, identity: Identity, attempt: int, error: JobError, *, reporter: ProgressReporter | None
     ) -> None:
+        """The row, the callback and /metrics of a failure the policy decided (it set the ledger)."""
         log.error("job failed: %s", error)
         fields = {"status": "failed", **error_fields(error)}
         if reporter is not None:
             reporter.close(**fields)
         else:
             write_row(self.runtime, {**base_row(identity, attempt, self.settings.worker_name), **fields})
-        self.runtime.ledger.set_status(identity.job_id, "failed")
         notify_ended(self.runtime, identity, attempt, "failed", error=error)
         self._count(identity, "failed")
         self._discard_checkpoints()
 
     def _count(self, identity: Identity, outcome: str) -> None:
         """The attempt's end in /metrics (a no-op unless the worker set metrics up)."""
-        started = getattr(self, "_started", None)
-        metrics.job_ended(identity.kind, outcome, None if started is None else time.monotonic() - started)
+        elapsed = None if self.started is None else time.monotonic() - self.started
+        metrics.job_ended(identity.kind, outcome, elapsed)
 
     # -- rq plumbing -----------------------------------------------------------------------------
 

@@ -1,11 +1,7 @@
-"""The fleet's side of EC2 Auto Scaling (DESIGN §8): who this instance is, and the backlog metric the group
-scales on. Scale-in protection, which shares the identity and helpers here, is in `protection.py`.
-
-- `FleetIdentity`: this instance's id, region and Auto Scaling group, read once from IMDS (the group
-  from the instance tag `aws:autoscaling:groupName`, which IMDS serves only when the launch template
-  sets `InstanceMetadataTags=enabled`), each overridable by a setting.
-- `BacklogPublisher`: a thread of every worker parent; the worker holding the group's lease puts
-  `Backlog` (per priority), `BacklogTotal` and `BacklogPerInstance` to CloudWatch.
+"""The backlog metric the fleet's Auto Scaling group scales on (DESIGN §8): `BacklogPublisher`, a thread
+of every worker parent; the worker holding the group's lease puts `Backlog` (per priority),
+`BacklogTotal` and `BacklogPerInstance` to CloudWatch. Who this instance is and which group it is in
+comes from `identity.py`; scale-in protection is in `protection.py`.
 
 Backlog = jobs waiting in an rq queue (its list, `Queue.count`). Not counted: started jobs (they have an
 instance), scheduled jobs (retries waiting out their backoff, `enqueue_at`) and deferred jobs (waiting for
@@ -17,40 +13,30 @@ waiting it is BacklogTotal, "as if one instance": what one new instance would fa
 waiting work instead of a division by zero. (A group at 0 has no worker to publish it: the README says
 how to scale out from zero.)
 
-Failures never reach the worker: they are logged once per outage (`Outage`) and the next tick or call
-tries again.
+Failures never reach the worker: they are logged once per outage (`Outage`) and the next tick tries
+again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
-import botocore.exceptions
-from botocore.config import Config
 from redis import Redis
 from redis.exceptions import RedisError
+from rq import Queue
 
-from ..worker.queue import PRIORITIES, make_queue
-from .spot import MetadataClient, MetadataUnavailable
+from ..adapters.aws import AWS_ERRORS, aws_client
+from ..config import DEFAULT_CLOUDWATCH_NAMESPACE
+from ..spec.model import PRIORITIES
+from .identity import RELEASE, FleetIdentity, Outage, log_off
 
 log = logging.getLogger(__name__)
-
-DEFAULT_NAMESPACE = "CaptureDaemon"
-"""CloudWatch namespace of our metrics (CLOUDWATCH_NAMESPACE); the scaling policy names it too."""
-
-INSTANCE_ID_PATH = "instance-id"
-REGION_PATH = "placement/region"
-GROUP_TAG_PATH = "tags/instance/aws:autoscaling:groupName"
-"""Auto Scaling tags its instances with their group; IMDS serves tags only with
-InstanceMetadataTags=enabled in the launch template's metadata options."""
 
 PUBLISH_INTERVAL_S = 60.0
 """CloudWatch's standard resolution is one minute and target tracking alarms evaluate per minute."""
@@ -62,147 +48,6 @@ _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-"""Compare-and-delete (KEYS[1], token): frees a lease or lock only while the caller still holds it."""
-
-AWS_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
-"""What a boto3 call can raise: service answers, client-side failures (no region, no credentials)."""
-
-
-def aws_client(
-    service: str,
-    region: str | None,
-    *,
-    endpoint_url: str | None = None,
-    max_attempts: int = 2,
-    connect_timeout_s: float = 3.0,
-    read_timeout_s: float = 5.0,
-) -> Any:
-    """A boto3 client with short timeouts: these calls are small and retried on the next tick anyway.
-    Credentials and, when `region` is None, the region come from boto3's chain (instance profile)."""
-    config = Config(
-        region_name=region,
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        connect_timeout=connect_timeout_s,
-        read_timeout=read_timeout_s,
-    )
-    return boto3.session.Session().client(service, endpoint_url=endpoint_url, config=config)
-
-
-class Outage:
-    """One warning when a dependency starts failing, one info line when it answers again."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None  # time.monotonic()
-
-    def failed(self, exc: BaseException) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning("%s failed, retrying every tick: %s", self.what, exc)
-        else:
-            log.debug("%s still failing: %s", self.what, exc)
-
-    def ok(self) -> None:
-        if self.since is not None:
-            log.info("%s works again after %.0f s", self.what, time.monotonic() - self.since)
-            self.since = None
-
-
-# -- identity --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FleetIdentity:
-    """Who this worker is in the fleet. `off_reason` says why the features are off when discovery
-    already logged it (so they don't repeat it)."""
-
-    instance_id: str | None = None
-    region: str | None = None
-    asg_name: str | None = None
-    off_reason: str | None = field(default=None, compare=False)
-
-    @classmethod
-    def discover(
-        cls,
-        metadata: MetadataClient | None,
-        *,
-        asg_name: str | None = None,
-        region: str | None = None,
-        instance_id: str | None = None,
-        default_region: str | None = None,
-    ) -> FleetIdentity:
-        """Read what IMDS knows; explicit values win, `default_region` (AWS_REGION, which may be the
-        bucket's) only fills in when IMDS does not say. Logs one info line. Never raises.
-
-        Off EC2 (no IMDS, or `metadata` None) only explicit values are used: with AUTOSCALING_GROUP set
-        the backlog is still published (a host outside the group can publish it, which is what lets
-        the group scale out from zero); scale-in protection needs an instance, so it is off."""
-        found: dict[str, str | None] = {"instance_id": None, "region": None, "asg_name": None}
-        off_ec2: str | None = None
-        if metadata is None:
-            off_ec2 = "IMDS_URL is empty"
-        else:
-            try:
-                found["instance_id"] = metadata.get(INSTANCE_ID_PATH)
-                found["region"] = metadata.get(REGION_PATH)
-                found["asg_name"] = metadata.get(GROUP_TAG_PATH)
-            except MetadataUnavailable as exc:
-                if found["instance_id"] is None:
-                    off_ec2 = f"no instance metadata at {metadata.base_url}: {exc}"
-                else:
-                    log.warning("instance metadata incomplete (%s): using what was read", exc)
-            except Exception as exc:  # a bug must not stop the worker from starting
-                log.exception("instance metadata unreadable")
-                off_ec2 = f"instance metadata unreadable: {exc}"
-            if off_ec2 is None and not _clean(found["instance_id"]):
-                off_ec2 = f"{metadata.base_url} serves no instance-id"
-        identity = cls(
-            instance_id=instance_id or _clean(found["instance_id"]),
-            region=region or _clean(found["region"]) or default_region,
-            asg_name=asg_name or _clean(found["asg_name"]),
-        )
-        reason = identity._describe(off_ec2)
-        log.info("fleet: %s", reason)
-        return identity if identity.asg_name and identity.instance_id else _with_reason(identity, reason)
-
-    def _describe(self, off_ec2: str | None) -> str:
-        if off_ec2 and not self.asg_name:
-            return f"not on EC2 ({off_ec2}): backlog metrics and scale-in protection off"
-        if off_ec2:
-            return (
-                f"not on EC2 ({off_ec2}): scale-in protection off; backlog of group {self.asg_name} "
-                f"published (AUTOSCALING_GROUP set)"
-            )
-        if not self.asg_name:
-            return (
-                f"instance {self.instance_id} is in no Auto Scaling group we know of (no instance tag "
-                f"aws:autoscaling:groupName: InstanceMetadataTags disabled? or set AUTOSCALING_GROUP): "
-                f"backlog metrics and scale-in protection off"
-            )
-        return f"instance {self.instance_id} in group {self.asg_name}, region {self.region or 'from boto3'}"
-
-
-def _clean(value: str | None) -> str | None:
-    if value is None:
-        return None
-    return value.strip() or None
-
-
-def _with_reason(identity: FleetIdentity, reason: str) -> FleetIdentity:
-    return FleetIdentity(identity.instance_id, identity.region, identity.asg_name, off_reason=reason)
-
-
-def log_off(identity: FleetIdentity, message: str) -> None:
-    """Say a feature is off: at debug when discovery already said why, else (a hand-made identity) info."""
-    log.log(logging.DEBUG if identity.off_reason else logging.INFO, message)
-
-
-# -- backlog ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -223,10 +68,12 @@ class Backlog:
 
 
 def queue_depths(redis: Redis, queues: Sequence[str]) -> dict[str, int]:
-    """Jobs waiting in each rq queue (the length of its list), read in one round trip."""
+    """Jobs waiting in each rq queue (the length of its list, what `Queue.count` reads), in one round
+    trip. Only the key of rq's list is needed, so no serializer or job class: the fleet knows nothing
+    of the worker's queue setup."""
     with redis.pipeline(transaction=False) as pipe:
         for name in queues:
-            pipe.llen(make_queue(name, redis).key)
+            pipe.llen(Queue(name, connection=redis).key)
         return {name: int(n) for name, n in zip(queues, pipe.execute(), strict=True)}
 
 
@@ -244,7 +91,7 @@ class BacklogPublisher:
         identity: FleetIdentity,
         *,
         queues: Sequence[str] = PRIORITIES,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str = DEFAULT_CLOUDWATCH_NAMESPACE,
         interval_s: float = PUBLISH_INTERVAL_S,
         lease_ttl_s: float | None = None,
         owner: str = "",

@@ -28,7 +28,8 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .backlog import AWS_ERRORS, RELEASE, FleetIdentity, Outage, aws_client, log_off
+from ..adapters.aws import AWS_ERRORS, aws_client
+from .identity import RELEASE, FleetIdentity, Outage, log_off
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ checkpoints and interrupts. It never touches Redis, Supabase, S3 or HTTP itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +80,9 @@ class CheckpointStore(Protocol):
     """The job's checkpoints (daemon/adapters/checkpoints.py): files added, then committed together
     with the finished stages' records; the newest intact one restored by a later attempt."""
 
+    # The files of the next commit; a handler drops one that a later file supersedes.
     @property
-    def entries(self) -> Mapping[str, Any]: ...
+    def entries(self) -> MutableMapping[str, Any]: ...
 
     def add(self, name: str, path: Path) -> Any: ...
 

@@ -9,6 +9,10 @@ Existing clients switch to this daemon without changes. The shapes (seeds 000-00
 `translate_legacy` returns a plain dict that still goes through `parse_spec`: this module only renames,
 it never decides what is valid, except where an error would otherwise name a field the client never
 sent (job ids, URLs). Unknown fields are refused, not dropped: a silently ignored option is a wrong job.
+
+`salvage` is the lenient reading of the same shapes (and of v1 specs): from a request that failed
+validation it keeps what is valid on its own, so the failure still reaches the row and the client.
+This module is the only place that knows the legacy field names.
 """
 
 from __future__ import annotations
@@ -16,17 +20,22 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import SpecError
-from .model import SPEC_VERSION, did_you_mean, job_id_problem, json_type, spec_error, url_problem
+from .fields import did_you_mean, is_job_id, job_id_problem, json_type, url_problem
+from .model import SPEC_VERSION, spec_error
 
 PHOTO_FIELDS = ("project_id", "image_urls", "iterations", "upload_url", "webhook_url", "params")
 """Every field the photo workers (seeds 000 and 001) read."""
 
 VIDEO_FIELDS = ("scene_id", "video_url", "params")
 """Every field the video worker (seed 002) read."""
+
+ID_FIELDS = ("project_id", "scene_id")
+"""The legacy fields that carry the job id: the photo workers' project, the video worker's scene."""
 
 MAIN_OUTPUT = "splat.ply"
 """The splat kind's main output, which the legacy `upload_url` receives."""
@@ -40,6 +49,40 @@ def looks_legacy(raw: Mapping[str, Any]) -> bool:
     if "spec_version" in raw:
         return False
     return "input" in raw or any(field in raw for field in (*PHOTO_FIELDS, *VIDEO_FIELDS))
+
+
+@dataclass(frozen=True)
+class Salvaged:
+    """What a request that failed validation still tells us, each part valid on its own."""
+
+    job_id: str
+    # The request's `kind` (at most 64 characters), "unknown" when it has none (every legacy shape).
+    kind: str
+    # An http(s) callback_url, or a legacy webhook_url.
+    callback_url: str | None
+    # "legacy" when the request named a webhook_url, as `translate_legacy` would have set it.
+    callback_format: str
+    # The legacy ids, echoed in callbacks as `translate_legacy` would have.
+    metadata: dict[str, str]
+
+
+def salvage(raw: object) -> Salvaged | None:
+    """From a request that failed validation (a v1 spec or a legacy shape, with or without the RunPod
+    wrapper), the parts that are usable on their own, so the failure still reaches the row and the
+    client. None without a valid job id: nothing can be reported without one."""
+    if not isinstance(raw, Mapping):
+        return None
+    wrapped = raw.get("input")
+    body: Mapping[str, Any] = wrapped if isinstance(wrapped, Mapping) else raw
+    job_id = next((body.get(k) for k in ("job_id", *ID_FIELDS) if isinstance(body.get(k), str)), None)
+    if not is_job_id(job_id):
+        return None
+    url = body.get("callback_url") or body.get("webhook_url")
+    url = url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+    callback_format = "legacy" if "webhook_url" in body else "standard"
+    metadata = {k: body[k] for k in ID_FIELDS if isinstance(body.get(k), str)}
+    kind = body["kind"][:64] if isinstance(body.get("kind"), str) else "unknown"
+    return Salvaged(job_id, kind, url, callback_format, metadata)
 
 
 def translate_legacy(raw: Mapping[str, Any]) -> dict[str, Any]:

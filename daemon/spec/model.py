@@ -8,19 +8,15 @@ whose `code` is the first problem's and whose message lists up to five, each nam
 Only syntax is checked here. Whether a URL's host resolves to a global address (SSRF) is decided at
 download time, on every redirect, because DNS can change between now and then (DESIGN.md §6).
 
-`spec_json_schema` publishes the same contract as JSON Schema (draft 2020-12) for the web app;
-`daemon/schema_file.py` renders the committed copy.
+Each field's pattern, check and type is in `daemon.spec.fields`; `daemon.spec.schema` publishes the
+same contract as JSON Schema (draft 2020-12) for the web app and renders the committed copy.
 """
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import json
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, Generic, Literal, TypeVar, get_args, get_origin
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -35,13 +31,26 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from ..config import DEFAULT_QUEUES
 from ..errors import SpecError
+from .fields import (
+    ContentType,
+    FileName,
+    JobId,
+    Metadata,
+    OwnerId,
+    PresignedPut,
+    S3Key,
+    Sha256,
+    Url,
+    did_you_mean,
+    json_path,
+    json_type,
+    show,
+)
 
 SPEC_VERSION = 1
 """The only spec version this daemon reads; a new version is a new schema file, never a silent change."""
-
-SCHEMA_ID = "urn:gpu-daemon:job-spec:v1"
-"""`$id` of the published schema. A URN until the schema is served from a stable URL."""
 
 MAX_SPEC_BYTES = 1 << 20
 """1 MiB: 2,000 presigned URLs fit several times over; anything bigger is a client bug or an attack."""
@@ -49,47 +58,14 @@ MAX_SPEC_BYTES = 1 << 20
 MAX_INPUTS = 2000
 """More photos than this buys no quality and costs hours of SfM matching."""
 
-MAX_URL_CHARS = 2048
-"""Longer URLs are refused by many servers and proxies; presigned S3/R2 URLs stay well under it."""
-
-MAX_S3_KEY_BYTES = 1024
-"""S3's own limit for an object key (UTF-8 bytes)."""
-
-MAX_METADATA_ENTRIES = 32
-"""Metadata is echoed in every callback: keep it small."""
-
 MAX_REPORTED_PROBLEMS = 5
 """How many problems one SpecError message lists; the rest are counted."""
 
-PRIORITIES = ("high", "default", "low")
+PRIORITIES = DEFAULT_QUEUES
 """Job priorities, highest first: each is an rq queue of that name, and a worker serves them in this
 order (DAEMON_QUEUES)."""
 
 Priority = Literal["high", "default", "low"]
-
-JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
-"""Job ids become S3 keys, file names and Redis keys: rq's own id alphabet, capped at 128 characters.
-The `jobs` table's check constraint uses the same pattern."""
-
-NAME_PATTERN = r"^(?!\.{1,2}$)(?!-)[A-Za-z0-9._-]{1,255}$"
-"""A file name safe on every file system and as a command-line argument (no leading '-')."""
-
-_NAME_SEGMENT = r"(?!\.{1,2}(?:/|$))(?!-)[A-Za-z0-9._-]{1,255}"
-OUTPUT_NAME_PATTERN = rf"^{_NAME_SEGMENT}(?:/{_NAME_SEGMENT})*$"
-S3_KEY_PATTERN = r"^(?!/)(?!.*//)(?!.*/$)(?!(?:.*/)?\.{1,2}(?:/|$))[^\\\x00-\x1f\x7f-\x9f]+$"
-URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00-\x1f\x7f/?#@\\]+(?:[/?#][^\s\x00-\x1f\x7f\\]*)?$"
-SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
-CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
-UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-"""The patterns above are also the JSON Schema's; Python applies them with `re.fullmatch`, so a
-trailing newline can never slip past `$`."""
-
-# Characters no URL or S3 key may carry: whitespace and controls (Python's urlsplit silently drops tabs
-# and newlines, so "http://a\n.internal" would be checked as one host and fetched as another), and
-# backslashes (browsers and some HTTP clients read them as '/', so the host we check is not the host hit).
-_URL_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f\\]")
-_KEY_UNSAFE = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
-_HOSTNAME = re.compile(r"(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+\.?")  # a DNS name or an IPv4 address
 
 SPEC_ERROR_CODES = frozenset(
     {
@@ -110,7 +86,7 @@ SPEC_ERROR_CODES = frozenset(
         "invalid_value",
     }
 )
-"""Every code a SpecError from this module or `daemon.legacy` carries. Our own validators raise
+"""Every code a SpecError from this module or `daemon.spec.legacy` carries. Our own validators raise
 pydantic errors whose type already is one of these."""
 
 # The JSON names of the types pydantic's strict "*_type" errors expected.
@@ -133,99 +109,6 @@ _CODE_BY_ERROR_TYPE = {
 }
 
 
-# --- Field checks: plain functions returning a problem or None, shared with `daemon.legacy`. ---------
-# Messages never echo a URL: presigned URLs are credentials, and error messages end up in logs,
-# progress rows and callbacks.
-
-
-def job_id_problem(value: str) -> str | None:
-    if re.fullmatch(JOB_ID_PATTERN, value):
-        return None
-    if not value:
-        return "job id must not be empty"
-    if len(value) > 128:
-        return f"job id is {len(value)} characters long, at most 128"
-    rule = "letters, digits, '_' and '-', starting with a letter or digit"
-    return f"{show(value)} is not a valid job id: use {rule}"
-
-
-def url_problem(value: str) -> str | None:
-    if len(value) > MAX_URL_CHARS:
-        return f"URL is {len(value)} characters long, at most {MAX_URL_CHARS}"
-    if _URL_UNSAFE.search(value):
-        return "URL contains whitespace, control characters or a backslash"
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return "not a valid URL"
-    if parts.scheme not in ("http", "https"):
-        return f"URL scheme must be http or https, got {show(parts.scheme[:20])}"
-    if "@" in parts.netloc:
-        return "URL must not contain credentials (user:password@)"
-    if not parts.hostname or not (_HOSTNAME.fullmatch(parts.hostname) or _is_ipv6(parts.hostname)):
-        return "URL has no valid host"
-    return None
-
-
-def _is_ipv6(host: str) -> bool:
-    try:
-        ipaddress.IPv6Address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def s3_key_problem(value: str) -> str | None:
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if not 1 <= size <= MAX_S3_KEY_BYTES:
-        return f"S3 key is {size} bytes long, must be 1-{MAX_S3_KEY_BYTES}"
-    if value.startswith("/"):
-        return f"S3 key {show(value)} must not start with '/'"
-    if _KEY_UNSAFE.search(value):
-        return f"S3 key {show(value)} contains a control character or a backslash"
-    if any(segment in ("", ".", "..") for segment in value.split("/")):
-        return f"S3 key {show(value)} has an empty, '.' or '..' segment"
-    return None
-
-
-def name_problem(value: str) -> str | None:
-    if re.fullmatch(NAME_PATTERN, value):
-        return None
-    rule = "1-255 of A-Z a-z 0-9 . _ -, not '.' or '..', not starting with '-'"
-    return f"{show(value)} is not a safe file name: {rule}"
-
-
-def output_name_problem(value: str) -> str | None:
-    if len(value) <= MAX_S3_KEY_BYTES and re.fullmatch(OUTPUT_NAME_PATTERN, value):
-        return None
-    return f"{show(value)} is not a safe output name: safe file names separated by '/'"
-
-
-def _pattern_problem(pattern: str, what: str) -> Callable[[str], str | None]:
-    def check(value: str) -> str | None:
-        return None if re.fullmatch(pattern, value) else f"{show(value)} is not {what}"
-
-    return check
-
-
-def _checked(check: Callable[[str], str | None], code: str) -> AfterValidator:
-    """Run `check` after the strict str check; a failure carries our own error code."""
-
-    def validate(value: str) -> str:
-        problem = check(value)
-        if problem:
-            # The problem goes in as context, never as the template: user text may contain braces.
-            raise PydanticCustomError(code, "{problem}", {"problem": problem})
-        return value
-
-    return AfterValidator(validate)
-
-
-def _string_schema(**schema: Any) -> WithJsonSchema:
-    return WithJsonSchema({"type": "string", **schema})
-
-
 def _check_version(value: int) -> int:
     if value != SPEC_VERSION:
         raise PydanticCustomError(
@@ -236,63 +119,7 @@ def _check_version(value: int) -> int:
     return value
 
 
-_url_schema = {"pattern": URL_PATTERN, "maxLength": MAX_URL_CHARS, "format": "uri"}
 SpecVersion = Annotated[int, AfterValidator(_check_version), WithJsonSchema({"type": "integer", "const": 1})]
-JobId = Annotated[
-    str, _checked(job_id_problem, "invalid_job_id"), _string_schema(pattern=JOB_ID_PATTERN, maxLength=128)
-]
-Url = Annotated[str, _checked(url_problem, "invalid_url"), _string_schema(**_url_schema)]
-S3Key = Annotated[
-    str,
-    _checked(s3_key_problem, "invalid_s3_key"),
-    _string_schema(pattern=S3_KEY_PATTERN, minLength=1, maxLength=MAX_S3_KEY_BYTES),
-]
-FileName = Annotated[str, _checked(name_problem, "invalid_name"), _string_schema(pattern=NAME_PATTERN)]
-OutputName = Annotated[
-    str,
-    _checked(output_name_problem, "invalid_name"),
-    _string_schema(pattern=OUTPUT_NAME_PATTERN, maxLength=MAX_S3_KEY_BYTES),
-]
-Sha256 = Annotated[
-    str,
-    _checked(_pattern_problem(SHA256_PATTERN, "a hex SHA-256"), "invalid_value"),
-    _string_schema(pattern=SHA256_PATTERN),
-]
-ContentType = Annotated[
-    str,
-    _checked(_pattern_problem(CONTENT_TYPE_PATTERN, "a media type"), "invalid_value"),
-    _string_schema(pattern=CONTENT_TYPE_PATTERN),
-]
-OwnerId = Annotated[
-    str,
-    _checked(_pattern_problem(UUID_PATTERN, "a UUID"), "invalid_value"),
-    _string_schema(pattern=UUID_PATTERN),
-]
-PresignedPut = Annotated[
-    dict[OutputName, Url],
-    Field(min_length=1, max_length=32),
-    WithJsonSchema(
-        {
-            "type": "object",
-            "minProperties": 1,
-            "maxProperties": 32,
-            "propertyNames": {"pattern": OUTPUT_NAME_PATTERN, "maxLength": MAX_S3_KEY_BYTES},
-            "additionalProperties": {"type": "string", **_url_schema},
-        }
-    ),
-]
-Metadata = Annotated[
-    dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=1024)]],
-    Field(max_length=MAX_METADATA_ENTRIES),
-    WithJsonSchema(
-        {
-            "type": "object",
-            "maxProperties": MAX_METADATA_ENTRIES,
-            "propertyNames": {"minLength": 1, "maxLength": 128},
-            "additionalProperties": {"type": "string", "maxLength": 1024},
-        }
-    ),
-]
 
 
 # --- Models ----------------------------------------------------------------------------------------
@@ -521,11 +348,6 @@ def _suggestion(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
     return did_you_mean(loc[-1], owner.model_fields)
 
 
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The model class that validates the object at `loc` (list indexes are skipped)."""
     current: type[BaseModel] | None = model
@@ -545,85 +367,6 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
         if found:
             return found
     return None
-
-
-def json_path(loc: tuple[int | str, ...]) -> str:
-    """('inputs', 2, 'urll') → 'inputs[2].urll'; odd keys are quoted: metadata["a b"]."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part == "[key]":  # pydantic's marker for "the dict key itself is invalid"
-            path += " (key)"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
-            path += f".{part}" if path else part
-        else:
-            path += f"[{show(part)}]"
-    return path or "spec"
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a value's type, as a client would call it."""
-    if value is None:
-        return "null"
-    for python_type, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
-                              (list, "array"), (dict, "object")):  # fmt: skip
-        if isinstance(value, python_type):
-            return name
-    return type(value).__name__
-
-
-def show(value: Any, limit: int = 40) -> str:
-    """A short JSON rendering of a user value for messages (escapes NUL and friends)."""
-    text = json.dumps(value, ensure_ascii=True, default=str)
-    return text if len(text) <= limit else text[: limit - 2] + '…"'
-
-
-# --- JSON Schema -----------------------------------------------------------------------------------
-
-
-def spec_json_schema(
-    kinds: Mapping[str, type[BaseModel]], max_inputs: Mapping[str, int] | None = None
-) -> dict[str, Any]:
-    """The whole spec as JSON Schema (draft 2020-12); params (and a kind's own cap on inputs, from
-    `max_inputs`) are chosen per kind with if/then.
-
-    Not expressible here, so checked only by `parse_spec`: unique input names, S3 key length in bytes
-    (the schema counts characters), and position_lr_final ≤ position_lr_init.
-    """
-    schema = JobSpec[dict[str, Any]].model_json_schema()
-    defs: dict[str, Any] = schema.pop("$defs", {})
-    named: dict[str, type[BaseModel]] = {}
-    branches = []
-    for kind, params_model in sorted(kinds.items()):
-        name = params_model.__name__
-        if named.setdefault(name, params_model) is not params_model:
-            raise ValueError(f"two params models are called {name}: rename one")
-        params_schema = params_model.model_json_schema()
-        defs.update(params_schema.pop("$defs", {}))
-        defs[name] = params_schema
-        then: dict[str, Any] = {"params": {"$ref": f"#/$defs/{name}"}}
-        if max_inputs and kind in max_inputs:
-            then["inputs"] = {"maxItems": max_inputs[kind]}
-        branches.append(
-            {
-                "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
-                "then": {"properties": then},
-            }
-        )
-    properties = schema["properties"]
-    properties["kind"] = {**properties["kind"], "enum": sorted(kinds)}
-    properties["params"] = {"type": "object", "description": properties["params"]["description"]}
-    return {
-        **schema,
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
-        "title": f"Job spec v{SPEC_VERSION}",
-        "description": "A job for the GPU worker daemon: what to make (kind, params), from which inputs, "
-        "where the results go and whom to call back. Strict: no unknown keys, no type coercion.",
-        "allOf": branches,
-        "$defs": defs,
-    }
 
 
 def spec_to_json(spec: JobSpec[Any]) -> dict[str, Any]:

@@ -1,16 +1,16 @@
 """`/healthz` and Prometheus `/metrics`, served on a local port from the worker's parent process.
 
 The parent never waits on a job, so it can always answer: is my main loop alive (the last tick is
-recent), am I draining, what job runs now. `/metrics` adds the job metrics the work-horses record
-(`daemon/metrics.py`, merged from their files) and gauges computed at scrape time: the current job, the
-heartbeat age, CPU, memory, disk of the work folder and, when NVML answers, the GPUs this worker owns.
+recent), am I draining, what job runs now. `/metrics` shows, in this order, the parent's own gauges
+(computed here at scrape time: the current job, the heartbeat age), the host's CPU, memory and disk of the
+work folder (`host.py`), the GPUs this worker owns when NVML answers (`gpu.py`), and the job metrics the
+work-horses record (`metrics.py`, merged from their files).
 
 Nothing here imports torch or touches CUDA: GPU figures come from NVML (the driver), read-only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import mmap
@@ -18,21 +18,19 @@ import os
 import struct
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from . import metrics
+from .gpu import GpuCollector, GpuProbe
+from .host import HostCollector
+from .metrics import JobMetricsCollector
 
 log = logging.getLogger(__name__)
 
@@ -146,119 +144,15 @@ class WorkerState:
         )
 
 
-# -- GPUs --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GpuSample:
-    index: int  # NVML's index, as nvidia-smi shows it
-    uuid: str
-    memory_used: float | None
-    memory_total: float | None
-    utilization: float | None
-
-
-def visible_gpu_indices(spec: str | None, uuids: list[str]) -> list[int]:
-    """The NVML indices of the GPUs named by CUDA_VISIBLE_DEVICES (`spec`), given every GPU's UUID in
-    NVML order. Unset: all. Like CUDA: entries are indices or (prefixes of) `GPU-…` UUIDs, and the first
-    entry that names no GPU ends the list (so "" and "-1" hide every GPU). Indices are NVML's PCI order:
-    set CUDA_DEVICE_ORDER=PCI_BUS_ID, or use UUIDs, so CUDA and NVML agree on which GPU is which."""
-    if spec is None:
-        return list(range(len(uuids)))
-    chosen: list[int] = []
-    for entry in (part.strip() for part in spec.split(",")):
-        index: int | None = None
-        if entry.lstrip("-").isdigit():
-            number = int(entry)
-            index = number if 0 <= number < len(uuids) else None
-        elif entry.lower().startswith("gpu-"):
-            matches = [i for i, uuid in enumerate(uuids) if uuid.lower().startswith(entry.lower())]
-            index = matches[0] if len(matches) == 1 else None
-        if index is None:
-            break
-        if index not in chosen:
-            chosen.append(index)
-    return chosen
-
-
-class GpuProbe:
-    """Reads this worker's GPUs through NVML. No NVML (no driver, no GPU): no samples, one debug log."""
-
-    def __init__(self, nvml: Any = None, *, environ: Mapping[str, str] | None = None) -> None:
-        self._nvml = nvml
-        self._environ = environ if environ is not None else os.environ
-        self._handles: list[tuple[int, str, Any]] | None = None  # None: not tried yet
-        self._lock = threading.Lock()
-
-    def _open(self) -> list[tuple[int, str, Any]]:
-        if self._handles is not None:
-            return self._handles
-        self._handles = []
-        try:
-            if self._nvml is None:
-                import pynvml
-
-                self._nvml = pynvml
-            nvml = self._nvml
-            nvml.nvmlInit()
-            devices = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
-            uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in devices]
-        except Exception as exc:
-            log.debug("no GPU metrics: NVML unavailable (%s)", exc)
-            return self._handles
-        chosen = visible_gpu_indices(self._environ.get("CUDA_VISIBLE_DEVICES"), uuids)
-        self._handles = [(i, uuids[i], devices[i]) for i in chosen]
-        log.debug("GPU metrics for NVML device(s) %s", chosen)
-        return self._handles
-
-    def sample(self) -> list[GpuSample]:
-        with self._lock:  # NVML calls from several scrape threads at once gain nothing
-            samples = []
-            for index, uuid, handle in self._open():
-                used = total = util = None
-                try:
-                    memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-                    used, total = float(memory.used), float(memory.total)
-                except Exception as exc:
-                    log.debug("GPU %d memory not read: %s", index, exc)
-                try:
-                    util = float(self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-                except Exception as exc:
-                    log.debug("GPU %d utilization not read: %s", index, exc)
-                samples.append(GpuSample(index, uuid, used, total, util))
-            return samples
-
-    def close(self) -> None:
-        with self._lock:
-            if self._handles:
-                with contextlib.suppress(Exception):
-                    self._nvml.nvmlShutdown()
-            self._handles = None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 # -- /metrics ----------------------------------------------------------------------------------
 
 
 class WorkerCollector(Collector):
-    """The parent's gauges, computed at each scrape."""
+    """The parent's own gauges, computed from `state` at each scrape."""
 
-    def __init__(
-        self,
-        state: WorkerState,
-        *,
-        stale_after_s: float,
-        disk_paths: Iterable[Path | str] = (),
-        gpus: GpuProbe | None = None,
-    ) -> None:
+    def __init__(self, state: WorkerState, *, stale_after_s: float) -> None:
         self.state = state
         self.stale_after_s = stale_after_s
-        self.disk_paths = [Path(p) for p in disk_paths]
-        self.gpus = gpus
-        psutil.cpu_percent(interval=None)  # primes the counter: the next call is non-blocking and real
 
     def collect(self) -> Iterator[Metric]:
         snap = self.state.snapshot()
@@ -285,91 +179,10 @@ class WorkerCollector(Collector):
         if snap.job is not None:
             info.add_metric([snap.job.job_id, snap.job.kind], 1.0)
         yield info
-        yield from self._host()
-        yield from self._gpus()
-
-    def _host(self) -> Iterator[Metric]:
-        try:
-            yield _gauge(
-                "capture_cpu_percent",
-                "Host CPU use since the previous scrape, percent of all cores.",
-                float(psutil.cpu_percent(interval=None)),
-            )
-            memory = psutil.virtual_memory()
-            yield _gauge(
-                "capture_memory_used_bytes",
-                "Host memory in use (total - available).",
-                float(memory.total - memory.available),
-            )
-            yield _gauge("capture_memory_total_bytes", "Host memory.", float(memory.total))
-        except Exception as exc:
-            log.warning("host metrics not read: %s", exc)
-        free = GaugeMetricFamily(
-            "capture_disk_free_bytes", "Free space for the worker's folders.", labels=["path"]
-        )
-        total = GaugeMetricFamily(
-            "capture_disk_total_bytes", "Size of the disk holding the folder.", labels=["path"]
-        )
-        for path in self.disk_paths:
-            try:
-                usage = psutil.disk_usage(str(_existing(path)))
-            except OSError as exc:
-                log.debug("disk of %s not read: %s", path, exc)
-                continue
-            free.add_metric([str(path)], float(usage.free))
-            total.add_metric([str(path)], float(usage.total))
-        yield free
-        yield total
-
-    def _gpus(self) -> Iterator[Metric]:
-        samples = self.gpus.sample() if self.gpus is not None else []
-        if not samples:
-            return
-        families = {
-            "memory_used": GaugeMetricFamily(
-                "capture_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu", "uuid"]
-            ),
-            "memory_total": GaugeMetricFamily(
-                "capture_gpu_memory_total_bytes", "GPU memory.", labels=["gpu", "uuid"]
-            ),
-            "utilization": GaugeMetricFamily(
-                "capture_gpu_utilization_percent",
-                "GPU busy time over NVML's last sample period, percent.",
-                labels=["gpu", "uuid"],
-            ),
-        }
-        for sample in samples:
-            for field, family in families.items():
-                value = getattr(sample, field)
-                if value is not None:
-                    family.add_metric([str(sample.index), sample.uuid], value)
-        yield from families.values()
-
-
-class JobMetricsCollector(Collector):
-    """The work-horses' job metrics, merged from their files at each scrape; nothing until
-    `metrics.setup_multiprocess_dir` has run (so the order of setup and server start does not matter)."""
-
-    def collect(self) -> Iterator[Metric]:
-        folder = metrics.multiprocess_dir()
-        if folder is None:
-            return
-        try:
-            yield from MultiProcessCollector(None, path=str(folder)).collect()
-        except Exception as exc:
-            log.warning("job metrics not read from %s: %s", folder, exc)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
-
-
-def _existing(path: Path) -> Path:
-    """`path`, or its nearest existing parent (the work folder may not exist before the first job)."""
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 # -- the server --------------------------------------------------------------------------------
@@ -397,9 +210,10 @@ class HealthServer:
         self.version = version
         self.gpus = gpus if gpus is not None else GpuProbe()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(
-            WorkerCollector(self.state, stale_after_s=stale_after_s, disk_paths=disk_paths, gpus=self.gpus)
-        )
+        # Registered in the order /metrics shows them.
+        self.registry.register(WorkerCollector(self.state, stale_after_s=stale_after_s))
+        self.registry.register(HostCollector(disk_paths))
+        self.registry.register(GpuCollector(self.gpus))
         self.registry.register(JobMetricsCollector())
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -503,38 +317,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         log.debug("%s %s", self.address_string(), format % args)
-
-
-# -- reading it back (tests, ops scripts) ------------------------------------------------------
-
-LabelKey = tuple[tuple[str, str], ...]
-
-
-class Samples(dict[tuple[str, LabelKey], float]):
-    """A /metrics page as {(sample name, sorted label pairs): value}; `value()` looks one up."""
-
-    def value(self, name: str, **labels: str) -> float | None:
-        return self.get((name, tuple(sorted(labels.items()))))
-
-    def names(self) -> set[str]:
-        return {name for name, _ in self}
-
-    def matching(self, name: str, **labels: str) -> dict[LabelKey, float]:
-        """Every sample of `name` whose labels include `labels`."""
-        want = set(labels.items())
-        return {key: v for (n, key), v in self.items() if n == name and want <= set(key)}
-
-
-def parse_metrics(text: str) -> Samples:
-    """Parse Prometheus text exposition into `Samples` (histograms as their _bucket/_sum/_count)."""
-    samples = Samples()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
-    return samples
-
-
-def scrape(url: str, *, timeout: float = 5.0) -> Samples:
-    """GET `<url>/metrics` (url: the server's base URL) and parse it."""
-    with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=timeout) as response:
-        return parse_metrics(response.read().decode())

@@ -1,4 +1,5 @@
-"""Job metrics: recorded in the work-horse, served by the worker parent (`daemon/health.py`).
+"""Job metrics: recorded in the work-horse, served by the worker parent (`health.py`, through
+`JobMetricsCollector`).
 
 A job runs in a forked work-horse, so its counters cannot live in the parent's memory. prometheus_client's
 multiprocess mode bridges the two: every process writes its samples to mmap'ed files in one folder
@@ -27,11 +28,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import Counter, Histogram, values
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,20 @@ def setup_multiprocess_dir(path: Path | str, *, kinds: Iterable[str] | None = No
 def multiprocess_dir() -> Path | None:
     """The folder set up by `setup_multiprocess_dir`, or None (metrics off)."""
     return _directory
+
+
+class JobMetricsCollector(Collector):
+    """The work-horses' job metrics, merged from their files at each scrape; nothing until
+    `setup_multiprocess_dir` has run (so the order of setup and server start does not matter)."""
+
+    def collect(self) -> Iterator[Metric]:
+        folder = multiprocess_dir()
+        if folder is None:
+            return
+        try:
+            yield from MultiProcessCollector(None, path=str(folder)).collect()
+        except Exception as exc:
+            log.warning("job metrics not read from %s: %s", folder, exc)
 
 
 def set_stage_listener(listener: Callable[[str | None], None] | None) -> None:

@@ -1,8 +1,8 @@
 """What the worker parent tells the world about itself, in one place: systemd (ready, watchdog,
 stopping), the /healthz and /metrics server, the fleet's backlog metric and this instance's scale-in
 protection. The worker calls a handful of lifecycle hooks; each part stays in its own module
-(systemd.py, health.py + metrics.py, fleet.py) and none of them can stop a job or the worker: a part
-that cannot start logs why and stays off.
+(telemetry/systemd.py, telemetry/health.py, telemetry/metrics.py, fleet/) and none of them can stop a job
+or the worker: a part that cannot start logs why and stays off.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from pathlib import Path
 
 from redis import Redis
 
-from ..config import Settings
-from ..fleet.backlog import BacklogPublisher, FleetIdentity
+from ..config import DEFAULT_CLOUDWATCH_NAMESPACE, Settings
+from ..fleet.backlog import BacklogPublisher
+from ..fleet.identity import FleetIdentity
+from ..fleet.imds import MetadataClient
 from ..fleet.protection import ScaleInProtection
-from ..fleet.spot import MetadataClient
 from ..handlers import registry
 from ..telemetry import metrics
 from ..telemetry.health import HealthServer, WorkerState
@@ -48,7 +49,7 @@ class Operations:
             redis,
             identity,
             queues=s.queues,
-            namespace=s.cloudwatch_namespace or "CaptureDaemon",
+            namespace=s.cloudwatch_namespace or DEFAULT_CLOUDWATCH_NAMESPACE,
             interval_s=s.fleet_metrics_interval_s,
             owner=self.worker_name,
         ).start()

@@ -1,12 +1,12 @@
 """When an attempt ends without the work-horse saying how: it was killed, it crashed, or its worker
 vanished and rq's registry cleanup found the job abandoned.
 
-The worker parent (or whichever worker ran the cleanup) decides here, with the same policy the runner
-uses: preemption (the worker was stopped, or vanished with its instance: abandoned) → requeue at the
-front, counted against JOB_MAX_PREEMPTIONS only; a work-horse killed under a live worker (the OOM
-killer, a segfault) → counted as a failure, retried with backoff while attempts remain, else failed.
-The row and the callback say which. The decision is
-applied through rq's own retry fields on the job object rq is about to finalize.
+The worker parent (or whichever worker ran the cleanup) reports it here, as daemon/attempt/policy.py
+decides for every ending: preemption (the worker was stopped, or vanished with its instance: abandoned)
+→ requeue at the front, counted against JOB_MAX_PREEMPTIONS only; a work-horse killed under a live
+worker (the OOM killer, a segfault) → counted as a failure, retried with backoff while attempts remain,
+else failed. The ledger, the row and the callback say which. The decision is applied through rq's own
+retry fields on the job object rq is about to finalize.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Any
 
 from rq.job import Job
 
 from ..adapters.runtime import Runtime
-from ..attempt.report import Identity, base_row, error_fields, notify_ended, preemption, write_row
-from ..attempt.runner import retry_delay
-from ..errors import JobError, WorkerLost
+from ..attempt.policy import Action, Budgets, Decision, Ending, settle
+from ..attempt.report import Identity, base_row, error_fields, notify_ended, write_row
+from ..errors import JobError
 from ..handlers import parse_job
 from ..logs import log_context
 
@@ -39,10 +38,9 @@ def describe_exit(ret_val: int | None) -> str:
     return "work-horse ended without finishing the job"
 
 
-def after_lost_attempt(
-    runtime: Runtime, job: Job, *, cause: str, preempted: bool, code: str = "preempted"
-) -> str:
-    """Report the lost attempt and set rq's retry fields on `job`; returns the decision taken."""
+def after_lost_attempt(runtime: Runtime, job: Job, ending: Ending) -> str:
+    """Report the lost attempt and set rq's retry fields on `job`; returns the ledger status it got
+    ("requeued" or "failed")."""
     try:
         spec = parse_job(job.args[0])
     except Exception as exc:  # a job we never could have run: nothing to report to
@@ -50,45 +48,37 @@ def after_lost_attempt(
         job.retries_left = None
         return "failed"
     identity = Identity.of(spec)
-    entry = runtime.ledger.get(spec.job_id)
-    with log_context(job=spec.job_id, attempt=entry.attempt):
-        row = base_row(identity, entry.attempt, runtime.settings.worker_name)
-        if preempted and runtime.ledger.record_preemption(spec.job_id) > runtime.settings.job_max_preemptions:
-            error = WorkerLost(f"{cause}, and JOB_MAX_PREEMPTIONS reached", code="too_many_preemptions")
-            return _fail(runtime, job, identity, row, entry.attempt, error)
-        if preempted:
-            log.warning("attempt stopped with the worker (%s); requeued at the front", cause)
-            _set_rq_retry(job, delay=0, at_front=True)
-            stopped = preemption(cause, code)
-            write_row(runtime, {**row, "status": "requeued", **error_fields(stopped)})
-            notify_ended(runtime, identity, entry.attempt, "requeued", error=stopped)
-            return "requeued"
-        error = WorkerLost(cause)
-        failures = runtime.ledger.record_failure(spec.job_id)
-        if failures < runtime.settings.job_max_attempts:
-            delay = retry_delay(runtime.settings, failures)
-            log.error("attempt lost (%s); retry %d in %ds", cause, failures, delay)
-            _set_rq_retry(job, delay=delay, at_front=False)
-            write_row(runtime, {**row, "status": "requeued", **error_fields(error)})
-            notify_ended(runtime, identity, entry.attempt, "requeued", error=error)
-            return "requeued"
-        log.error("attempt lost (%s); no attempts left", cause)
-        return _fail(runtime, job, identity, row, entry.attempt, error)
+    attempt = runtime.ledger.get(spec.job_id).attempt
+    with log_context(job=spec.job_id, attempt=attempt):
+        decision = settle(runtime.ledger, spec.job_id, ending, Budgets.of(runtime.settings))
+        row = {**base_row(identity, attempt, runtime.settings.worker_name), "status": decision.status}
+        failed = decision.action is Action.FAIL
+        if failed:
+            log.error("attempt lost (%s); job failed: %s", ending.error.message, decision.error)
+            job.retries_left = None
+        else:
+            _log_requeue(ending, decision)
+            _set_rq_retry(job, delay=decision.delay_s, at_front=decision.at_front)
+        write_row(runtime, {**row, **error_fields(decision.error)})
+        notify_ended(runtime, identity, attempt, decision.status, error=decision.error)
+        if failed:
+            _discard_checkpoints(runtime, identity.job_id, attempt)
+        return decision.status
 
 
-def _fail(
-    runtime: Runtime, job: Job, identity: Identity, row: dict[str, Any], attempt: int, error: JobError
-) -> str:
-    log.error("job failed: %s", error)
-    job.retries_left = None
-    runtime.ledger.set_status(identity.job_id, "failed")
-    write_row(runtime, {**row, "status": "failed", **error_fields(error)})
-    notify_ended(runtime, identity, attempt, "failed", error=error)
+def _log_requeue(ending: Ending, decision: Decision) -> None:
+    cause = ending.error.message
+    if decision.at_front:
+        log.warning("attempt stopped with the worker (%s); requeued at the front", cause)
+    else:
+        log.error("attempt lost (%s); retry %d in %ds", cause, decision.spent, decision.delay_s)
+
+
+def _discard_checkpoints(runtime: Runtime, job_id: str, attempt: int) -> None:
     try:
-        runtime.checkpoints(identity.job_id, attempt).delete_all()
-    except JobError as exc:
+        runtime.checkpoints(job_id, attempt).delete_all()
+    except JobError as exc:  # they expire by the bucket's lifecycle rule anyway
         log.warning("checkpoints of the failed job not deleted: %s", exc)
-    return "failed"
 
 
 def _set_rq_retry(job: Job, *, delay: int, at_front: bool) -> None:

@@ -41,7 +41,7 @@ class GuardedJob(Job):
         name = self.func_name
         if name != ENTRY_POINT or self.instance is not None:
             raise ForbiddenCallable(f"job {self.id} names {name!r}; this worker only runs {ENTRY_POINT}")
-        from ..entry import run_job
+        from ..attempt.entry import run_job
 
         return run_job
 

@@ -2,7 +2,7 @@
 
 Process model (DESIGN §2): the parent never imports torch or touches CUDA; each job runs in a forked
 work-horse, so a crash or OOM-kill of a job is seen by the parent, which reports it and retries the job
-(`recovery.after_lost_attempt`). The parent heartbeats the job every DAEMON_MONITOR_INTERVAL_S, so a
+(`lost.after_lost_attempt`). The parent heartbeats the job every DAEMON_MONITOR_INTERVAL_S, so a
 dead worker's job expires after that + 60 s, and every worker looks for expired jobs every
 DAEMON_MAINTENANCE_INTERVAL_S: a lost job is retried within about 90 s. The parent's threads (outbox
 drainer, spot-notice watcher) never wait on the job.
@@ -42,11 +42,13 @@ from rq.suspension import is_suspended
 from rq.worker import Worker
 
 from ..adapters.runtime import Runtime, redis_client
+from ..attempt.entry import configure
 from ..attempt.interrupts import CHECKPOINT_SIGNAL, PREEMPT_SIGNAL
+from ..attempt.policy import Ending
 from ..attempt.workdirs import sweep
 from ..config import Settings
-from ..entry import configure
-from ..fleet.spot import MetadataClient, Notice, SpotWatcher
+from ..fleet.imds import MetadataClient
+from ..fleet.spot import Notice, SpotWatcher
 from ..handlers import peek_kind, registry
 from ..telemetry.sentry import capture_abandoned
 from .hooks import Operations
@@ -294,8 +296,9 @@ class DaemonWorker(Worker):
 
     def on_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         cause = describe_exit(ret_val)
+        ending = Ending.preempted(cause) if self._preempting else Ending.horse_killed(cause)
         try:
-            outcome = after_lost_attempt(self.runtime, job, cause=cause, preempted=self._preempting)
+            outcome = after_lost_attempt(self.runtime, job, ending)
             self.ops.job_lost(job_kind(job), outcome)
         except Exception:
             log.exception("could not report lost attempt of %s", job.id)
@@ -307,13 +310,7 @@ class DaemonWorker(Worker):
             try:
                 # A worker that stops heartbeating vanished with its instance (spot, no notice) or
                 # was SIGKILLed: not the job's fault, so it is a preemption, not a failure.
-                after_lost_attempt(
-                    self.runtime,
-                    job,
-                    cause="its worker stopped heartbeating",
-                    preempted=True,
-                    code="worker_lost",
-                )
+                after_lost_attempt(self.runtime, job, Ending.worker_lost("its worker stopped heartbeating"))
             except Exception:
                 log.exception("could not report abandoned job %s", job.id)
         return True  # let rq's own handling go on

@@ -51,9 +51,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.servers.loopback import LoopbackHTTPServer
 
 TOKEN_PATH = "/latest/api/token"
 META_PREFIX = "/latest/meta-data/"
@@ -105,32 +107,22 @@ class FakeIMDS:
         self._down_until = 0.0  # time.monotonic(); math.inf = down until set_down(False)
         self.requests: list[IMDSRequest] = []
         self.counters: Counter[tuple[str, int | None]] = Counter()  # (method, status) -> requests
-        self._host = "127.0.0.1"
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackHTTPServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self, port: int = 0, host: str = "127.0.0.1") -> FakeIMDS:
-        self._host = host
-        self._server = _QuietServer((host, port), _make_handler(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-imds", daemon=True
-        )
-        self._thread.start()
+        self._http = LoopbackHTTPServer(_make_handler(self), name="fake-imds", host=host).start(port)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._http is not None:
+            self._http.stop()
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "fake IMDS not started"
-        return f"http://{self._host}:{self._server.server_port}"
+        assert self._http is not None, "fake IMDS not started"
+        return self._http.url
 
     def reset(self) -> None:
         """Per-test state: no notices, no tokens, no overrides, up, empty request log."""
@@ -300,15 +292,6 @@ class FakeIMDS:
         except ValueError as exc:
             return 400, {"error": str(exc)}
         return 200, self.state()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that time out and hang up are part of the outage tests.
-        pass
 
 
 def _make_handler(imds: FakeIMDS) -> type[BaseHTTPRequestHandler]:

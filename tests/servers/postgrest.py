@@ -19,8 +19,8 @@ Wire behaviour copied from PostgREST/Supabase: status codes (201 POST, 200/204 P
 has no ``code``, as on the real platform), and ``SET LOCAL ROLE`` from the JWT's ``role`` claim so
 row-level security applies as on Supabase (``service_role`` bypasses it).
 
-Fault injection: ``outage()`` makes every request answer a status of your choice; ``requests`` logs
-every request with the status it got.
+Fault injection: ``outage()`` makes every request (or the next N) answer a status of your choice;
+``requests`` logs every request with the status it got.
 """
 
 from __future__ import annotations
@@ -30,20 +30,21 @@ import hashlib
 import hmac
 import json
 import secrets
-import socketserver
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
+
+from tests.servers.loopback import LoopbackHTTPServer
 
 SCHEMA = "public"
 """The only exposed schema, as in a default Supabase project."""
@@ -512,10 +513,14 @@ class PostgrestServer:
         self.jwt_secret = jwt_secret or secrets.token_urlsafe(32)
         self.service_key = self.api_key("service_role")
         self.anon_key = self.api_key("anon")
-        self.port = 0
         self.requests: list[LoggedRequest] = []
-        self._outage: tuple[int, float | None] | None = None
-        self._httpd: _HttpServer | None = None
+        self._lock = threading.Lock()
+        self._outage: tuple[int, int | None] | None = None  # (status, requests left or None = until cleared)
+        self._http = LoopbackHTTPServer(type("Handler", (_Handler,), {"api": self}), name="postgrest")
+
+    @property
+    def port(self) -> int:
+        return self._http.port
 
     @property
     def url(self) -> str:
@@ -535,19 +540,11 @@ class PostgrestServer:
 
     def start(self) -> PostgrestServer:
         """Serve in a daemon thread; a restart reuses the port so clients' URLs stay valid."""
-        if self._httpd is not None:
-            return self
-        self._httpd = _HttpServer(("127.0.0.1", self.port), _Handler)
-        self._httpd.api = self
-        self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, name=f"postgrest-{self.port}", daemon=True).start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
+        self._http.stop()
 
     def __enter__(self) -> PostgrestServer:
         return self.start()
@@ -557,14 +554,17 @@ class PostgrestServer:
 
     # -- fault injection and inspection ----------------------------------------------------------------
 
-    def outage(self, status: int = 503, seconds: float | None = None) -> Outage:
+    def outage(self, status: int = 503, requests: int | None = None) -> Outage:
         """Answer every request with ``status`` (JSON body, ``code`` = the status as a string, which is also
-        what supabase-py reports for a non-JSON gateway error) until cleared or for ``seconds``."""
-        self._outage = (status, None if seconds is None else time.monotonic() + seconds)
+        what supabase-py reports for a non-JSON gateway error) until cleared, or only the next
+        ``requests`` requests (a count, not a time, so that it holds on a loaded machine)."""
+        with self._lock:
+            self._outage = (status, requests)
         return Outage(self)
 
     def clear_outage(self) -> None:
-        self._outage = None
+        with self._lock:
+            self._outage = None
 
     def clear_requests(self) -> None:
         self.requests.clear()
@@ -630,13 +630,12 @@ class PostgrestServer:
             return Response.json(error.status, error.body)
 
     def _active_outage(self) -> Response | None:
-        outage = self._outage
-        if outage is None:
-            return None
-        status, until = outage
-        if until is not None and time.monotonic() >= until:
-            self._outage = None
-            return None
+        with self._lock:
+            if self._outage is None:
+                return None
+            status, left = self._outage
+            if left is not None:
+                self._outage = (status, left - 1) if left > 1 else None
         message = f"injected outage ({status}) by the test server"
         return Response.json(status, {"code": str(status), "message": message, "details": None, "hint": None})
 
@@ -667,24 +666,14 @@ def _table_from_path(path: str) -> str:
     return name
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    api: PostgrestServer
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse-DNS lookup (getfqdn) that can stall on odd hosts; skip it.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects; every response carries Content-Length
-    server: _HttpServer
+    api: PostgrestServer  # set on a subclass per server
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        response = self.server.api.handle(self.command, self.path, self.headers, body)
+        response = self.api.handle(self.command, self.path, self.headers, body)
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)

@@ -8,14 +8,16 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.servers.loopback import LoopbackHTTPServer
 
 
 class SentryIngest:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         ingest = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,12 +34,11 @@ class SentryIngest:
                 self.end_headers()
                 self.wfile.write(b"{}")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._http = LoopbackHTTPServer(Handler, name="sentry-ingest").start()
 
     @property
     def dsn(self) -> str:
-        return f"http://publickey@127.0.0.1:{self.httpd.server_address[1]}/1"
+        return f"http://publickey@127.0.0.1:{self._http.port}/1"
 
     def _take_envelope(self, body: bytes) -> None:
         lines = body.split(b"\n")
@@ -45,19 +46,23 @@ class SentryIngest:
             try:
                 item_type = json.loads(header).get("type")
                 if item_type == "event":
-                    with self._lock:
+                    with self._cond:
                         self.events.append(json.loads(payload))
+                        self._cond.notify_all()
             except ValueError:
                 continue
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
+        with self._cond:
+            while True:
                 for event in self.events:
                     if predicate(event):
                         return event
-            time.sleep(0.1)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
         raise AssertionError(f"no matching Sentry event; got {[self.describe(e) for e in self.events]}")
 
     @staticmethod
@@ -67,5 +72,4 @@ class SentryIngest:
         return f"{values[-1].get('type')}: {values[-1].get('value')} / {message}"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._http.stop()

@@ -2,9 +2,12 @@
 
 It listens on a free loopback port, accepts any path, and checks each request with the `standardwebhooks`
 package (the same code a Next.js receiver runs), so a passing test proves the signature, not our reading
-of the spec. Outages are simulated with `fail_next`, `fail_for` and `stall_next`.
+of the spec. Outages are simulated by count, never by time, so a test holds on a loaded machine:
+`fail_next` (the next N deliveries, optionally only of one event type or webhook id), `outage` until
+`end_outage`, and `stall_next`. Tests wait on what arrived: `wait_for`, `wait_for_attempts`.
 
     rx = WebhookReceiver().start()
+    rx.fail_next(2, status=503, type="job.completed")
     ... deliver to rx.url + "/hooks/job-1" signed with rx.secret ...
     event = rx.wait_for(lambda e: e.type == "job.completed")
     rx.stop()
@@ -18,11 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
+
+from tests.servers.loopback import LoopbackHTTPServer
 
 
 @dataclass(frozen=True)
@@ -41,13 +46,29 @@ class ReceivedWebhook:
 
 
 @dataclass
+class _Failure:
+    """Answer `count` more verified deliveries with `status`: all of them, or only those of event
+    `type` / with `webhook_id` when given."""
+
+    count: int
+    status: int
+    type: str | None = None
+    webhook_id: str | None = None
+
+    def takes(self, kind: str | None, webhook_id: str | None) -> bool:
+        return (
+            self.count > 0
+            and (self.type is None or self.type == kind)
+            and (self.webhook_id is None or self.webhook_id == webhook_id)
+        )
+
+
+@dataclass
 class _Plan:
     """Failures still to simulate. Guarded by the receiver's lock."""
 
-    fail_count: int = 0
-    fail_status: int = 500
-    fail_until: float = 0.0
-    outage_status: int = 503
+    failures: list[_Failure] = field(default_factory=list)
+    outage_status: int | None = None  # every delivery answered this until end_outage()
     stall_count: int = 0
     stall_s: float = 0.0
     release: threading.Event = field(default_factory=threading.Event)
@@ -65,31 +86,21 @@ class WebhookReceiver:
         self.events: list[ReceivedWebhook] = []
         self.attempts: list[ReceivedWebhook] = []
         self.rejected: list[ReceivedWebhook] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackHTTPServer(_make_handler(self), name="webhook-receiver")
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> WebhookReceiver:
-        self._server = _QuietServer(("127.0.0.1", 0), _make_handler(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="webhook-receiver", daemon=True
-        )
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
         self._plan.release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._http.stop()
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "receiver not started"
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return self._http.url
 
     def reset(self) -> None:
         """Forget recorded requests and planned failures; release any stalled request."""
@@ -102,18 +113,27 @@ class WebhookReceiver:
 
     # -- simulated outages -------------------------------------------------------------------------------
 
-    def fail_next(self, n: int, status: int = 500) -> None:
-        """Answer the next `n` verified requests with `status` (a 3xx also gets a Location header)."""
+    def fail_next(
+        self, n: int, status: int = 500, *, type: str | None = None, webhook_id: str | None = None
+    ) -> None:
+        """Answer the next `n` verified deliveries with `status` (a 3xx also gets a Location header);
+        with `type` or `webhook_id`, only deliveries of that event type / with that id are failed and
+        counted. Each call adds such a rule; a delivery is failed by the first rule that takes it."""
         with self._cond:
-            self._plan.fail_count, self._plan.fail_status = n, status
+            self._plan.failures.append(_Failure(n, status, type, webhook_id))
 
-    def fail_for(self, seconds: float, status: int = 503) -> None:
-        """Answer every verified request with `status` for the next `seconds`."""
+    def outage(self, status: int = 503) -> None:
+        """Answer every verified delivery with `status` until `end_outage()` (after `fail_next` rules)."""
         with self._cond:
-            self._plan.fail_until, self._plan.outage_status = time.monotonic() + seconds, status
+            self._plan.outage_status = status
+
+    def end_outage(self) -> None:
+        with self._cond:
+            self._plan.outage_status = None
 
     def stall_next(self, n: int, seconds: float) -> None:
-        """Hold the next `n` verified requests for `seconds` before answering (to trip client timeouts)."""
+        """Hold the next `n` verified requests for `seconds` before answering (to trip client timeouts);
+        `reset()` and `stop()` release them early, so a long stall costs a test nothing."""
         with self._cond:
             self._plan.stall_count, self._plan.stall_s = n, seconds
 
@@ -130,6 +150,22 @@ class WebhookReceiver:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"no matching webhook within {timeout}s\n{self.dump()}")
+                self._cond.wait(left)
+
+    def wait_for_attempts(
+        self, n: int, predicate: Callable[[ReceivedWebhook], bool] = lambda a: True, timeout: float = 5.0
+    ) -> list[ReceivedWebhook]:
+        """The verified arrivals matching `predicate` (whatever they were answered), once there are at
+        least `n`; AssertionError with everything seen on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                matching = [a for a in self.attempts if predicate(a)]
+                if len(matching) >= n:
+                    return matching
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"fewer than {n} matching attempts within {timeout}s\n{self.dump()}")
                 self._cond.wait(left)
 
     def dump(self) -> str:
@@ -154,7 +190,7 @@ class WebhookReceiver:
         except (WebhookVerificationError, ValueError) as exc:  # ValueError: malformed headers or JSON
             self._record(self.rejected, received(401, reason=f"{type(exc).__name__}: {exc}"))
             return 401, {}
-        status, stall_s, release = self._next_answer()
+        status, stall_s, release = self._next_answer(payload, headers.get("webhook-id"))
         if stall_s:
             # The request is still accepted afterwards, as a slow real receiver would: the client timed
             # out but the event arrived, which is exactly why deliveries must be idempotent.
@@ -164,18 +200,20 @@ class WebhookReceiver:
             self._record(self.events, received(status, payload))
         return status, {"location": "/redirected"} if 300 <= status < 400 else {}
 
-    def _next_answer(self) -> tuple[int, float, threading.Event]:
-        """(status, seconds to stall, event that ends the stall early) for the next verified request."""
+    def _next_answer(self, payload: Any, webhook_id: str | None) -> tuple[int, float, threading.Event]:
+        """(status, seconds to stall, event that ends the stall early) for a verified request."""
+        kind = payload.get("type") if isinstance(payload, dict) else None
         with self._cond:
             plan = self._plan
             stall_s = 0.0
             if plan.stall_count > 0:
                 plan.stall_count -= 1
                 stall_s = plan.stall_s
-            if plan.fail_count > 0:
-                plan.fail_count -= 1
-                return plan.fail_status, stall_s, plan.release
-            if time.monotonic() < plan.fail_until:
+            failure = next((f for f in plan.failures if f.takes(kind, webhook_id)), None)
+            if failure is not None:
+                failure.count -= 1
+                return failure.status, stall_s, plan.release
+            if plan.outage_status is not None:
                 return plan.outage_status, stall_s, plan.release
             return 204, stall_s, plan.release
 
@@ -183,15 +221,6 @@ class WebhookReceiver:
         with self._cond:
             into.append(received)
             self._cond.notify_all()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # a stalled handler must not hold up stop()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out and hung up mid-answer is an expected part of the outage tests.
-        pass
 
 
 def _make_handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:

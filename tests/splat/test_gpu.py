@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from daemon.handlers.splat.raster import rasterize
-from tests.splat.test_raster import make_scene
+from daemon.samples.gaussians import make_scene
 from tests.splat.test_train import make_scene as make_training_scene
 from tests.splat.test_train import small_config
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.handlers.splat.export import ply_property_names, read_ply
+from daemon.handlers.splat.workspace import Workspace
 from tests import scenes
 from tests.fixtures_daemon import ROOT, enqueue_cli, sample_jpeg, wait_until
 
@@ -142,7 +143,7 @@ def test_run_local_stops_after_sfm_and_a_rerun_skips_the_finished_stages(daemon_
     ended, _ = run_local(env, spec, "--workdir", str(work), "--out", str(out), "--until", "sfm")
     assert ended == {"status": "stopped", "after_stage": "sfm", "workdir": str(work)}
     assert sorted(p.stem for p in (work / "stages").glob("*.json")) == ["download", "images", "sfm"]
-    database = work / "sfm" / "database.db"
+    database = Workspace(work).sfm.database
     sfm_mtime = database.stat().st_mtime_ns
     assert not out.exists()
     # And the progress row went to the local state folder, not to any Supabase

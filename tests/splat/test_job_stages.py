@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from daemon.errors import JobError
-from daemon.handlers.splat import job
+from daemon.handlers.splat import job, train_stage
 from daemon.handlers.splat.params import SplatParams
 from daemon.handlers.splat.scene import Scene, split_holdout
 from daemon.handlers.splat.train import TrainConfig, Trainer
@@ -84,7 +84,7 @@ def test_a_diverged_model_fails_with_non_finite_loss():
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"), MemoryError()])
 def test_out_of_memory_says_which_params_bound_memory(error):
     params = SplatParams(max_image_size=2000, max_gaussians=300_000)
-    with pytest.raises(JobError) as failed, job.memory_guard("training", params):
+    with pytest.raises(JobError) as failed, train_stage.memory_guard("training", params):
         raise error
     assert failed.value.code == "out_of_memory" and not failed.value.retryable
     assert "max_image_size (now 2000)" in failed.value.message

@@ -17,7 +17,10 @@ pycolmap = pytest.importorskip("pycolmap")
 
 from daemon.attempt.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, Interrupts  # noqa: E402
 from daemon.errors import JobCanceled, JobError  # noqa: E402
-from daemon.handlers.splat.sfm import MATCHERS, VIDEO_MATCHER, SfmOptions, run_sfm  # noqa: E402
+from daemon.handlers.splat.sfm import run_sfm  # noqa: E402
+from daemon.handlers.splat.sfm_matching import VIDEO_MATCHER  # noqa: E402
+from daemon.handlers.splat.sfm_options import MATCHERS, SfmOptions  # noqa: E402
+from daemon.handlers.splat.workspace import SfmLayout  # noqa: E402
 from tests import scenes  # noqa: E402
 
 FAST = SfmOptions(max_image_size=640, max_num_features=2048, num_threads=2, time_limit_s=300)
@@ -80,7 +83,7 @@ def test_sequential_matcher_on_ordered_frames_reruns_over_leftovers(tmp_path):
     options = replace(FAST, matcher="sequential", sequential_overlap=3, single_camera=True)
     result = run_sfm(scene.paths, tmp_path / "work", options)
     # Then it matched far fewer pairs than exhaustive would, and still registered every frame
-    with pycolmap.Database.open(tmp_path / "work" / "database.db") as db:
+    with pycolmap.Database.open(SfmLayout(tmp_path / "work").database) as db:
         pairs = db.num_matched_image_pairs()
     assert pairs < 14 * 13 // 2 * 0.6
     errors = scenes.model_rotation_errors(scene, result)
@@ -203,8 +206,8 @@ def test_sequential_loop_matcher_closes_an_orbit_of_video_frames(tmp_path):
     result = run_sfm(scene.paths, tmp_path / "work", options)
     # Then (nearly) every frame is registered, with one camera, at accurate rotations
     errors = scenes.model_rotation_errors(scene, result)
-    work = tmp_path / "work"
-    with pycolmap.Database.open(work / "database.db") as db:
+    work = SfmLayout(tmp_path / "work")
+    with pycolmap.Database.open(work.database) as db:
         ids = {image.name: image.image_id for image in db.read_all_images()}
         names = sorted(ids)
         pairs = db.num_matched_image_pairs()
@@ -214,10 +217,10 @@ def test_sequential_loop_matcher_closes_an_orbit_of_video_frames(tmp_path):
         f"{np.median(errors):.3f}° max {errors.max():.3f}°, first–last inliers {len(closing.inlier_matches)}"
     )
     assert result.registered >= 23
-    assert len(pycolmap.Reconstruction(work / "sparse" / "best").cameras) == 1
+    assert len(pycolmap.Reconstruction(work.best).cameras) == 1
     assert errors.max() < 1.0
     # And it matched the window and the retrieved pairs only, far fewer than exhaustive
-    listed = [line.split() for line in (work / "pairs.txt").read_text().splitlines()]
+    listed = [line.split() for line in work.pairs.read_text().splitlines()]
     assert pairs == len(listed) < 24 * 23 // 2 // 2
     # And the loop is closed: the last frame was matched to the first, beyond the window
     assert [names[0], names[-1]] in listed

@@ -13,19 +13,7 @@ import torch
 from daemon.handlers.splat.quality import psnr
 from daemon.handlers.splat.raster import rasterize
 from daemon.handlers.splat.train import Camera, TrainConfig, Trainer
-
-
-def look_at(eye: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """World-to-camera matrix (OpenCV: x right, y down, z forward)."""
-    forward = (target - eye) / (target - eye).norm()
-    right = torch.linalg.cross(forward, torch.tensor([0.0, -1.0, 0.0]))
-    right = right / right.norm()
-    down = torch.linalg.cross(forward, right)
-    rot = torch.stack([right, down, forward])
-    view = torch.eye(4)
-    view[:3, :3] = rot
-    view[:3, 3] = -rot @ eye
-    return view
+from daemon.samples.gaussians import look_at
 
 
 def make_scene(n_views: int = 8, n_points: int = 300, size: tuple[int, int] = (48, 36), seed: int = 0):

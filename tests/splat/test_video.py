@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 
 from daemon.errors import InputError
+from daemon.handlers.sniff import describe_content, sniff_video
 from daemon.handlers.splat.video import ExtractedFrames, FrameOptions, extract_frames
-from daemon.handlers.splat.video_probe import describe_content, probe_video, sniff_video
+from daemon.handlers.splat.video_probe import probe_video
+from daemon.samples.video import OrbitVideo
 from tests import videos
-from tests.videos import OrbitVideo
 
 UPRIGHT_MAD = 12.0
 """Mean absolute difference (0-255) under which a chosen frame is "the render": H.264 at CRF 20 plus

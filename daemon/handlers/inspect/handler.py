@@ -1,9 +1,9 @@
 """Kind `inspect`: fetch a capture's inputs and report what they are, before any GPU time is spent.
 
-For every input: size, SHA-256, detected type (from magic bytes, not the file name), and for images
-their pixel size and EXIF orientation. The result is one `manifest.json` output. It is the simplest
-real job: it exercises downloads, the SSRF guard, storage, progress and callbacks end to end, and it is
-what `make demo` runs until the splat handler lands.
+For every input: size, SHA-256, detected type (from magic bytes, not the file name: `handlers/sniff.py`),
+and for images their pixel size and EXIF orientation. The result is one `manifest.json` output. It is
+the simplest real job: it exercises downloads, the SSRF guard, storage, progress and callbacks end to
+end, and it is what `make demo` runs until the splat handler lands.
 """
 
 from __future__ import annotations
@@ -16,30 +16,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ...digest import file_sha256
 from ...errors import InputError
-from ..base import Handler, Stage
+from ..base import Context, Handler, Stage
+from ..sniff import IMAGE_MEDIA_TYPES, sniff_media_type
 from .params import InspectParams
-
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\xff\xd8\xff", 0, "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
-    (b"ftypheic", 4, "image/heic"),
-    (b"ftypheix", 4, "image/heic"),
-    (b"ftypmif1", 4, "image/heif"),
-    (b"ftypqt  ", 4, "video/quicktime"),
-    (b"ftypisom", 4, "video/mp4"),
-    (b"ftypmp42", 4, "video/mp4"),
-    (b"ply\n", 0, "application/x-ply"),
-    (b"ply\r\n", 0, "application/x-ply"),
-    (b"GIF8", 0, "image/gif"),
-    (b"RIFF", 0, "application/x-riff"),
-)
-
-
-def detect_type(head: bytes) -> str:
-    for magic, offset, mime in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return mime
-    return "application/octet-stream"
 
 
 def _image_facts(path: Path) -> dict[str, Any]:
@@ -58,15 +37,15 @@ def describe_file(path: Path, *, with_sha256: bool) -> dict[str, Any]:
         raise InputError(f"{path.name}: file is empty", code="empty_input")
     with path.open("rb") as src:
         head = src.read(64)
-    facts: dict[str, Any] = {"name": path.name, "size": size, "type": detect_type(head)}
+    facts: dict[str, Any] = {"name": path.name, "size": size, "type": sniff_media_type(head)}
     if with_sha256:
         facts["sha256"] = file_sha256(path)[1]
-    if facts["type"] in ("image/jpeg", "image/png", "image/gif"):
+    if facts["type"] in IMAGE_MEDIA_TYPES.values():  # the images whose size Pillow reads
         facts.update(_image_facts(path))
     return facts
 
 
-def run(ctx: Any) -> None:
+def run(ctx: Context) -> None:
     params: InspectParams = ctx.params
     if len(ctx.spec.inputs) > params.max_inputs:
         raise InputError(

@@ -7,7 +7,6 @@ stage record carries the same `paths` and `sources` keys, so every later stage i
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
@@ -15,18 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
+from ..base import Context
 from .params_video import SplatVideoParams
 from .workspace import Workspace
-
-log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 
 
-def fetch_video(ctx: Any, params: SplatVideoParams) -> list[Path]:
+def fetch_video(ctx: Context, params: SplatVideoParams) -> list[Path]:
     """Download the job's one video under its size cap, stopping at the first bytes if they are not
     a video container (a web page or a photo where a video was expected)."""
-    from .video_probe import describe_content, sniff_video
+    from ..sniff import describe_content, sniff_video
 
     item = ctx.spec.inputs[0]
     name = getattr(item, "name", None) or getattr(item, "url", None) or getattr(item, "s3_key", "input")
@@ -56,9 +54,8 @@ def choose_frames(
     ws: Workspace, video: Path, params: SplatVideoParams, progress: Callable[[float], None]
 ) -> dict[str, Any]:
     """Stage `frames`: the sharpest frame of each time slice, upright, minus blurred and still ones."""
-    done = ws.finished("frames")
+    done = ws.reused("frames")
     if done is not None:
-        log.info("frames finished in an earlier run over this folder: reusing its results")
         return done
     from .video import FrameOptions, extract_frames
 

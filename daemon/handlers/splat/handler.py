@@ -5,9 +5,8 @@ lives in `job`."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from ..base import Handler, Stage
+from ..base import Context, Handler, Stage
 from .params import SplatParams
 from .params_video import SplatVideoParams
 
@@ -32,7 +31,7 @@ VIDEO_STAGES = (
 """A video job chooses its frames (decoding the whole video once) where a photo job normalises photos."""
 
 
-def run(ctx: Any) -> None:
+def run(ctx: Context) -> None:
     from . import job  # torch, gsplat, pycolmap: only ever imported in the work-horse
 
     job.run(ctx)

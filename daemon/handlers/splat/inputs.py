@@ -26,6 +26,7 @@ from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from ...digest import file_sha256
 from ...errors import InputError
+from ..sniff import sniff_image, sniff_video
 
 try:  # HEIC/HEIF (every iPhone photo) needs the optional pillow-heif package.
     from pillow_heif import register_heif_opener
@@ -64,9 +65,6 @@ _UPRIGHT: dict[int, Image.Transpose] = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-# ISO-BMFF major brands of HEIF still images (HEVC-coded); AVIF ("avif") is a different codec.
-_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
 # What a failing decoder raises: Pillow uses OSError/SyntaxError/EOFError and lets a few low-level
 # errors through on malformed data (zlib.error from a bad iCCP chunk); pillow-heif raises
@@ -168,10 +166,8 @@ def _check_file(path: Path) -> tuple[str, str]:
         head = src.read(32)
     if not head:
         raise _Rejected("empty_file", "the file is empty (0 bytes)")
-    kind = sniff_format(head)
+    kind = sniff_image(head)
     if kind is None:
-        from .video_probe import sniff_video  # here, not at the top: video_probe imports this module
-
         if sniff_video(head) is not None:
             raise _Rejected("not_an_image", "a video, not a photo: send a video as a splat_video job")
         raise _Rejected("not_an_image", "not a JPEG, PNG or HEIC image")
@@ -180,22 +176,6 @@ def _check_file(path: Path) -> tuple[str, str]:
     if kind not in SUPPORTED_FORMATS:
         raise _Rejected("unsupported_format", f"{kind} images are not supported; send JPEG, PNG or HEIC")
     return file_sha256(path)[1], kind
-
-
-def sniff_format(head: bytes) -> str | None:
-    """The image format from the file's first bytes (never its name), or None if not an image."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head[4:8] == b"ftyp":
-        return "HEIF" if head[8:12] in _HEIF_BRANDS else "AVIF" if head[8:12] == b"avif" else None
-    for magic, name in ((b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\0", "TIFF"), (b"MM\0*", "TIFF")):
-        if head.startswith(magic):
-            return name
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "WEBP"
-    return None
 
 
 def _load_normalised(path: Path, fmt: str, options: ImageOptions) -> Image.Image:

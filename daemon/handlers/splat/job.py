@@ -1,5 +1,5 @@
 """The `splat` and `splat_video` jobs, stage by stage: download → images (photos) or frames (a
-video, see frames.py) → sfm → train → evaluate → export.
+video, see frames.py) → sfm → train (train_stage.py) → evaluate → export.
 
 Each stage is a function over the job's `Workspace` that records what it produced, so a run over a
 folder where some stages finished skips them (see workspace.py). Imported only inside the work-horse:
@@ -8,20 +8,20 @@ it pulls in torch, gsplat and pycolmap.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...errors import JobError, JobPreempted
+from ...errors import JobError
+from ..base import Context
 from . import frames as video_frames
 from . import resume
 from .bundle import write_bundle, write_cameras_json
@@ -31,20 +31,14 @@ from .params import SplatParams
 from .params_video import SplatVideoParams
 from .report import save_curves, save_preview
 from .scene import Scene, load_scene
-from .sfm import VIDEO_MATCHER, SfmOptions, run_sfm
-from .train import Camera, StepStats, TrainConfig, Trainer
+from .sfm import run_sfm
+from .sfm_matching import VIDEO_MATCHER
+from .sfm_options import SfmOptions
+from .train import Camera
+from .train_stage import eval_views, memory_guard, train, trainer_with_model
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-CURVE_POINTS = 200
-"""Training-history samples kept for the curves (every steps/200-th step)."""
-
-EVAL_POINTS = 10
-"""Held-out PSNR evaluations during training, for the curves."""
-
-CURVE_EVAL_VIEWS = 4
-"""At most this many views are rendered for each of those evaluations (the final one uses all)."""
 
 OUTPUT_TYPES = {
     "splat.ply": "application/x-ply",
@@ -56,7 +50,7 @@ OUTPUT_TYPES = {
 }
 
 
-def run(ctx: Any) -> None:
+def run(ctx: Context) -> None:
     params: SplatParams = ctx.params
     video = isinstance(params, SplatVideoParams)
     ws = Workspace(ctx.workdir)
@@ -75,7 +69,7 @@ def run(ctx: Any) -> None:
     with ctx.stage("sfm"):
         sfm = checkpointed(ctx, ws, "sfm", lambda: reconstruct(ws, images, params, ctx, video=video))
     with ctx.stage("train"):
-        scene = load_scene(sfm_model_dir(ws), ws.sfm / "undistorted" / "images",
+        scene = load_scene(ws.sfm.undistorted_model, ws.sfm.undistorted_images,
                            holdout_every=params.holdout_every, device=device)  # fmt: skip
         training = checkpointed(ctx, ws, "train", lambda: train(ws, scene, params, ctx))
     with ctx.stage("evaluate"):
@@ -92,14 +86,14 @@ def run(ctx: Any) -> None:
         ctx.put_output("manifest.json", manifest_path, "application/json")
         ctx.result = manifest
         if params.bundle:
-            store_bundle(ctx, ws)
+            store_bundle(ctx, ws, manifest)
 
 
 # -- stages ------------------------------------------------------------------------------------------
 
 
 def checkpointed(
-    ctx: Any, ws: Workspace, stage: str, run_stage: Callable[[], dict[str, Any]]
+    ctx: Context, ws: Workspace, stage: str, run_stage: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
     """Run a stage; if it did work (not reused from a record), checkpoint what it produced."""
     fresh = ws.finished(stage) is None
@@ -109,18 +103,11 @@ def checkpointed(
     return summary
 
 
-def _finished(ws: Workspace, stage: str) -> dict[str, Any] | None:
-    done = ws.finished(stage)
-    if done is not None:
-        log.info("%s finished in an earlier run over this folder: reusing its results", stage)
-    return done
-
-
-def download(ctx: Any, ws: Workspace) -> list[Path]:
-    done = _finished(ws, "download")
+def download(ctx: Context, ws: Workspace) -> list[Path]:
+    done = ws.reused("download")
     if done is not None:
         return [ws.downloads / name for name in done["files"]]
-    params = ctx.params
+    params: SplatParams = ctx.params
     files = (
         video_frames.fetch_video(ctx, params) if isinstance(params, SplatVideoParams) else ctx.fetch_inputs()
     )
@@ -128,8 +115,10 @@ def download(ctx: Any, ws: Workspace) -> list[Path]:
     return list(files)
 
 
-def normalise_images(ws: Workspace, files: list[Path], params: SplatParams, progress: Any) -> dict[str, Any]:
-    done = _finished(ws, "images")
+def normalise_images(
+    ws: Workspace, files: list[Path], params: SplatParams, progress: Callable[[float], None]
+) -> dict[str, Any]:
+    done = ws.reused("images")
     if done is not None:
         return done
     options = ImageOptions(max_image_size=params.max_image_size, min_images=params.min_images)
@@ -150,11 +139,11 @@ def normalise_images(ws: Workspace, files: list[Path], params: SplatParams, prog
 
 
 def reconstruct(
-    ws: Workspace, images: dict[str, Any], params: SplatParams, ctx: Any, *, video: bool = False
+    ws: Workspace, images: dict[str, Any], params: SplatParams, ctx: Context, *, video: bool = False
 ) -> dict[str, Any]:
     """SfM over the photos, or over a video's frames: those share one camera and come in order, so
     they are matched along the sequence (with loop closure) rather than every pair."""
-    done = _finished(ws, "sfm")
+    done = ws.reused("sfm")
     if done is not None:
         return done
     import pycolmap
@@ -170,7 +159,7 @@ def reconstruct(
     if threads:
         options = replace(options, num_threads=threads)
     paths = [ws.images / name for name in images["paths"]]
-    result = run_sfm(paths, ws.sfm, options, progress=ctx.progress)
+    result = run_sfm(paths, ws.sfm.root, options, progress=ctx.progress)
     summary = {
         "registered": result.registered,
         "total": result.total,
@@ -182,129 +171,11 @@ def reconstruct(
     return summary
 
 
-def sfm_model_dir(ws: Workspace) -> Path:
-    return ws.sfm / "undistorted" / "sparse"
-
-
-@contextlib.contextmanager
-def memory_guard(stage: str, params: SplatParams) -> Iterator[None]:
-    """Out of memory (GPU or host) becomes a job error saying which knobs bound memory."""
-    try:
-        yield
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        raise JobError(
-            f"out of memory during {stage} ({type(exc).__name__}); lower max_image_size "
-            f"(now {params.max_image_size}) or max_gaussians (now {params.max_gaussians})",
-            code="out_of_memory",
-        ) from None
-
-
-def train(ws: Workspace, scene: Scene, params: SplatParams, ctx: Any) -> dict[str, Any]:
-    """Train, continuing from a restored training state if there is one. Interrupts are taken at
-    step boundaries only: a preemption first writes a checkpoint, so nothing trained is lost."""
-    done = _finished(ws, "train")
-    if done is not None:
-        return done
-    config = TrainConfig.from_params(params)
-    trainer = Trainer(scene.train, scene.points, scene.colors, config)
-    views = eval_views(scene)
-    with memory_guard("training", params):
-        run = _start_or_resume(ws, trainer, views)
-        curves = Curves(run["history"], config.steps)
-        while trainer.step < config.steps:
-            with ctx.interrupts.shielded():
-                stats = trainer.train_step()
-                if curves.wants_eval(stats.step):
-                    score = trainer.evaluate(views[:CURVE_EVAL_VIEWS])["psnr"]
-                    curves.add_eval(stats, score)
-                curves.add(stats)
-                ctx.progress(stats.step / config.steps)
-                if _checkpoint_due(ctx):
-                    resume.save_training(ctx, ws, {**run, "trainer": trainer.state_dict()})
-                ctx.interrupts.raise_requested()
-    ws.model.parent.mkdir(parents=True, exist_ok=True)
-    params_cpu = {k: v.detach().cpu() for k, v in trainer.params.items()}
-    torch.save({"params": params_cpu, "history": run["history"]}, ws.model)
-    summary = {
-        "steps": config.steps,
-        "seed": config.seed,
-        "device": str(scene.points.device),
-        "backend": "gsplat" if scene.points.is_cuda else "cpu",
-        "gaussians": len(params_cpu["means"]),
-        "train_views": len(scene.train),
-        "initial": run["initial"],
-    }
-    ws.record("train", summary)
-    return summary
-
-
-def _start_or_resume(ws: Workspace, trainer: Trainer, views: list[Camera]) -> dict[str, Any]:
-    """The run's history and initial metrics: from the restored training state, or fresh."""
-    saved = resume.load_training(ws)
-    if saved is None:
-        return {"history": {k: [] for k in Curves.KEYS}, "initial": trainer.evaluate(views)}
-    trainer.load_state_dict(saved["trainer"])
-    log.info("training resumes at step %d", trainer.step)
-    return {"history": saved["history"], "initial": saved["initial"]}
-
-
-def _checkpoint_due(ctx: Any) -> bool:
-    """A checkpoint is written when the job is being preempted, when one was asked for (rebalance
-    notice), or when the periodic interval has passed."""
-    if ctx.checkpoints is None:
-        return False
-    asked = ctx.interrupts.checkpoint_requested
-    ctx.interrupts.checkpoint_requested = False
-    return ctx.interrupts.requested is JobPreempted or asked or ctx.checkpoints.due()
-
-
-class Curves:
-    """The training history behind curves.png: every steps/CURVE_POINTS-th step, and a held-out
-    PSNR every steps/EVAL_POINTS-th (also logged)."""
-
-    KEYS = ("step", "loss", "gaussians", "eval_step", "psnr")
-
-    def __init__(self, history: dict[str, list[float]], steps: int) -> None:
-        self.history, self.steps = history, steps
-        self.curve_every = max(1, steps // CURVE_POINTS)
-        self.eval_every = max(1, steps // EVAL_POINTS)
-
-    def wants_eval(self, step: int) -> bool:
-        return step % self.eval_every == 0 or step == self.steps
-
-    def add(self, stats: StepStats) -> None:
-        if stats.step % self.curve_every == 0 or stats.step == self.steps:
-            self.history["step"].append(stats.step)
-            self.history["loss"].append(stats.loss)
-            self.history["gaussians"].append(stats.gaussians)
-
-    def add_eval(self, stats: StepStats, score: float) -> None:
-        self.history["eval_step"].append(stats.step)
-        self.history["psnr"].append(score)
-        log.info(
-            "step %d/%d: loss %.4f, %d Gaussians, PSNR %.2f dB",
-            stats.step, self.steps, stats.loss, stats.gaussians, score,
-        )  # fmt: skip
-
-
-def eval_views(scene: Scene) -> list[Camera]:
-    """The held-out views; without any (a small capture), the training views themselves."""
-    return scene.test or scene.train
-
-
-def _trainer_with_model(ws: Workspace, scene: Scene, params: SplatParams) -> tuple[Trainer, dict[str, Any]]:
-    saved = torch.load(ws.model, weights_only=True)
-    trainer = Trainer(scene.train, scene.points, scene.colors, TrainConfig.from_params(params))
-    device = scene.points.device
-    trainer.params = {k: torch.nn.Parameter(v.to(device)) for k, v in saved["params"].items()}
-    return trainer, saved["history"]
-
-
 def evaluate(ws: Workspace, scene: Scene, params: SplatParams) -> dict[str, Any]:
-    done = _finished(ws, "evaluate")
+    done = ws.reused("evaluate")
     if done is not None:
         return done
-    trainer, _ = _trainer_with_model(ws, scene, params)
+    trainer, _ = trainer_with_model(ws, scene, params)
     with memory_guard("evaluation", params):
         scores = trainer.evaluate(eval_views(scene))
     summary = {
@@ -323,7 +194,7 @@ def export(ws: Workspace, scene: Scene, params: SplatParams, sources: list[str])
     `sources[i]` names what image i came from (a photo, or a video frame and its time)."""
     ws.outputs.mkdir(parents=True, exist_ok=True)
     paths = {name: ws.outputs / name for name in OUTPUT_TYPES}
-    trainer, history = _trainer_with_model(ws, scene, params)
+    trainer, history = trainer_with_model(ws, scene, params)
     try:
         with memory_guard("export", params):
             write_ply(paths["splat.ply"], trainer.params)
@@ -351,19 +222,18 @@ def sfm_sources(views: list[tuple[Camera, bool]], sources: list[str]) -> dict[st
     return found
 
 
-def store_bundle(ctx: Any, ws: Workspace) -> None:
-    """bundle.zip, after the manifest it contains; the job's result lists it beside the others (the
+def store_bundle(ctx: Context, ws: Workspace, result: dict[str, Any]) -> None:
+    """bundle.zip, after the manifest it contains; the job's `result` lists it beside the others (the
     manifest inside cannot list the zip that holds it)."""
     path = ws.outputs / "bundle.zip"
     try:
-        write_bundle(path, ws.outputs, sfm_model_dir(ws))
+        write_bundle(path, ws.outputs, ws.sfm.undistorted_model)
     except (OSError, RuntimeError, ValueError) as exc:
         raise JobError(
             f"export failed: bundle.zip: {type(exc).__name__}: {exc}", code="export_failed"
         ) from exc
     stored = ctx.put_output("bundle.zip", path, "application/zip")
-    outputs = ctx.result["outputs"]
-    outputs["bundle.zip"] = {
+    result["outputs"]["bundle.zip"] = {
         "size": stored.size,
         "sha256": stored.sha256,
         "content_type": stored.content_type,
@@ -380,7 +250,7 @@ def peak_rss_mb() -> float:
 
 
 def build_manifest(
-    ctx: Any,
+    ctx: Context,
     images: dict[str, Any],
     sfm: dict[str, Any],
     training: dict[str, Any],

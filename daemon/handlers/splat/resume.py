@@ -19,12 +19,10 @@ from typing import Any
 
 import torch
 
+from ..base import Context
 from .workspace import STAGE_ORDER, Workspace
 
 log = logging.getLogger(__name__)
-
-STAGE_FOLDERS = {"images": ("images",), "frames": ("images",), "sfm": ("sfm/undistorted",)}
-"""Folders (relative to the work folder) a finished stage adds to the checkpoint, as `<stage>.tar`."""
 
 TRAIN_STATE = "train-state.pt"
 MODEL = "model.pt"
@@ -34,7 +32,14 @@ def state_path(ws: Workspace) -> Path:
     return ws.root / "train" / "state.pt"
 
 
-def restore(ctx: Any, ws: Workspace) -> bool:
+def stage_folders(ws: Workspace, stage: str) -> tuple[Path, ...]:
+    """Folders a finished stage adds to the checkpoint, as `<stage>.tar` (named in it relative to the
+    work folder, where `restore` extracts them)."""
+    folders = {"images": (ws.images,), "frames": (ws.images,), "sfm": (ws.sfm.undistorted,)}
+    return folders.get(stage, ())
+
+
+def restore(ctx: Context, ws: Workspace) -> bool:
     """Bring back the newest checkpoint of the job into `ws`; False if there is none."""
     if ctx.checkpoints is None:
         return False
@@ -63,15 +68,15 @@ def _records(ws: Workspace) -> dict[str, Any]:
     return {stage: rec for stage in STAGE_ORDER if (rec := ws.finished(stage)) is not None}
 
 
-def save_stage(ctx: Any, ws: Workspace, stage: str) -> None:
+def save_stage(ctx: Context, ws: Workspace, stage: str) -> None:
     """Checkpoint the outputs of `stage`, which just finished."""
     if ctx.checkpoints is None:
         return
-    if stage in STAGE_FOLDERS:
+    if folders := stage_folders(ws, stage):
         tar_path = ws.root / f".{stage}.tar"
         with tarfile.open(tar_path, "w") as tar:
-            for folder in STAGE_FOLDERS[stage]:
-                tar.add(ws.root / folder, arcname=folder)
+            for folder in folders:
+                tar.add(folder, arcname=folder.relative_to(ws.root).as_posix())
         ctx.checkpoints.add(f"{stage}.tar", tar_path)
         tar_path.unlink()
     elif stage == "train":
@@ -80,7 +85,7 @@ def save_stage(ctx: Any, ws: Workspace, stage: str) -> None:
     ctx.checkpoints.commit(_records(ws))
 
 
-def save_training(ctx: Any, ws: Workspace, progress: dict[str, Any]) -> None:
+def save_training(ctx: Context, ws: Workspace, progress: dict[str, Any]) -> None:
     """Checkpoint training in progress: `progress` holds the trainer state, curves and metrics."""
     path = state_path(ws)
     path.parent.mkdir(parents=True, exist_ok=True)

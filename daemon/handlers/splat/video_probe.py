@@ -1,12 +1,12 @@
 """Recognising a customer's video and checking it before any frame is chosen.
 
-Two checks. From a file's first bytes (`sniff_video`, `describe_content`), before the download
-finishes: is it a video container we read (MP4, MOV, AVI, MKV/WebM, MPEG-TS), and if not, what does it
-look like, for the error message. After the download (`open_video`, `probe_video`): does FFmpeg open it,
-does it hold a video stream, is that stream's codec decodable here, is it within the duration cap,
-and does it decode to at least one frame. `decoded_frames` is the packet loop both this check and
-the frame selection in `video` read through: it skips packets that fail to decode and ends at damage
-that stops the container.
+Two checks. From a file's first bytes (`sniff_video`, `describe_content` in `handlers/sniff.py`),
+before the download finishes: is it a video container we read (MP4, MOV, AVI, MKV/WebM, MPEG-TS), and
+if not, what does it look like, for the error message. After the download (`open_video`,
+`probe_video`): does FFmpeg open it, does it hold a video stream, is that stream's codec decodable
+here, is it within the duration cap, and does it decode to at least one frame. `decoded_frames` is
+the packet loop both this check and the frame selection in `video` read through: it skips packets
+that fail to decode and ends at damage that stops the container.
 
 Raises InputError with the codes `not_a_video`, `corrupt_video`, `audio_only`, `no_video_stream`,
 `unsupported_codec`, `video_too_long` and `no_decodable_frames`. FFmpeg errors that are not about the
@@ -27,7 +27,7 @@ import av
 import av.logging
 
 from ...errors import InputError
-from .inputs import sniff_format
+from ..sniff import describe_content, sniff_video
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,6 @@ _CONTAINER_LABELS = {
 # not the customer's doing and go up unchanged.
 _BAD_DATA = (av.error.InvalidDataError, av.error.EOFError, av.error.PatchWelcomeError)
 
-# ISO-BMFF major brands of HEIF/AVIF still images and image sequences: not videos.
-_IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
-
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -84,74 +81,6 @@ class Opened:
     info: VideoInfo
     name: str
     skipped: list[int] = field(default_factory=lambda: [0])
-
-
-# -- recognising a video from its first bytes -----------------------------------------------------
-
-
-def sniff_video(head: bytes) -> str | None:
-    """The container family from a file's first bytes ("mp4", "mov", "avi", "matroska", "mpegts"),
-    or None if they are not a video container we read. Pass at least 400 bytes: MPEG-TS is only
-    recognised from the sync bytes of three packets."""
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in _IMAGE_BRANDS:
-            return None
-        return "mov" if brand == b"qt  " else "mp4"
-    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip"):
-        return "mov"  # QuickTime files from before `ftyp` existed start straight with an atom
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "avi"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "matroska"  # EBML header: Matroska or WebM
-    for offset, stride in ((0, 188), (4, 192)):  # plain TS, and Blu-ray M2TS with a 4-byte prefix
-        starts = range(offset, min(len(head), offset + 3 * stride), stride)
-        if len(starts) == 3 and all(head[i] == 0x47 for i in starts):
-            return "mpegts"
-    return None
-
-
-def describe_content(head: bytes) -> str:
-    """What a file that is not a video looks like, for error messages ("an HTML page", "a JPEG
-    image", "text", …)."""
-    if not head:
-        return "an empty file"
-    image = sniff_format(head)
-    if image is not None:
-        return f"a {image} image"
-    for magic, what in (
-        (b"%PDF", "a PDF document"),
-        (b"PK\x03\x04", "a ZIP archive"),
-        (b"ID3", "an MP3 audio file"),
-        (b"OggS", "an Ogg file"),
-        (b"fLaC", "a FLAC audio file"),
-    ):
-        if head.startswith(magic):
-            return what
-    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
-        return "a WAV audio file"
-    if head[4:8] == b"ftyp" and head[8:11] == b"M4A":
-        return "an M4A audio file"
-    text = _as_text(head)
-    if text is None:
-        return "unknown binary data"
-    lowered = text.lstrip().lower()
-    if lowered.startswith(("<!doctype html", "<html")) or "<html" in lowered[:1024]:
-        return "an HTML page"
-    if lowered.startswith("<?xml"):
-        return "an XML document"
-    if lowered.startswith(("{", "[")):
-        return "JSON text"
-    return "text"
-
-
-def _as_text(head: bytes) -> str | None:
-    """`head` as text if it is UTF-8 (a character cut at the end is fine) without control bytes."""
-    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
-    text = text[:-1] if text.endswith("\ufffd") else text
-    if "\ufffd" in text or any(ord(c) < 32 and c not in "\t\n\r\f" for c in text):
-        return None
-    return text
 
 
 # -- opening and checking -------------------------------------------------------------------------

@@ -9,14 +9,72 @@ reads its results from the record instead. A stage without a record is redone fr
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 STAGE_ORDER = ("download", "frames", "images", "sfm", "train", "evaluate", "export")
 """Every stage of both kinds in run order: a photo job has `images`, a video job `frames` instead."""
+
+
+@dataclass(frozen=True)
+class SfmLayout:
+    """The files structure from motion owns under its folder: images/ (links to the inputs),
+    database.db (features and matches), pairs.txt (the pairs "sequential_loop" matched), sparse/
+    (every model; sparse/best the one kept), undistorted/ (COLMAP's undistorter output: the PINHOLE
+    model in sparse/ and its photos in images/, which training reads and the checkpoint keeps)."""
+
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "database.db"
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "pairs.txt"
+
+    @property
+    def sparse(self) -> Path:
+        return self.root / "sparse"
+
+    @property
+    def best(self) -> Path:
+        """The model that registered the most images."""
+        return self.sparse / "best"
+
+    @property
+    def undistorted(self) -> Path:
+        return self.root / "undistorted"
+
+    @property
+    def undistorted_images(self) -> Path:
+        """Undistorted photos, named as in the model."""
+        return self.undistorted / "images"
+
+    @property
+    def undistorted_model(self) -> Path:
+        """The undistorted sparse model (cameras/images/points3D .bin), every camera PINHOLE."""
+        return self.undistorted / "sparse"
+
+    def reset(self) -> None:
+        """Remove what an earlier run left and make the folders the first sub-step writes into."""
+        for path in (self.images, self.sparse, self.undistorted):
+            shutil.rmtree(path, ignore_errors=True)
+        self.database.unlink(missing_ok=True)
+        self.pairs.unlink(missing_ok=True)
+        self.images.mkdir(parents=True)
+        self.sparse.mkdir()
 
 
 @dataclass(frozen=True)
@@ -35,8 +93,9 @@ class Workspace:
         return self.root / "images"
 
     @property
-    def sfm(self) -> Path:
-        return self.root / "sfm"
+    def sfm(self) -> SfmLayout:
+        """Structure from motion's folder (sfm.py); training reads its undistorted model and photos."""
+        return SfmLayout(self.root / "sfm")
 
     @property
     def model(self) -> Path:
@@ -58,6 +117,13 @@ class Workspace:
             return dict(json.loads(self._record_path(stage).read_text()))
         except FileNotFoundError:
             return None
+
+    def reused(self, stage: str) -> dict[str, Any] | None:
+        """`finished(stage)`, saying in the log that an earlier run's results are reused."""
+        done = self.finished(stage)
+        if done is not None:
+            log.info("%s finished in an earlier run over this folder: reusing its results", stage)
+        return done
 
     def record(self, stage: str, summary: dict[str, Any]) -> None:
         """Mark `stage` finished with `summary` (JSON); call only once its files are complete."""

@@ -1,0 +1,71 @@
+"""What structure from motion may be asked: the `SfmOptions` of `run_sfm` (sfm.py) and their measured
+defaults; the matchers are chosen in sfm_matching.py."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+Matcher = Literal["auto", "exhaustive", "sequential", "sequential_loop"]
+MATCHERS: tuple[Matcher, ...] = get_args(Matcher)
+
+
+@dataclass(frozen=True)
+class SfmOptions:
+    """Defaults from scripts/bench_sfm.py (30 photos of 1600×1200, 2 threads; CPU seconds for the
+    whole stage): every setting registered 30/30 with rotations within 0.03°, so cost decided.
+
+    | SIFT px | features | matcher    | CPU s | points | rot median ° |
+    | 640     | 4096     | exhaustive | 112   | 14.5k  | 0.0042       |
+    | 1024    | 4096     | exhaustive | 150   | 18.1k  | 0.0036       |
+    | 1600    | 4096     | exhaustive | 185   | 17.8k  | 0.0029       |
+    | 1024    | 1024     | exhaustive | 74    | 4.4k   | 0.0147       |
+    | 1024    | 8192     | exhaustive | 246   | 28.8k  | 0.0023       |
+    | 1024    | 4096     | sequential | 132   | 17.5k  | 0.0070       |
+    """
+
+    # Longest image side (px) SIFT sees; larger photos are downscaled for extraction only. 1024:
+    # extraction costs 1.8 CPU-s per photo against 2.9 at 1600 for the same registrations and
+    # points (SIFT's first octave already doubles the image); 640 loses a fifth of the points.
+    max_image_size: int = 1024
+    # Most SIFT features kept per image. 4096: 8192 doubles matching and mapping (+95 CPU-s on 30
+    # photos) for 60% more points; 1024 is half the cost but gives a quarter of the points and
+    # failed on a sparser set (10 views 36° apart at 640×480: too few registered) that 4096 did.
+    max_num_features: int = 4096
+    # Pairing: "auto" = exhaustive up to AUTO_EXHAUSTIVE_MAX_IMAGES images, sequential above;
+    # "sequential_loop" = sequential plus loop-closure pairs (ordered video frames: VIDEO_MATCHER).
+    # Both constants, and the measurements behind them, are in sfm_matching.py.
+    matcher: Matcher = "auto"
+    # Sequential matching pairs each image with this many following ones.
+    sequential_overlap: int = 10
+    # "sequential_loop" adds, per image, this many retrieved loop-closure candidates beyond the window.
+    # 5: on the bench's 96-frame orbit (320×240) 1, 2, 3 and 5 all closed the loop (rotations within
+    # 0.1°; ~90% of candidates verified) and 5 cost 7% more CPU than 1 (1,283 pairs against 993);
+    # the margin is for real footage, where retrieval misses more. COLMAP's own budget is similar
+    # (50 retrieved images for every 10th frame).
+    loop_candidates: int = 5
+    # COLMAP vocabulary-tree file for "sequential_loop" (COLMAP's own loop detection); None = none
+    # available (COLMAP downloads one; these hosts have no network), so we retrieve candidates ourselves.
+    vocab_tree_path: Path | None = None
+    # Fail when the model registers fewer than this share of the input images.
+    min_registered_ratio: float = 0.5
+    # ... or fewer than this many images, whatever the share.
+    min_registered: int = 3
+    # Wall-clock limit for the whole stage (seconds).
+    time_limit_s: float = 1800.0
+    # One camera (intrinsics) shared by all images: right for video frames, whose images carry no
+    # EXIF (COLMAP's AUTO mode would then give every frame its own camera).
+    single_camera: bool = False
+    # CPU threads pycolmap may use in every sub-step.
+    num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def __post_init__(self) -> None:
+        if self.matcher not in MATCHERS:
+            raise ValueError(f"unknown matcher {self.matcher!r}: use one of {', '.join(MATCHERS)}")
+        if not 0.0 <= self.min_registered_ratio <= 1.0:
+            raise ValueError("min_registered_ratio must be within [0, 1]")
+        counts = (self.max_image_size, self.max_num_features, self.sequential_overlap, self.num_threads)
+        if min(counts) < 1 or self.loop_candidates < 0:
+            raise ValueError("sizes, counts and threads must be positive")

@@ -1,0 +1,66 @@
+"""The ledger (`python -m daemon status`) says `requeued` whichever path requeued the job: the runner's
+retry after a failure, and the worker parent's retry of a killed work-horse, not only a preemption.
+Both used to leave the ledger at `running` until the next attempt began."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from redis import Redis
+
+from daemon.adapters.ledger import Ledger
+from tests.fixtures_daemon import sample_jpeg, wait_until
+from tests.test_worker_faults import enqueue, horse_pid, slow_spec, wait_status
+from tests.test_worker_lifecycle import daemon_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(daemon_env):
+    """A retry far in the future: the requeued state lasts for the whole test."""
+    return {**daemon_env, "JOB_RETRY_BACKOFF_S": "600"}
+
+
+def wait_ledger_status(env, job_id: str, status: str, worker) -> None:
+    ledger = Ledger(Redis.from_url(env["REDIS_URL"]))
+    wait_until(
+        lambda: ledger.get(job_id).status == status,
+        timeout=60,
+        message=lambda: f"ledger: {ledger.get(job_id)}\n{worker.logs()[-4000:]}",
+    )
+
+
+def test_a_retryable_failure_shows_requeued_in_the_ledger(env, file_server, start_worker):
+    # Given an inspect job whose only input answers 503 (retryable)
+    file_server.add("policy-503.jpg", sample_jpeg(4))
+    url = file_server.flaky_url("policy-503.jpg", 99)
+    enqueue(env, {"spec_version": 1, "job_id": "policy-503", "kind": "inspect", "params": {},
+                  "inputs": [{"url": url}]})  # fmt: skip
+    # When its first attempt fails and is retried after the backoff
+    worker = start_worker(env)
+    wait_ledger_status(env, "policy-503", "requeued", worker)
+    # Then `python -m daemon status` shows the ledger and the row agreeing: requeued after attempt 1
+    shown = json.loads(daemon_cli(env, "status", "policy-503").stdout)
+    assert shown["ledger"]["status"] == "requeued" and shown["ledger"]["failures"] == 1
+    assert (shown["row"]["status"], shown["row"]["error_code"]) == ("requeued", "download_http_error")
+
+
+def test_a_killed_work_horse_shows_requeued_in_the_ledger(env, file_server, start_worker, tmp_path):
+    # Given a running job under a live worker
+    enqueue(env, slow_spec(file_server, "policy-killed", 20))
+    worker = start_worker(env)
+    pid = wait_until(lambda: horse_pid(worker), timeout=30)
+    wait_status(tmp_path, "policy-killed", "running", worker=worker)
+    # When its work-horse is killed, as the out-of-memory killer would
+    os.kill(pid, signal.SIGKILL)
+    # Then the parent's retry shows in the ledger as it does in the row: requeued, one failure counted
+    wait_ledger_status(env, "policy-killed", "requeued", worker)
+    entry = Ledger(Redis.from_url(env["REDIS_URL"])).get("policy-killed")
+    assert (entry.failures, entry.preemptions) == (1, 0)
+    row = wait_status(tmp_path, "policy-killed", "requeued", worker=worker)
+    assert row["error_code"] == "worker_lost"
+    assert worker.proc.poll() is None

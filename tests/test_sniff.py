@@ -1,0 +1,63 @@
+"""daemon/handlers/sniff.py: what a file is from its first bytes, the same answer for every job kind."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.handlers.sniff import FTYP_BRANDS, describe_content, sniff_image, sniff_media_type, sniff_video
+
+
+def ftyp(brand: bytes) -> bytes:
+    """The start of an ISO-BMFF file whose major brand is `brand`."""
+    return b"\0\0\0\x18ftyp" + brand + b"\0\0\0\0" + brand + b"isom"
+
+
+TS = bytes([0x47] + [0] * 187) * 3
+OCTET, RIFF, BINARY = "application/octet-stream", "application/x-riff", "unknown binary data"
+M4A = "an M4A audio file"
+
+# fmt: off
+FILES = [
+    # head,                                   image,  video,      media type,            looks like
+    (b"\xff\xd8\xff\xe0\0\x10JFIF",            "JPEG", None,       "image/jpeg",          "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",         "PNG",  None,       "image/png",           "a PNG image"),
+    (b"GIF89a\x01\0\x01\0",                    "GIF",  None,       "image/gif",           "a GIF image"),
+    (b"BM6\0\0\0\0\0",                         "BMP",  None,       OCTET,                 "a BMP image"),
+    (b"II*\0\x08\0\0\0",                       "TIFF", None,       OCTET,                 "a TIFF image"),
+    (b"RIFF\0\0\0\0WEBPVP8 ",                  "WEBP", None,       RIFF,                  "a WEBP image"),
+    (ftyp(b"heic"),                            "HEIF", None,       "image/heic",          "a HEIF image"),
+    (ftyp(b"mif1"),                            "HEIF", None,       "image/heif",          "a HEIF image"),
+    (ftyp(b"hevc"),                            "HEIF", None,       "image/heic-sequence", "a HEIF image"),
+    (ftyp(b"avif"),                            "AVIF", None,       "image/avif",          "a AVIF image"),
+    (ftyp(b"isom"),                            None,   "mp4",      "video/mp4",           BINARY),
+    (ftyp(b"qt  "),                            None,   "mov",      "video/quicktime",     BINARY),
+    (ftyp(b"3gp4"),                            None,   "mp4",      OCTET,                 BINARY),
+    (ftyp(b"M4A "),                            None,   "mp4",      OCTET,                 M4A),
+    (b"\0\0\0\x08wide\0\0\0\0mdat",            None,   "mov",      OCTET,                 BINARY),
+    (b"RIFF\0\0\0\0AVI LIST",                  None,   "avi",      RIFF,                  BINARY),
+    (b"RIFF\0\0\0\0WAVEfmt ",                  None,   None,       RIFF,                  "a WAV audio file"),
+    (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01",  None,   "matroska", OCTET,                 BINARY),
+    (TS,                                       None,   "mpegts",   OCTET,                 BINARY),
+    (b"ply\nformat ascii 1.0\n",               None,   None,       "application/x-ply",   "text"),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3",           None,   None,       OCTET,                 "a PDF document"),
+    (b"<!DOCTYPE html><html>",                 None,   None,       OCTET,                 "an HTML page"),
+    (b'{"error": "expired"}',                  None,   None,       OCTET,                 "JSON text"),
+    (b"",                                      None,   None,       OCTET,                 "an empty file"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("head", "image", "video", "media_type", "looks_like"), FILES)
+def test_each_kind_reads_the_same_file_the_same_way(head, image, video, media_type, looks_like):
+    # Given a file's first bytes, When each kind sniffs them, Then each answers in its own terms
+    assert sniff_image(head) == image
+    assert sniff_video(head) == video
+    assert sniff_media_type(head) == media_type
+    assert describe_content(head) == looks_like
+
+
+@pytest.mark.parametrize("brand", sorted(FTYP_BRANDS))
+def test_a_named_brand_is_an_image_or_a_video_never_both(brand):
+    head = ftyp(brand)
+    assert (sniff_image(head) is None) != (sniff_video(head) is None)
+    assert sniff_media_type(head) == FTYP_BRANDS[brand].media_type
