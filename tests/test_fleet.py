@@ -224,20 +224,20 @@ def test_one_lease_holder_among_many_and_takeover_on_stop_and_on_death(
 
     # Given four workers' publishers running
     fleet = [publisher(f"w{n}").start() for n in range(4)]
-    wait_until(lambda: sum(p.published for p in fleet) >= 3, 5, "three publications")
+    wait_until(lambda: sum(p.published for p in fleet) >= 3, 30, "three publications")
 
     # Then exactly one of them publishes, and it is the one whose token is in the lease
     (holder,) = [p for p in fleet if p.published]
     assert redis_token(redis_url, group_name) == holder.token
     assert [p.holding for p in fleet].count(True) == 1
 
-    # When the holder stops, another takes over within the ttl (at its next tick, in fact)
-    stopped_at = time.monotonic()
+    # When the holder stops, it gives the lease up at once (deleted, not left to expire), and another
+    # takes over at its next tick
     holder.stop()
+    assert redis_token(redis_url, group_name) != holder.token
     rest = [p for p in fleet if p is not holder]
-    wait_until(lambda: any(p.published for p in rest), ttl, "takeover after stop")
+    wait_until(lambda: any(p.published for p in rest), ttl + 30, "takeover after stop")
     assert [p.holding for p in rest].count(True) == 1
-    assert time.monotonic() - stopped_at < ttl
 
     # When a holder dies without a word (here: one that took the lease and never ticks again)
     for p in rest:
@@ -247,10 +247,10 @@ def test_one_lease_holder_among_many_and_takeover_on_stop_and_on_death(
     died_at = time.monotonic()
     survivor = publisher("survivor", interval=0.05).start()
 
-    # Then nobody publishes while its lease lives, and the survivor does within ttl + one tick
-    took = wait_until(lambda: survivor.published > 0, ttl + 1.0, "takeover after death")
+    # Then nobody publishes while its lease lives, and the survivor does once it has expired
+    took = wait_until(lambda: survivor.published > 0, ttl + 30, "takeover after death")
     waited = time.monotonic() - died_at
-    assert ttl - 0.1 <= waited <= ttl + 0.5, (took, waited)
+    assert waited >= ttl - 0.1, (took, waited)
     assert redis_token(redis_url, group_name) == survivor.token
 
 
@@ -327,10 +327,10 @@ def test_back_to_back_jobs_keep_the_protection_through_the_idle_grace(
 ) -> None:
     (instance,) = moto.group(group_name, 1)
     worker = protection(
-        redis_url, FleetIdentity(instance, REGION, group_name), "gpu0", moto, idle_grace_s=0.3
+        redis_url, FleetIdentity(instance, REGION, group_name), "gpu0", moto, idle_grace_s=2.0
     )
     stoppers.append(worker.start().stop)
-    wait_until(lambda: worker.calls == 1, 2.0, "the start-up reconcile")  # a new instance: unprotected
+    wait_until(lambda: worker.calls == 1, 30, "the start-up reconcile")  # a new instance: unprotected
 
     # Given a job ending and the next one starting at once
     worker.busy()
@@ -342,8 +342,8 @@ def test_back_to_back_jobs_keep_the_protection_through_the_idle_grace(
     # When the last job ends, Then the protection stays for the grace and goes after it
     worker.idle()
     assert moto.protected(instance)
-    took = wait_until(lambda: not moto.protected(instance), 2.0, "protection dropped after the grace")
-    assert took >= 0.2
+    took = wait_until(lambda: not moto.protected(instance), 30, "protection dropped after the grace")
+    assert took >= 1.5
     assert worker.calls == 3
 
 
@@ -362,7 +362,7 @@ def test_a_crashed_busy_workers_entry_expires(
     stoppers.append(survivor.stop)
 
     # Then the protection goes once the dead worker's entry has expired
-    took = wait_until(lambda: not moto.protected(instance), 3.0, "protection dropped")
+    took = wait_until(lambda: not moto.protected(instance), 30, "protection dropped")
     assert took >= 0.3
 
 
@@ -371,10 +371,16 @@ def test_busy_worker_refreshes_its_entry_beyond_the_ttl(
 ) -> None:
     (instance,) = moto.group(group_name, 1)
     identity = FleetIdentity(instance, REGION, group_name)
-    worker = protection(redis_url, identity, "gpu0", moto, ttl_s=0.3).start()
+    worker = protection(redis_url, identity, "gpu0", moto, ttl_s=1.0).start()
     stoppers.append(worker.stop)
     worker.busy()
-    time.sleep(1.0)  # three ttls: alive because refreshed
+    redis = Redis.from_url(redis_url)
+    first_expiry_ms = redis.zscore(worker.busy_key, "gpu0")
+    assert first_expiry_ms is not None
+    # When the entry's first ttl has passed (waited on the clock the expiry is written in)
+    wait_until(lambda: time.time() * 1000 > first_expiry_ms + 500, 30, "first ttl passed")
+    # Then it is alive because refreshed: its expiry moved past now, and the instance is protected
+    assert (redis.zscore(worker.busy_key, "gpu0") or 0) > time.time() * 1000
     assert worker.reconcile() is True and moto.protected(instance)
     worker.stop()  # a stopping worker's job was requeued: it leaves as idle
     assert not moto.protected(instance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from daemon.handlers.inspect.params import InspectParams
 from daemon.handlers.splat.params import SplatParams
 from daemon.handlers.splat.params_video import SplatVideoParams
 from daemon.spec.fields import JOB_ID_PATTERN, JOB_ID_RE, is_job_id
-from daemon.spec.model import JobSpec, parse_spec
+from daemon.spec.model import PRIORITIES, JobSpec, Priority, parse_spec
 from daemon.spec.schema import render_schema, spec_json_schema
 
 KINDS: dict[str, type[BaseModel]] = {
@@ -76,6 +77,12 @@ def refused(raw: Any) -> SpecError:
 
 
 # --- Valid specs ------------------------------------------------------------------------------------
+
+
+def test_the_spec_priorities_are_the_queues_a_worker_serves_by_default():
+    # The spec's Literal spells the names for the type checker and the schema; they must be the queues
+    # (and their order) the daemon serves when DAEMON_QUEUES is unset.
+    assert typing.get_args(Priority) == PRIORITIES
 
 
 def test_full_spec_yields_typed_values():

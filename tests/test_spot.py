@@ -30,7 +30,7 @@ from tests.servers.imds import FakeIMDS
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 2.0, what: str = "condition") -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -268,12 +268,12 @@ def test_watcher_delivers_each_notice_once_and_independently(
     start_watcher(watchers, imds.url, interrupted, rebalanced)
     # When a rebalance recommendation comes first
     noticed = imds.trigger_rebalance()
-    wait_until(lambda: len(rebalanced) == 1, timeout=1.0, what="rebalance callback")
+    wait_until(lambda: len(rebalanced) == 1, timeout=30.0, what="rebalance callback")
     assert rebalanced.notices[0] == Notice("rebalance", None, None, noticed)
     assert len(interrupted) == 0
     # And then the interruption notice
     deadline = imds.trigger_interruption("terminate", in_seconds=120)
-    wait_until(lambda: len(interrupted) == 1, timeout=1.0, what="interruption callback")
+    wait_until(lambda: len(interrupted) == 1, timeout=30.0, what="interruption callback")
     notice = interrupted.notices[0]
     assert (notice.kind, notice.action, notice.deadline) == ("interruption", "terminate", deadline)
     # Then neither is delivered again, however many polls see them
@@ -302,7 +302,7 @@ def test_watcher_delivers_an_unreadable_notice_with_unknown_deadline(
     interrupted = Recorder()
     start_watcher(watchers, imds.url, interrupted, Recorder())
     imds.serve(INSTANCE_ACTION_PATH, '{"action": "terminate", "ti')
-    wait_until(lambda: len(interrupted) == 1, timeout=1.0, what="interruption callback")
+    wait_until(lambda: len(interrupted) == 1, timeout=30.0, what="interruption callback")
     assert (interrupted.notices[0].action, interrupted.notices[0].deadline) == (None, None)
     assert any("unreadable spot interruption notice" in r.getMessage() for r in spot_records(caplog))
 
@@ -344,7 +344,7 @@ def test_an_outage_is_logged_once_and_its_end_too(
     )
     # Then notices are delivered again
     imds.trigger_interruption()
-    wait_until(lambda: len(interrupted) == 1, timeout=1.0, what="interruption after the outage")
+    wait_until(lambda: len(interrupted) == 1, timeout=30.0, what="interruption after the outage")
     assert len(spot_records(caplog, logging.WARNING)) == 2  # the outage, then the notice itself
 
 
@@ -354,23 +354,24 @@ def test_a_callback_that_raises_does_not_stop_the_watcher(
     interrupted, rebalanced = Recorder(raises=True), Recorder()
     watcher = start_watcher(watchers, imds.url, interrupted, rebalanced)
     imds.trigger_interruption()
-    wait_until(lambda: bool(spot_records(caplog, logging.ERROR)), timeout=1.0, what="the logged exception")
+    wait_until(lambda: bool(spot_records(caplog, logging.ERROR)), timeout=30.0, what="the logged exception")
     error = spot_records(caplog, logging.ERROR)[0]
     assert error.exc_info is not None and "callback failed" in error.getMessage()
     # Then the watcher goes on: a rebalance still arrives, and the failed one is not retried every poll
     imds.trigger_rebalance()
-    wait_until(lambda: len(rebalanced) == 1, timeout=1.0, what="rebalance callback")
+    wait_until(lambda: len(rebalanced) == 1, timeout=30.0, what="rebalance callback")
     assert watcher.is_alive() and len(interrupted) == 1
 
 
 def test_stop_ends_the_watcher_without_waiting_for_the_interval(
     imds: FakeIMDS, watchers: list[SpotWatcher]
 ) -> None:
-    watcher = start_watcher(watchers, imds.url, Recorder(), Recorder(), interval_s=5.0)
+    watcher = start_watcher(watchers, imds.url, Recorder(), Recorder(), interval_s=120.0)
     wait_until(lambda: imds.count("GET", REBALANCE_PATH) >= 1, what="a first poll")
     started = time.monotonic()
     watcher.stop()
-    assert not watcher.is_alive() and time.monotonic() - started < 1.0
+    # it does not sit out its 120 s wait
+    assert not watcher.is_alive() and time.monotonic() - started < 30.0
 
 
 # -- the standalone fake, for manual drills --------------------------------------------------------------

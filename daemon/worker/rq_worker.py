@@ -13,7 +13,7 @@ What we change in rq, and why:
   it at the front; after DAEMON_STOP_TIMEOUT_S, or on a second signal, the horse is killed and the parent
   requeues it itself.
 - A Redis blip while a job runs is logged, not fatal (rq would quit the worker from its heartbeat).
-- Spot notices (DESIGN §3), watched from a thread of the parent (`daemon/spot.py`): an interruption
+- Spot notices (DESIGN §3), watched from a thread of the parent (`daemon/fleet/spot.py`): an interruption
   notice means exactly what SIGTERM means (the watcher sends SIGTERM to this process); a rebalance
   recommendation stops taking new jobs and asks the running one for a checkpoint, which then goes on.
   A worker that starts while a notice is up takes no jobs at all (systemd may restart it there).
@@ -94,7 +94,7 @@ class DaemonWorker(Worker):
             log_job_description=False,
             work_horse_killed_handler=self.on_horse_killed,
         )
-        # systemd, /healthz + /metrics, the backlog metric, scale-in protection: see operations.py.
+        # systemd, /healthz + /metrics, the backlog metric, scale-in protection: see hooks.py.
         self.ops = Operations(settings, self.name)
         self._preempting = False
         self._kill_timer: threading.Timer | None = None

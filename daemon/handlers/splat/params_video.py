@@ -1,6 +1,6 @@
 """Parameters of the "splat_video" job kind (one video → sharp frames → 3D Gaussian splat).
 
-Pydantic only, like `params_splat`: the daemon validates specs without importing the training stack.
+Pydantic only, like `params`: the daemon validates specs without importing the training stack.
 Every training parameter of the photo job applies unchanged; these add how frames are chosen and the
 limits a video must fit. `min_images` counts the frames left after blurred and still ones are dropped.
 """
