@@ -61,7 +61,7 @@ def _read_spec(source: str) -> Any:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = _settings_and_logs()
     from .adapters.runtime import Runtime
-    from .handlers import parse_job
+    from .handlers.registry import parse_job
     from .worker.queue import enqueue
 
     spec = parse_job(_read_spec(args.spec))
@@ -96,7 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run_local(args: argparse.Namespace) -> int:
     settings = _settings_and_logs()
     from .attempt.local import run_local
-    from .handlers import parse_job
+    from .handlers.registry import parse_job
 
     spec = parse_job(_read_spec(args.spec))
     ended = run_local(
@@ -130,7 +130,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .handlers import input_limits, params_models
+    from .handlers.registry import input_limits, params_models
     from .spec.schema import render_schema
 
     sys.stdout.write(render_schema(params_models(), input_limits()))

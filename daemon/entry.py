@@ -2,7 +2,7 @@
 
 Producers write this name into every job's data in Redis (`python -m daemon enqueue`, the Node example,
 `rq enqueue daemon.entry.run_job`), so it never moves; the code is in daemon/attempt/entry.py. Nothing
-in the daemon imports this module: the worker's job guard resolves the name to the same function.
+in the daemon imports this module: rq imports it by that name once the worker's job guard has checked it.
 """
 
 from .attempt.entry import configure, run_job

@@ -22,7 +22,7 @@ from ..adapters.runtime import Runtime
 from ..adapters.storage import LocalStore
 from ..config import Settings
 from ..errors import JobError
-from ..handlers import registry
+from ..handlers.registry import registry
 from ..logs import bind_context
 from ..spec.model import JobSpec
 from .context import JobContext, StopAfterStage, attempt_reporter

@@ -25,7 +25,7 @@ from ..adapters.checkpoints import Checkpoints
 from ..adapters.runtime import Runtime
 from ..adapters.storage import StoredObject
 from ..errors import AttemptSuperseded, JobCanceled, JobError, JobInterrupted, JobPreempted, SpecError
-from ..handlers import parse_job, registry
+from ..handlers.registry import parse_job, registry
 from ..logs import bind_context
 from ..spec.model import JobSpec
 from ..telemetry import metrics

@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 
 from ..adapters.runtime import Runtime
 from ..attempt.report import CANCELED, Identity, base_row, error_fields, notify_ended, write_row
-from ..handlers import parse_job
+from ..handlers.registry import parse_job
 
 log = logging.getLogger(__name__)
 

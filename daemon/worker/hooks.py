@@ -17,7 +17,7 @@ from ..fleet.backlog import BacklogPublisher
 from ..fleet.identity import FleetIdentity
 from ..fleet.imds import MetadataClient
 from ..fleet.protection import ScaleInProtection
-from ..handlers import registry
+from ..handlers.registry import registry
 from ..telemetry import metrics
 from ..telemetry.health import HealthServer, WorkerState
 from ..telemetry.systemd import Notifier

@@ -21,7 +21,7 @@ from ..adapters.runtime import Runtime
 from ..attempt.policy import Action, Budgets, Decision, Ending, settle
 from ..attempt.report import Identity, base_row, error_fields, notify_ended, write_row
 from ..errors import JobError
-from ..handlers import parse_job
+from ..handlers.registry import parse_job
 from ..logs import log_context
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,10 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import import_attribute
 
 from ..errors import DaemonError, SpecError
-from ..handlers import registry
+from ..handlers.registry import registry
 from ..spec.model import PRIORITIES, JobSpec, spec_to_json
 
 ENTRY_POINT = "daemon.entry.run_job"
@@ -41,9 +42,8 @@ class GuardedJob(Job):
         name = self.func_name
         if name != ENTRY_POINT or self.instance is not None:
             raise ForbiddenCallable(f"job {self.id} names {name!r}; this worker only runs {ENTRY_POINT}")
-        from ..attempt.entry import run_job
-
-        return run_job
+        # Only now, the name checked, is it imported: by rq's own resolver, as for any rq job.
+        return import_attribute(ENTRY_POINT)
 
     def _refuse_callback(self, which: str, name: str | None) -> None:
         if name:

@@ -49,7 +49,7 @@ from ..attempt.workdirs import sweep
 from ..config import Settings
 from ..fleet.imds import MetadataClient
 from ..fleet.spot import Notice, SpotWatcher
-from ..handlers import peek_kind, registry
+from ..handlers.registry import peek_kind, registry
 from ..telemetry.sentry import capture_abandoned
 from .hooks import Operations
 from .lost import after_lost_attempt, describe_exit
