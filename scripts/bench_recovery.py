@@ -396,7 +396,7 @@ def measure_disk(bench: Bench, trainer: Trainer, tag: str) -> Row:
     fresh = template_trainer()
     gc.collect()
     load_start = time.perf_counter()
-    loaded = torch.load(path, weights_only=False)
+    loaded = torch.load(path, weights_only=True)
     fresh.load_state_dict(loaded["trainer"])
     end = time.perf_counter()
 

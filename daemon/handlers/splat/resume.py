@@ -12,6 +12,7 @@ Downloads are not kept: once `images` or `frames` has finished they are not need
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 import tarfile
 from pathlib import Path
@@ -97,9 +98,23 @@ def save_training(ctx: Context, ws: Workspace, progress: dict[str, Any]) -> None
 
 
 def load_training(ws: Workspace) -> dict[str, Any] | None:
-    """The training state a restored checkpoint brought back, if any."""
+    """The training state a restored checkpoint brought back, if any.
+
+    Loaded with `weights_only=True`: tensors and plain data only, never a pickled object. Checkpoints
+    live in a bucket that every worker may write, so a checksum proves integrity, not origin: a state
+    file holding anything else (a planted callable, or a state from before this rule) is refused, not
+    run, and training starts again from its first step over the restored earlier stages."""
     path = state_path(ws)
     if not path.is_file():
         return None
-    # Our own file, written by `save_training`: it holds numpy RNG state, which weights_only refuses.
-    return dict(torch.load(path, weights_only=False))
+    try:
+        return dict(torch.load(path, weights_only=True))
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.error(
+            "training checkpoint refused: it holds objects other than tensors and plain data (%s); "
+            "training starts again from step 0",
+            first_line[:300],
+        )
+        path.unlink()
+        return None

@@ -289,11 +289,7 @@ class Trainer:
                 k: v.clone() if torch.is_tensor(v) else v for k, v in self.strategy_state.items()
             },
             "order": list(self._order),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -307,9 +303,38 @@ class Trainer:
             k: v.clone() if torch.is_tensor(v) else v for k, v in state["strategy_state"].items()
         }
         self._order = list(state["order"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        set_rng_state(state["rng"])
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG training draws from (torch, NumPy's legacy global, Python's), as tensors and plain
+    numbers only: a checkpoint must load with `torch.load(weights_only=True)`, which runs no code."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what `rng_state` captured."""
+    n, p = state["numpy"], state["python"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    random.setstate((p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss_next"]))
+    torch.set_rng_state(state["torch"])
 
 
 def seed_everything(seed: int) -> None:
