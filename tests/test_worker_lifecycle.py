@@ -10,6 +10,8 @@ import time
 import pytest
 from redis import Redis
 
+from daemon.adapters.runtime import Runtime
+from daemon.config import load_settings
 from tests.fixtures_daemon import ROOT, sample_jpeg, wait_until
 from tests.test_worker_faults import enqueue, held_spec, horse_pid, local_row, slow_spec, wait_status
 
@@ -99,6 +101,26 @@ def test_cancel_of_a_queued_job_reports_canceled_without_running_it(
     webhook_receiver.wait_for(lambda e: e.type == "job.canceled", timeout=30)
     time.sleep(1)
     assert "attempt started" not in worker.logs()
+
+
+def test_cancel_of_a_queued_job_deletes_the_checkpoints_it_waited_to_resume_from(
+    daemon_env, file_server, tmp_path
+):
+    # Given a queued job that an earlier attempt checkpointed (preempted, waiting to resume)
+    enqueue(daemon_env, slow_spec(file_server, "cancel-resumable", 0.1))
+    runtime = Runtime(load_settings(daemon_env))
+    runtime.ledger.begin_attempt("cancel-resumable", rq_id="cancel-resumable", worker="earlier")
+    stage = tmp_path / "images.tar"
+    stage.write_bytes(b"a finished stage")
+    earlier = runtime.checkpoints("cancel-resumable", 1)
+    earlier.add("images.tar", stage)
+    earlier.commit({"images": {"count": 1}})
+    assert runtime.checkpoints("cancel-resumable", 2).manifests()
+    # When it is canceled
+    done = daemon_cli(daemon_env, "cancel", "cancel-resumable")
+    assert json.loads(done.stdout)["result"] == "canceled"
+    # Then its checkpoints are gone with it
+    assert runtime.checkpoints("cancel-resumable", 2).manifests() == []
 
 
 def test_a_job_naming_another_callable_is_refused_before_import(

@@ -17,6 +17,7 @@ from rq.serializers import JSONSerializer
 
 from ..adapters.runtime import Runtime
 from ..attempt.report import CANCELED, Identity, base_row, error_fields, notify_ended, write_row
+from ..errors import JobError
 from ..handlers.registry import parse_job
 
 log = logging.getLogger(__name__)
@@ -69,3 +70,12 @@ def _report_canceled(runtime: Runtime, job: Job) -> None:
         },
     )
     notify_ended(runtime, identity, attempt, "canceled", error=CANCELED)
+    _discard_checkpoints(runtime, spec.job_id, attempt)
+
+
+def _discard_checkpoints(runtime: Runtime, job_id: str, attempt: int) -> None:
+    """A queued job may be a preempted one waiting to resume: canceled, its checkpoints serve nobody."""
+    try:
+        runtime.checkpoints(job_id, attempt).delete_all()
+    except JobError as exc:  # they expire by the bucket's lifecycle rule anyway
+        log.warning("checkpoints of the canceled job %s not deleted: %s", job_id, exc)
