@@ -24,8 +24,8 @@ from daemon.adapters.callbacks import (
     backoff_delay,
     build_event,
 )
-from daemon.adapters.fetch import redact_url
 from daemon.errors import ConfigError, InputError
+from daemon.spec.fields import redact_url
 from tests.servers.webhook_receiver import WebhookReceiver
 
 OUTPUTS = {"splat.ply": {"uri": "https://cdn.example.com/p1/splat.ply", "size": 52428800}}

@@ -24,8 +24,9 @@ import httpx
 import pytest
 
 from daemon.adapters import fetch
-from daemon.adapters.fetch import FetchPolicy, check_url, fetch_to_file, pinned_request, redact_url
+from daemon.adapters.fetch import FetchPolicy, check_url, fetch_to_file, pinned_request
 from daemon.errors import DownloadError, InputError, JobError
+from daemon.spec.fields import REDACTED_MAX_CHARS, redact_url
 from tests.servers.s3 import free_ports
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 800  # ~200 KiB, starts with the JPEG magic
@@ -495,7 +496,7 @@ def test_redact_url_caps_the_length_after_dropping_the_query() -> None:
     url = "https://h.example/" + "a" * 5000 + "?X-Amz-Signature=sekrit"
     # When it is redacted, Then it is cut to the cap and the query never appears
     redacted = redact_url(url)
-    assert len(redacted) == fetch.REDACTED_MAX_CHARS
+    assert len(redacted) == REDACTED_MAX_CHARS
     assert redacted.startswith("https://h.example/aaa") and "sekrit" not in redacted
 
 

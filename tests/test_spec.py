@@ -477,3 +477,24 @@ def test_schema_refuses_malformed_specs_too(validator, mutate):
     errors = list(validator.iter_errors(raw))
     # Then the schema refuses it as well, so the web app can check before enqueueing
     assert errors
+
+
+@pytest.mark.parametrize(
+    ("ref", "label"),
+    [
+        ({"url": "https://h.example/a/b.jpg", "name": "b.jpg"}, "b.jpg"),
+        (
+            {"url": "https://h.example/a/b.jpg?X-Amz-Signature=s3cr3t#frag"},
+            "https://h.example/a/b.jpg",
+        ),
+        ({"s3_key": "uploads/u1/c.jpg"}, "uploads/u1/c.jpg"),
+    ],
+)
+def test_an_input_is_labelled_without_credentials(ref, label):
+    # Given an input as a spec names it, Then messages name it by its file name, else by its URL
+    # without query string or fragment (a credential), else by its S3 key
+    spec = parse_spec(
+        {"spec_version": 1, "job_id": "label-1", "kind": "inspect", "inputs": [ref]},
+        kinds={"inspect": InspectParams},
+    )
+    assert spec.inputs[0].label == label

@@ -28,7 +28,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from ..errors import ConfigError
-from .fetch import redact_url
+from ..spec.fields import redact_url
 
 EVENT_TYPES = (
     "job.started",

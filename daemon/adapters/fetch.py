@@ -12,7 +12,7 @@ A job may name any URL, so every hop of every download is checked before we conn
 - redirects are followed by hand, each hop checked again; size and wall-clock time are capped.
 
 URLs may be presigned (their query string is a credential), so every URL that reaches a log line or an
-error message goes through `redact_url` first.
+error message goes through `redact_url` (daemon/spec/fields.py) first.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpcore  # noqa: F401 - imported once in the worker, not by every job's first client
 import httpx
 
 from ..digest import Sha256Sum
 from ..errors import DownloadError, InputError
+from ..spec.fields import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 SNIFF_BYTES = 512
 """How many leading bytes `accept` sees: enough for any magic number we care about."""
-
-REDACTED_MAX_CHARS = 300
-"""Longest URL we put in a message; a hostile URL could otherwise flood the log line."""
 
 _NAT64_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
 
@@ -81,22 +78,6 @@ class FetchedFile:
     content_type: str
     # Where the bytes finally came from, redacted (no query string): safe to log.
     final_url: str
-
-
-def redact_url(url: object) -> str:
-    """`url` without credentials, query string or fragment (presigned and webhook URLs carry tokens
-    there), control characters escaped (they could forge log lines), length capped: safe for logs,
-    errors and stored URIs. The daemon's one redaction: downloads, uploads and callbacks use it."""
-    try:
-        parts = urlsplit(str(url))
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        return "<malformed url>"
-    host = f"[{host}]" if ":" in host else host  # an IPv6 literal
-    netloc = host if port is None else f"{host}:{port}"
-    text = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    text = "".join(c if c.isprintable() else f"%{ord(c):02X}" for c in text)
-    return text[:REDACTED_MAX_CHARS]
 
 
 def _resolve(host: str, port: int) -> list[IPAddress]:

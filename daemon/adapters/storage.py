@@ -25,9 +25,9 @@ from s3transfer.subscribers import BaseSubscriber
 
 from ..digest import Sha256Sum, file_chunks, file_sha256
 from ..errors import DownloadError, InputError, JobError, StorageError
-from ..spec.fields import is_job_id
+from ..spec.fields import is_job_id, redact_url
 from .aws import AWS_ERRORS, s3_error
-from .fetch import FetchPolicy, new_client, pinned_request, redact_url, transport_errors
+from .fetch import FetchPolicy, new_client, pinned_request, transport_errors
 
 NAME_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 """One path segment of an output name; `/` separates sub-folders."""

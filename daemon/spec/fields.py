@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, TypeGuard
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -56,6 +56,9 @@ trailing newline can never slip past `$`."""
 # Characters no URL or S3 key may carry: whitespace and controls (Python's urlsplit silently drops tabs
 # and newlines, so "http://a\n.internal" would be checked as one host and fetched as another), and
 # backslashes (browsers and some HTTP clients read them as '/', so the host we check is not the host hit).
+REDACTED_MAX_CHARS = 300
+"""Longest URL we put in a message; a hostile URL could otherwise flood the log line."""
+
 _URL_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f\\]")
 _KEY_UNSAFE = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
 _HOSTNAME = re.compile(r"(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+\.?")  # a DNS name or an IPv4 address
@@ -256,3 +259,19 @@ def show(value: Any, limit: int = 40) -> str:
     """A short JSON rendering of a user value for messages (escapes NUL and friends)."""
     text = json.dumps(value, ensure_ascii=True, default=str)
     return text if len(text) <= limit else text[: limit - 2] + '…"'
+
+
+def redact_url(url: object) -> str:
+    """`url` without credentials, query string or fragment (presigned and webhook URLs carry tokens
+    there), control characters escaped (they could forge log lines), length capped: safe for logs,
+    errors and stored URIs. The daemon's one redaction: input labels, downloads, uploads, callbacks."""
+    try:
+        parts = urlsplit(str(url))
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<malformed url>"
+    host = f"[{host}]" if ":" in host else host  # an IPv6 literal
+    netloc = host if port is None else f"{host}:{port}"
+    text = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    text = "".join(c if c.isprintable() else f"%{ord(c):02X}" for c in text)
+    return text[:REDACTED_MAX_CHARS]

@@ -46,6 +46,7 @@ from .fields import (
     did_you_mean,
     json_path,
     json_type,
+    redact_url,
     show,
 )
 
@@ -170,6 +171,12 @@ class InputRef(BaseModel):
     def _one_source(self) -> InputRef:
         _exactly_one(self, "url", "s3_key")
         return self
+
+    @property
+    def label(self) -> str:
+        """How messages, rows and logs name this input: its name, else its URL redacted (a presigned
+        URL's query string is a credential), else its S3 key."""
+        return self.name or (redact_url(self.url) if self.url else str(self.s3_key))
 
 
 class Output(BaseModel):

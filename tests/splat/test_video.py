@@ -318,3 +318,38 @@ def test_sniff_video_names_the_container(orbit: OrbitVideo) -> None:
 )
 def test_describe_content(head: bytes, what: str) -> None:
     assert describe_content(head) == what
+
+
+class _OneVideoContext:
+    """Just what `fetch_video` uses of a job's context: its spec, and a download that shows the
+    first bytes of the file to `accept`, as the fetcher does."""
+
+    def __init__(self, spec: dict, head: bytes) -> None:
+        from daemon.handlers import parse_job
+
+        self.spec = parse_job(spec)
+        self.head = head
+
+    def fetch_inputs(self, accept, *, max_bytes=None):
+        accept("text/html", self.head)
+        return []
+
+
+def test_a_refused_video_is_named_by_its_redacted_url_never_the_presigned_one():
+    # Given a splat_video job whose one input, unnamed, is a presigned URL serving a web page
+    presigned = (
+        "https://uploads.example.com/u1/clip.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIAEXAMPLE%2F20261204&X-Amz-Signature=deadbeefcafe"
+    )
+    spec = {"spec_version": 1, "job_id": "leak-1", "kind": "splat_video", "inputs": [{"url": presigned}]}
+    ctx = _OneVideoContext(spec, b"<!doctype html><html><body>sign in</body></html>")
+    from daemon.handlers.splat.frames import fetch_video
+
+    # When its first bytes are judged
+    with pytest.raises(InputError) as refused:
+        fetch_video(ctx, ctx.spec.params)  # type: ignore[arg-type]
+    # Then the error (which reaches the row, the callback, the log and Sentry) names the file by its
+    # URL without the query string: no credential, no signature
+    assert refused.value.code == "not_a_video"
+    assert "https://uploads.example.com/u1/clip.mp4 is " in refused.value.message
+    assert "X-Amz" not in refused.value.message and "deadbeef" not in refused.value.message

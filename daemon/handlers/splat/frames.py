@@ -27,7 +27,7 @@ def fetch_video(ctx: Context, params: SplatVideoParams) -> list[Path]:
     from ..sniff import describe_content, sniff_video
 
     item = ctx.spec.inputs[0]
-    name = getattr(item, "name", None) or getattr(item, "url", None) or getattr(item, "s3_key", "input")
+    name = item.label  # never the URL itself: a presigned URL's query string is a credential
 
     def accept(content_type: str, head: bytes) -> bool:
         if sniff_video(head) is None:
