@@ -20,7 +20,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as RedisRetry
 
 from ..config import Settings, url_password
-from ..errors import SpecError
+from ..digest import file_sha256
+from ..errors import InputError, SpecError
+from ..spec.model import InputRef
 from .aws import s3_client
 from .callbacks import CallbackSender, CallbackSigner
 from .checkpoints import Blobs, Checkpoints, LocalBlobs, S3Blobs
@@ -164,19 +166,30 @@ class InputSource:
 
     def fetch(
         self,
-        item: Any,
+        item: InputRef,
         dest: Path,
         accept: Callable[[str, bytes], bool] | None,
         max_bytes: int | None = None,
     ) -> Path:
-        """`max_bytes`, a job's own size cap, can only lower the daemon's DOWNLOAD_MAX_BYTES."""
+        """`max_bytes`, a job's own size cap, can only lower the daemon's DOWNLOAD_MAX_BYTES. An input
+        whose spec gives its SHA-256 is refused when the bytes that arrived differ."""
         policy = self.runtime.fetch_policy
         if max_bytes is not None:
             policy = replace(policy, max_bytes=min(policy.max_bytes, max_bytes))
-        if getattr(item, "url", None):
-            return fetch_to_file(item.url, dest, policy, accept=accept).path
-        store = self.runtime.s3_store(prefix="")
-        return store.download(item.s3_key, dest, policy.max_bytes)
+        if item.url:
+            fetched = fetch_to_file(item.url, dest, policy, accept=accept)
+            path, sha256 = fetched.path, fetched.sha256
+        else:
+            path = self.runtime.s3_store(prefix="").download(str(item.s3_key), dest, policy.max_bytes)
+            sha256 = file_sha256(path)[1] if item.sha256 else ""
+        if item.sha256 and sha256 != item.sha256.lower():
+            path.unlink(missing_ok=True)
+            raise InputError(
+                f"{item.label}: its SHA-256 is {sha256}, the spec expects {item.sha256.lower()} "
+                "(a different or damaged file)",
+                code="checksum_mismatch",
+            )
+        return path
 
 
 def secret_values(settings: Settings) -> Mapping[str, str]:

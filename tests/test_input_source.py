@@ -1,0 +1,56 @@
+"""Inputs as the handlers get them (daemon/adapters/runtime.py `InputSource`): a spec that gives an
+input's SHA-256 gets exactly those bytes, or the job is refused with `checksum_mismatch` (issue 13)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import boto3
+import pytest
+
+from daemon.adapters.runtime import Runtime
+from daemon.config import load_settings
+from daemon.errors import InputError
+from daemon.spec.model import InputRef
+from tests.fixtures_daemon import sample_jpeg
+
+
+def test_a_url_input_is_checked_against_its_sha256(daemon_env, file_server, tmp_path):
+    # Given a photo served over HTTP, and a spec that names its SHA-256 (in capitals, as some clients do)
+    data = sample_jpeg(5)
+    url = file_server.add("checksum-url.jpg", data)
+    source = Runtime(load_settings(daemon_env)).input_source()
+    good = InputRef(url=url, sha256=hashlib.sha256(data).hexdigest().upper())
+    # When it is fetched, Then the bytes arrive
+    assert source.fetch(good, tmp_path / "good.jpg", None).read_bytes() == data
+    # And when the spec names another SHA-256, the input is refused by name, for good, and not kept
+    bad = InputRef(url=url, name="photo.jpg", sha256="0" * 64)
+    with pytest.raises(InputError) as refused:
+        source.fetch(bad, tmp_path / "bad.jpg", None)
+    assert refused.value.code == "checksum_mismatch" and not refused.value.retryable
+    assert refused.value.message.startswith("photo.jpg: its SHA-256 is ")
+    assert not (tmp_path / "bad.jpg").exists()
+
+
+def test_an_s3_input_is_checked_against_its_sha256(full_env, tmp_path, monkeypatch):
+    # Given a photo uploaded to the bucket (and this process holding the workers' credentials)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED"):
+        monkeypatch.setenv(name, full_env[name])
+    data = sample_jpeg(6)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=full_env["S3_ENDPOINT_URL"],
+        aws_access_key_id=full_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=full_env["AWS_SECRET_ACCESS_KEY"],
+        region_name=full_env["AWS_REGION"],
+    )
+    s3.put_object(Bucket=full_env["S3_BUCKET"], Key="uploads/u1/c.jpg", Body=data)
+    source = Runtime(load_settings(full_env)).input_source()
+    # When it is read with its true SHA-256, Then the bytes arrive; with another, it is refused
+    good = InputRef(s3_key="uploads/u1/c.jpg", sha256=hashlib.sha256(data).hexdigest())
+    assert source.fetch(good, tmp_path / "good.jpg", None).read_bytes() == data
+    with pytest.raises(InputError) as refused:
+        source.fetch(InputRef(s3_key="uploads/u1/c.jpg", sha256="f" * 64), tmp_path / "bad.jpg", None)
+    assert refused.value.code == "checksum_mismatch"
+    assert refused.value.message.startswith("uploads/u1/c.jpg: its SHA-256 is ")
+    assert not (tmp_path / "bad.jpg").exists()
