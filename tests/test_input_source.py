@@ -1,5 +1,6 @@
 """Inputs as the handlers get them (daemon/adapters/runtime.py `InputSource`): a spec that gives an
-input's SHA-256 gets exactly those bytes, or the job is refused with `checksum_mismatch` (issue 13)."""
+input's SHA-256 gets exactly those bytes, or the job is refused with `checksum_mismatch`; an S3 input
+meets the job's first-bytes check as a download does (issue 13)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from daemon.adapters.runtime import Runtime
 from daemon.config import load_settings
 from daemon.errors import InputError
+from daemon.handlers.sniff import describe_content, sniff_video
 from daemon.spec.model import InputRef
 from tests.fixtures_daemon import sample_jpeg
 
@@ -32,11 +34,11 @@ def test_a_url_input_is_checked_against_its_sha256(daemon_env, file_server, tmp_
     assert not (tmp_path / "bad.jpg").exists()
 
 
-def test_an_s3_input_is_checked_against_its_sha256(full_env, tmp_path, monkeypatch):
-    # Given a photo uploaded to the bucket (and this process holding the workers' credentials)
+@pytest.fixture
+def upload(full_env, monkeypatch):
+    """Put an object in the test bucket; this process then holds the workers' S3 credentials."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED"):
         monkeypatch.setenv(name, full_env[name])
-    data = sample_jpeg(6)
     s3 = boto3.client(
         "s3",
         endpoint_url=full_env["S3_ENDPOINT_URL"],
@@ -44,7 +46,13 @@ def test_an_s3_input_is_checked_against_its_sha256(full_env, tmp_path, monkeypat
         aws_secret_access_key=full_env["AWS_SECRET_ACCESS_KEY"],
         region_name=full_env["AWS_REGION"],
     )
-    s3.put_object(Bucket=full_env["S3_BUCKET"], Key="uploads/u1/c.jpg", Body=data)
+    return lambda key, body: s3.put_object(Bucket=full_env["S3_BUCKET"], Key=key, Body=body)
+
+
+def test_an_s3_input_is_checked_against_its_sha256(full_env, tmp_path, upload):
+    # Given a photo uploaded to the bucket
+    data = sample_jpeg(6)
+    upload("uploads/u1/c.jpg", data)
     source = Runtime(load_settings(full_env)).input_source()
     # When it is read with its true SHA-256, Then the bytes arrive; with another, it is refused
     good = InputRef(s3_key="uploads/u1/c.jpg", sha256=hashlib.sha256(data).hexdigest())
@@ -54,3 +62,24 @@ def test_an_s3_input_is_checked_against_its_sha256(full_env, tmp_path, monkeypat
     assert refused.value.code == "checksum_mismatch"
     assert refused.value.message.startswith("uploads/u1/c.jpg: its SHA-256 is ")
     assert not (tmp_path / "bad.jpg").exists()
+
+
+def test_an_s3_input_meets_the_jobs_first_bytes_check_as_a_download_does(full_env, tmp_path, upload):
+    # Given a web page stored in the bucket under a video's name, and a job that takes only videos
+    upload("uploads/u1/clip.mp4", b"<!doctype html><html></html>")
+    source = Runtime(load_settings(full_env)).input_source()
+    seen: list[bytes] = []
+
+    def videos_only(content_type: str, head: bytes) -> bool:
+        seen.append(head)
+        if sniff_video(head) is None:
+            raise InputError(f"{describe_content(head)}, not a video", code="not_a_video")
+        return True
+
+    # When it is read for that job
+    with pytest.raises(InputError) as refused:
+        source.fetch(InputRef(s3_key="uploads/u1/clip.mp4"), tmp_path / "clip.mp4", videos_only)
+    # Then the job's check saw its first bytes and refused it, and the file is not kept
+    assert seen == [b"<!doctype html><html></html>"]
+    assert refused.value.code == "not_a_video" and "HTML" in refused.value.message
+    assert not (tmp_path / "clip.mp4").exists()

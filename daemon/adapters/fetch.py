@@ -278,10 +278,11 @@ def _too_large(url: str, policy: FetchPolicy) -> InputError:
     )
 
 
-def _check_content(accept: Callable[[str, bytes], bool], content_type: str, head: bytes, url: str) -> None:
+def check_content(accept: Callable[[str, bytes], bool], content_type: str, head: bytes, where: str) -> None:
+    """Let the job's `accept` judge a file by its first SNIFF_BYTES (it may raise its own InputError)."""
     if not accept(content_type, head):
         raise InputError(
-            f"GET {redact_url(url)}: content ({content_type or 'no content type'}) is not what the job said",
+            f"{where}: content ({content_type or 'no content type'}) is not what the job said",
             code="unexpected_content",
         )
 
@@ -305,11 +306,11 @@ def _copy_body(
         if accept is not None and len(head) < SNIFF_BYTES:
             head += chunk[: SNIFF_BYTES - len(head)]
             if len(head) == SNIFF_BYTES:
-                _check_content(accept, content_type, head, url)
+                check_content(accept, content_type, head, f"GET {redact_url(url)}")
         body.update(chunk)
         out.write(chunk)
     if accept is not None and len(head) < SNIFF_BYTES:  # short body: judge what there is
-        _check_content(accept, content_type, head, url)
+        check_content(accept, content_type, head, f"GET {redact_url(url)}")
     return body.size, body.hexdigest()
 
 

@@ -26,7 +26,7 @@ from ..spec.model import InputRef
 from .aws import s3_client
 from .callbacks import CallbackSender, CallbackSigner
 from .checkpoints import Blobs, Checkpoints, LocalBlobs, S3Blobs
-from .fetch import FetchPolicy, check_url, fetch_to_file, pinned_request
+from .fetch import SNIFF_BYTES, FetchPolicy, check_content, check_url, fetch_to_file, pinned_request
 from .ledger import Ledger
 from .outbox import Outbox
 from .rows import LocalRows, RowStore, SupabaseRows
@@ -181,6 +181,7 @@ class InputSource:
             path, sha256 = fetched.path, fetched.sha256
         else:
             path = self.runtime.s3_store(prefix="").download(str(item.s3_key), dest, policy.max_bytes)
+            self._vet(path, accept, item.label)
             sha256 = file_sha256(path)[1] if item.sha256 else ""
         if item.sha256 and sha256 != item.sha256.lower():
             path.unlink(missing_ok=True)
@@ -190,6 +191,20 @@ class InputSource:
                 code="checksum_mismatch",
             )
         return path
+
+    @staticmethod
+    def _vet(path: Path, accept: Callable[[str, bytes], bool] | None, label: str) -> None:
+        """An S3 input meets the same first-bytes check as a download (which runs it as bytes arrive):
+        a web page or a photo named .mp4 never reaches a decoder."""
+        if accept is None:
+            return
+        with path.open("rb") as src:
+            head = src.read(SNIFF_BYTES)
+        try:
+            check_content(accept, "", head, label)
+        except InputError:
+            path.unlink(missing_ok=True)
+            raise
 
 
 def secret_values(settings: Settings) -> Mapping[str, str]:
