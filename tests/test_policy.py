@@ -183,3 +183,21 @@ def test_settle_fails_the_job_in_the_ledger_once_the_budget_is_spent(redis: Redi
     decision = settle(ledger, "job-2", Ending.horse_killed(OOM), BUDGETS)
     # Then it fails for good, and the ledger says so
     assert decision.action is Action.FAIL and ledger.get("job-2").status == "failed"
+
+
+@pytest.mark.parametrize(
+    ("ending", "failures", "preemptions", "discards"),
+    [
+        pytest.param(Ending.failed(NETWORK), 1, 0, False, id="requeued: kept to resume from"),
+        pytest.param(Ending.failed(NETWORK), 3, 0, False, id="out of attempts: kept for a retry by hand"),
+        pytest.param(Ending.horse_killed(OOM), 3, 0, False, id="horse killed, out of attempts: kept"),
+        pytest.param(Ending.preempted(NOTICE), 0, 3, False, id="too many preemptions: kept"),
+        pytest.param(Ending.failed(BAD_INPUT), 0, 0, True, id="refused input: nothing to resume"),
+        pytest.param(Ending(How.CANCELED, CANCELED), 0, 0, True, id="canceled: nothing to resume"),
+    ],
+)
+def test_checkpoints_go_only_when_no_retry_could_use_them(ending, failures, preemptions, discards):
+    # Given an attempt that ended this way, When the policy decides
+    decision = decide(ending, failures=failures, preemptions=preemptions, budgets=BUDGETS)
+    # Then the job's checkpoints are discarded only if nothing a retry could fix is left
+    assert decision.discards_checkpoints is discards

@@ -1,6 +1,7 @@
 """The ledger (`python -m daemon status`) says `requeued` whichever path requeued the job: the runner's
 retry after a failure, and the worker parent's retry of a killed work-horse, not only a preemption.
-Both used to leave the ledger at `running` until the next attempt began."""
+Both used to leave the ledger at `running` until the next attempt began. And a job that fails for good
+keeps its checkpoints when a retry by hand could still use them, and only then."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 from redis import Redis
 
 from daemon.adapters.ledger import Ledger
+from daemon.adapters.runtime import Runtime
+from daemon.config import load_settings
 from tests.fixtures_daemon import sample_jpeg, wait_until
-from tests.test_worker_faults import enqueue, horse_pid, slow_spec, wait_status
+from tests.test_worker_faults import enqueue, held_spec, horse_pid, wait_status
 from tests.test_worker_lifecycle import daemon_cli
 
 pytestmark = pytest.mark.slow
@@ -51,7 +54,7 @@ def test_a_retryable_failure_shows_requeued_in_the_ledger(env, file_server, star
 
 def test_a_killed_work_horse_shows_requeued_in_the_ledger(env, file_server, start_worker, tmp_path):
     # Given a running job under a live worker
-    enqueue(env, slow_spec(file_server, "policy-killed", 20))
+    enqueue(env, held_spec(file_server, "policy-killed"))
     worker = start_worker(env)
     pid = wait_until(lambda: horse_pid(worker), timeout=30)
     wait_status(tmp_path, "policy-killed", "running", worker=worker)
@@ -64,3 +67,47 @@ def test_a_killed_work_horse_shows_requeued_in_the_ledger(env, file_server, star
     row = wait_status(tmp_path, "policy-killed", "requeued", worker=worker)
     assert row["error_code"] == "worker_lost"
     assert worker.proc.poll() is None
+    file_server.release("policy-killed")
+
+
+def checkpointed_earlier(env, job_id: str, tmp_path) -> Runtime:
+    """A job an earlier attempt checkpointed (its first stage), as a preempted one would have."""
+    runtime = Runtime(load_settings(env))
+    runtime.ledger.begin_attempt(job_id, rq_id=job_id, worker="earlier")
+    stage = tmp_path / f"{job_id}-images.tar"
+    stage.write_bytes(b"a finished stage")
+    earlier = runtime.checkpoints(job_id, 1)
+    earlier.add("images.tar", stage)
+    earlier.commit({"images": {"count": 1}})
+    return runtime
+
+
+@pytest.mark.parametrize(
+    ("case", "fail_times", "status", "code", "kept"),
+    [
+        # the input answers 503 (retryable) and JOB_MAX_ATTEMPTS=1 is spent: a retry by hand could work
+        ("out-of-attempts", 99, 503, "download_http_error", True),
+        # the input does not exist (404): nothing a retry could fix
+        ("refused-input", 0, 404, "input_not_found", False),
+    ],
+)
+def test_a_failed_job_keeps_its_checkpoints_only_if_a_retry_could_use_them(
+    daemon_env, file_server, start_worker, tmp_path, case, fail_times, status, code, kept
+):
+    # Given a job with checkpoints from an earlier attempt, and an input that fails this way
+    env = {**daemon_env, "JOB_MAX_ATTEMPTS": "1"}
+    job_id = f"policy-keep-{case}"
+    runtime = checkpointed_earlier(env, job_id, tmp_path)
+    if status == 503:
+        file_server.add(f"{job_id}.jpg", sample_jpeg(4))
+        url = file_server.flaky_url(f"{job_id}.jpg", fail_times)
+    else:
+        url = f"{file_server.base_url}/{job_id}-missing.jpg"
+    enqueue(env, {"spec_version": 1, "job_id": job_id, "kind": "inspect", "params": {},
+                  "inputs": [{"url": url}]})  # fmt: skip
+    # When it fails for good
+    worker = start_worker(env)
+    row = wait_status(tmp_path, job_id, "failed", worker=worker)
+    assert row["error_code"] == code
+    # Then its checkpoints are kept (out of attempts) or gone (a refused input)
+    assert bool(runtime.checkpoints(job_id, 3).manifests()) is kept

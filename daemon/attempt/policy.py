@@ -119,6 +119,14 @@ class Decision:
     def at_front(self) -> bool:
         return self.action is Action.REQUEUE_FRONT
 
+    @property
+    def discards_checkpoints(self) -> bool:
+        """Whether the job's checkpoints go with this ending. A job canceled, or failed with nothing a
+        retry could fix (a refused input), leaves none behind. One that ran out of a budget (a
+        retryable failure, preemptions) keeps them: a retry by hand (`rq requeue`) resumes where it
+        stopped, and the bucket's lifecycle rule expires them otherwise."""
+        return self.action is Action.CANCEL or (self.action is Action.FAIL and self.charged is None)
+
 
 def retry_delay(backoff_s: float, failures: int) -> int:
     """Backoff after the n-th failure: JOB_RETRY_BACKOFF_S, doubling, capped at an hour."""

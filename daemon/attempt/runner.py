@@ -218,7 +218,9 @@ class JobRunner:
         """End the attempt as the policy decides: requeued (rq retries it) or failed (JobFailed)."""
         decision = settle(self.runtime.ledger, identity.job_id, ending, self.budgets)
         if decision.action is Action.FAIL:
-            self.report_failed(identity, attempt, decision.error, reporter=reporter)
+            self.report_failed(
+                identity, attempt, decision.error, reporter=reporter, discard=decision.discards_checkpoints
+            )
             self._no_rq_retry()
             raise JobFailed(str(decision.error))
         if decision.at_front:
@@ -267,9 +269,16 @@ class JobRunner:
             log.warning("checkpoints of the ended job not deleted: %s", exc)
 
     def report_failed(
-        self, identity: Identity, attempt: int, error: JobError, *, reporter: ProgressReporter | None
+        self,
+        identity: Identity,
+        attempt: int,
+        error: JobError,
+        *,
+        reporter: ProgressReporter | None,
+        discard: bool = True,
     ) -> None:
-        """The row, the callback and /metrics of a failure the policy decided (it set the ledger)."""
+        """The row, the callback and /metrics of a failure the policy decided (it set the ledger);
+        `discard`: the checkpoints go too (the policy's `discards_checkpoints`)."""
         log.error("job failed: %s", error)
         fields = {"status": "failed", **error_fields(error)}
         if reporter is not None:
@@ -278,7 +287,10 @@ class JobRunner:
             write_row(self.runtime, {**base_row(identity, attempt, self.settings.worker_name), **fields})
         notify_ended(self.runtime, identity, attempt, "failed", error=error)
         self._count(identity, "failed")
-        self._discard_checkpoints()
+        if discard:
+            self._discard_checkpoints()
+        elif self.checkpoints is not None:
+            log.info("checkpoints kept: a retry by hand resumes from them")
 
     def _count(self, identity: Identity, outcome: str) -> None:
         """The attempt's end in /metrics (a no-op unless the worker set metrics up)."""

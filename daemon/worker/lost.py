@@ -61,7 +61,7 @@ def after_lost_attempt(runtime: Runtime, job: Job, ending: Ending) -> str:
             _set_rq_retry(job, delay=decision.delay_s, at_front=decision.at_front)
         write_row(runtime, {**row, **error_fields(decision.error)})
         notify_ended(runtime, identity, attempt, decision.status, error=decision.error)
-        if failed:
+        if failed and decision.discards_checkpoints:
             _discard_checkpoints(runtime, identity.job_id, attempt)
         return decision.status
 
