@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_settings
+from .config import Settings, load_settings, secret_values
 from .errors import ConfigError, SpecError
 from .logs import setup_logging
 
@@ -18,8 +18,6 @@ log = logging.getLogger("daemon")
 
 
 def _settings_and_logs(*, to_stdout: bool = False) -> Settings:
-    from .adapters.runtime import secret_values
-
     settings = load_settings()
     setup_logging(
         settings.log_level,

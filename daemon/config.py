@@ -347,6 +347,18 @@ VARIABLES: tuple[Var, ...] = (
 class Settings:
     """The parsed configuration. Build it with `load_settings()`; never read os.environ elsewhere."""
 
+    def __repr__(self) -> str:
+        """Every setting but the secrets (left out) and the Redis URL's password (masked): a repr ends
+        up in tracebacks, logs and Sentry."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "redis_url":
+                value = re.sub(r"(://[^/@:]*:)[^/@]+@", r"\1[Filtered]@", value)
+            if f.repr:
+                shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     redis_url: str
     queues: tuple[str, ...]
     worker_name: str
@@ -462,3 +474,14 @@ def _check_consistency(values: Mapping[str, Any]) -> None:
     for name in values["queues"]:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"DAEMON_QUEUES={','.join(values['queues'])!r}: bad queue name {name!r}")
+
+
+def secret_values(settings: Settings) -> Mapping[str, str]:
+    """Values that must never appear in a log line."""
+    pairs = {
+        "SUPABASE_SERVICE_ROLE_KEY": settings.supabase_key,
+        "CALLBACK_SECRET": settings.callback_secret,
+        "SENTRY_DSN": settings.sentry_dsn,
+        "REDIS_URL password": url_password(settings.redis_url),
+    }
+    return {k: v for k, v in pairs.items() if v}

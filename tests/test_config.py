@@ -301,3 +301,22 @@ def test_every_variable_reaches_exactly_one_settings_field(env, name):
         if getattr(before, f.name) != getattr(after, f.name)
     }
     assert list(changed.values()) == [expected], changed
+
+
+def test_the_settings_repr_shows_no_secret(tmp_path):
+    # Given settings with every secret set, and a Redis URL with a password
+    settings = load_settings(
+        {
+            "DAEMON_ENV_FILE": str(tmp_path / "no.env"),
+            "REDIS_URL": "redis://:redis-pw-123@cache.internal:6379/0",
+            "SUPABASE_URL": "https://db.example.co",
+            "SUPABASE_SERVICE_ROLE_KEY": "service-role-key-456",
+            "SENTRY_DSN": "https://sentrykey789@o1.ingest.sentry.io/42",
+        }
+    )
+    # When it is shown
+    shown = repr(settings)
+    # Then the settings are there, the secrets are not
+    assert "redis://:[Filtered]@cache.internal:6379/0" in shown and "https://db.example.co" in shown
+    for secret in ("redis-pw-123", "service-role-key-456", "sentrykey789"):
+        assert secret not in shown, secret

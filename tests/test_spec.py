@@ -498,3 +498,25 @@ def test_an_input_is_labelled_without_credentials(ref, label):
         kinds={"inspect": InspectParams},
     )
     assert spec.inputs[0].label == label
+
+
+def test_a_specs_repr_carries_no_url_credential():
+    # Given a spec with a presigned input URL, presigned output URLs and a callback URL with a token
+    spec = parse_spec(
+        {
+            "spec_version": 1,
+            "job_id": "repr-1",
+            "kind": "inspect",
+            "inputs": [{"url": "https://in.example/a.jpg?X-Amz-Signature=in-sig"}],
+            "output": {"presigned_put": {"manifest.json": "https://out.example/m?X-Amz-Signature=out-sig"}},
+            "callback_url": "https://app.example/hook?token=cb-token",
+        },
+        kinds={"inspect": InspectParams},
+    )
+    # When it is shown (a traceback, a log line, a Sentry event)
+    shown = repr(spec)
+    # Then every URL is there by its place, none with its query string; the spec itself is untouched
+    assert "https://in.example/a.jpg" in shown and "https://app.example/hook" in shown
+    for secret in ("in-sig", "out-sig", "cb-token", "X-Amz"):
+        assert secret not in shown, secret
+    assert spec.inputs[0].url == "https://in.example/a.jpg?X-Amz-Signature=in-sig"

@@ -7,7 +7,7 @@ HTTP clients must not be shared across fork().
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as RedisRetry
 
-from ..config import Settings, url_password
+from ..config import Settings
 from ..digest import file_sha256
 from ..errors import InputError, SpecError
 from ..spec.model import InputRef
@@ -205,14 +205,3 @@ class InputSource:
         except InputError:
             path.unlink(missing_ok=True)
             raise
-
-
-def secret_values(settings: Settings) -> Mapping[str, str]:
-    """Values that must never appear in a log line."""
-    pairs = {
-        "SUPABASE_SERVICE_ROLE_KEY": settings.supabase_key,
-        "CALLBACK_SECRET": settings.callback_secret,
-        "SENTRY_DSN": settings.sentry_dsn,
-        "REDIS_URL password": url_password(settings.redis_url),
-    }
-    return {k: v for k, v in pairs.items() if v}

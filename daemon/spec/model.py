@@ -172,6 +172,11 @@ class InputRef(BaseModel):
         _exactly_one(self, "url", "s3_key")
         return self
 
+    def __repr_args__(self) -> Any:
+        # repr() ends up in tracebacks and Sentry: a presigned URL's query string is a credential.
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name == "url" and value else value)
+
     @property
     def label(self) -> str:
         """How messages, rows and logs name this input: its name, else its URL redacted (a presigned
@@ -194,6 +199,13 @@ class Output(BaseModel):
     def _one_target(self) -> Output:
         _exactly_one(self, "s3_prefix", "presigned_put")
         return self
+
+    def __repr_args__(self) -> Any:
+        # As InputRef's: presigned PUT URLs are credentials until they expire.
+        for name, value in super().__repr_args__():
+            if name == "presigned_put" and value:
+                value = {output: redact_url(url) for output, url in value.items()}
+            yield name, value
 
 
 P = TypeVar("P")
@@ -236,6 +248,11 @@ class JobSpec(BaseModel, Generic[P]):
 
     params: P = Field(default_factory=dict, validate_default=True)
     """Kind-specific parameters; omitted means the kind's defaults."""
+
+    def __repr_args__(self) -> Any:
+        # A callback URL may carry a token in its query string, as a presigned input URL does.
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name == "callback_url" and value else value)
 
     @field_validator("kind")
     @classmethod
