@@ -520,3 +520,20 @@ def test_a_specs_repr_carries_no_url_credential():
     for secret in ("in-sig", "out-sig", "cb-token", "X-Amz"):
         assert secret not in shown, secret
     assert spec.inputs[0].url == "https://in.example/a.jpg?X-Amz-Signature=in-sig"
+
+
+def test_a_video_job_may_ask_for_at_most_2000_frames():
+    # Given video specs whose fps and duration cap could ask for 72,000 frames, or exactly 2,000, or a
+    # fixed count over a long video
+    def video(params: dict[str, Any]) -> dict[str, Any]:
+        return {**minimal_spec(), "kind": "splat_video", "params": params}
+
+    # When parsed, Then the first is refused, saying how to fit, and the others are taken
+    with pytest.raises(SpecError) as refused:
+        parse_spec(video({"fps": 10, "max_duration_s": 7200}), kinds=KINDS)
+    assert refused.value.code == "invalid_params"
+    assert "72,000 frames, over the 2,000" in refused.value.message
+    assert parse_spec(video({"fps": 10, "max_duration_s": 200}), kinds=KINDS).params.fps == 10
+    assert (
+        parse_spec(video({"frame_count": 500, "max_duration_s": 7200}), kinds=KINDS).params.frame_count == 500
+    )
