@@ -239,6 +239,12 @@ VARIABLES: tuple[Var, ...] = (
     Var("S3_MULTIPART_CHUNK_MB", _positive_int, "16", "Part size for multipart uploads (min 5)."),
     # Downloads of user URLs
     Var("DOWNLOAD_MAX_BYTES", _positive_int, str(4 << 30), "Largest single input accepted, in bytes."),
+    Var(
+        "JOB_INPUT_MAX_BYTES",
+        _positive_int,
+        str(20 << 30),
+        "Most bytes one job's inputs may take together (the work disk is shared by every GPU's worker).",
+    ),
     Var("DOWNLOAD_TIMEOUT_S", _positive_float, "600", "Wall-clock cap for one input download."),
     Var(
         "DOWNLOAD_MAX_REDIRECTS", _non_negative_int, "5", "Redirects followed per download, each re-checked."
@@ -382,6 +388,7 @@ class Settings:
     s3_multipart_threshold_mb: int
     s3_multipart_chunk_mb: int
     download_max_bytes: int
+    job_input_max_bytes: int
     download_timeout_s: float
     download_max_redirects: int
     url_allow_networks: tuple[IPNetwork, ...]

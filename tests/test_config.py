@@ -226,6 +226,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "S3_MULTIPART_THRESHOLD_MB": ("65", 65),
     "S3_MULTIPART_CHUNK_MB": ("17", 17),
     "DOWNLOAD_MAX_BYTES": ("12345", 12345),
+    "JOB_INPUT_MAX_BYTES": ("1000000", 1000000),
     "DOWNLOAD_TIMEOUT_S": ("601", 601.0),
     "DOWNLOAD_MAX_REDIRECTS": ("2", 2),
     "URL_ALLOW_NETWORKS": ("127.0.0.1/32", (ipaddress.ip_network("127.0.0.1/32"),)),

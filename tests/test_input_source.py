@@ -15,6 +15,7 @@ from daemon.errors import InputError
 from daemon.handlers.sniff import describe_content, sniff_video
 from daemon.spec.model import InputRef
 from tests.fixtures_daemon import sample_jpeg
+from tests.test_worker_faults import enqueue, wait_status
 
 
 def test_a_url_input_is_checked_against_its_sha256(daemon_env, file_server, tmp_path):
@@ -83,3 +84,26 @@ def test_an_s3_input_meets_the_jobs_first_bytes_check_as_a_download_does(full_en
     assert seen == [b"<!doctype html><html></html>"]
     assert refused.value.code == "not_a_video" and "HTML" in refused.value.message
     assert not (tmp_path / "clip.mp4").exists()
+
+
+@pytest.mark.slow
+def test_a_jobs_inputs_together_stay_under_the_job_input_budget(
+    daemon_env, file_server, start_worker, tmp_path
+):
+    # Given a budget of 5 kB for all of a job's inputs, and a job of three photos of about 2 kB each
+    env = {**daemon_env, "JOB_INPUT_MAX_BYTES": "5000"}
+    photos = [sample_jpeg(seed, size=(96, 72)) for seed in (1, 2, 3)]
+    assert sum(len(p) for p in photos[:2]) <= 5000 < sum(len(p) for p in photos)
+    urls = [file_server.add(f"budget-{n}.jpg", data) for n, data in enumerate(photos)]
+    enqueue(env, {"spec_version": 1, "job_id": "budget-1", "kind": "inspect", "params": {},
+                  "inputs": [{"url": url, "name": f"p{n}.jpg"} for n, url in enumerate(urls)]})  # fmt: skip
+    # When a worker runs it
+    worker = start_worker(env)
+    row = wait_status(tmp_path, "budget-1", "failed", worker=worker)
+    # Then the third download is stopped at the budget, and the job fails for good saying so
+    assert row["error_code"] == "inputs_too_large"
+    assert "JOB_INPUT_MAX_BYTES = 5000 bytes at input 3 of 3 (p2.jpg;" in row["error_message"]
+    # And the worker serves on: a job within the budget completes
+    enqueue(env, {"spec_version": 1, "job_id": "budget-2", "kind": "inspect", "params": {},
+                  "inputs": [{"url": urls[0]}]})  # fmt: skip
+    wait_status(tmp_path, "budget-2", "completed", worker=worker)

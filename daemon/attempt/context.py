@@ -16,6 +16,7 @@ from ..adapters.outbox import Outbox
 from ..adapters.rows import RowStore
 from ..adapters.storage import OutputStore, StoredObject
 from ..config import Settings
+from ..errors import InputError
 from ..handlers.base import Handler, Stage
 from ..logs import log_context
 from ..spec.model import JobSpec
@@ -160,15 +161,37 @@ class JobContext:
         self, accept: Callable[[str, bytes], bool] | None = None, *, max_bytes: int | None = None
     ) -> list[Path]:
         """Download every input into `workdir/inputs`, reporting progress per file; `accept` vets each
-        file's first bytes, `max_bytes` lowers the daemon's per-file size cap."""
+        file's first bytes, `max_bytes` lowers the daemon's per-file size cap. Together the inputs take
+        at most JOB_INPUT_MAX_BYTES: each download stops as soon as the job's total would pass it."""
         dest_dir = self.workdir / "inputs"
         dest_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
+        budget = self.settings.job_input_max_bytes if self.settings else None
+        paths: list[Path] = []
+        used = 0
         for index, item in enumerate(self.spec.inputs):
             name = getattr(item, "name", None) or f"input_{index:04d}"
-            paths.append(self.inputs.fetch(item, dest_dir / name, accept, max_bytes))
+            cap, budget_binds = self._input_cap(max_bytes, budget, used)
+            try:
+                paths.append(self.inputs.fetch(item, dest_dir / name, accept, cap))
+            except InputError as exc:
+                if exc.code != "input_too_large" or not budget_binds:
+                    raise
+                raise InputError(
+                    f"inputs: together over JOB_INPUT_MAX_BYTES = {budget} bytes at input {index + 1} of "
+                    f"{len(self.spec.inputs)} ({item.label}; {used} bytes before it)",
+                    code="inputs_too_large",
+                ) from None
+            used += paths[-1].stat().st_size
             self.progress((index + 1) / len(self.spec.inputs))
         return paths
+
+    def _input_cap(self, max_bytes: int | None, budget: int | None, used: int) -> tuple[int | None, bool]:
+        """The size cap of the next input, and whether it is the job's remaining budget that sets it."""
+        if budget is None or self.settings is None:
+            return max_bytes, False
+        left = max(0, budget - used)
+        per_file = min(self.settings.download_max_bytes, max_bytes or self.settings.download_max_bytes)
+        return min(per_file, left), left < per_file
 
     def put_output(self, name: str, path: Path, content_type: str) -> StoredObject:
         self.interrupts.raise_if_requested()
