@@ -271,6 +271,11 @@ def test_user_data_installs_the_unit_that_ops_systemd_provides() -> None:
     installed = set(re.findall(r"ops/systemd/([\w@.-]+)", script))
     assert "capture-daemon@.service" in installed
     assert 'units+=("capture-daemon@$gpu.service")' in script  # one instance per GPU
+    # each with its share of the memory, written before the units start
+    share = script.index(
+        'ops/systemd/memory-share.sh" "$gpus" >/etc/systemd/system/capture-daemon@.service.d/'
+    )
+    assert share < script.index('systemctl enable --now "${units[@]}"')
     unit = SYSTEMD / "capture-daemon@.service"
     if not unit.is_file():
         pytest.skip("ops/systemd/capture-daemon@.service is not written yet")

@@ -527,3 +527,45 @@ def test_systemd_analyze_security_rates_the_unit_well_exposed_below_2_5(unit_cop
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     assert "Overall exposure level for capture-daemon@0.service" in proc.stdout
+
+
+MEMORY_SHARE = UNIT_DIR / "memory-share.sh"
+
+
+def memory_share(tmp_path: Path, gpus: str, total_kb: int) -> subprocess.CompletedProcess[str]:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       {total_kb} kB\nMemFree:        1000 kB\n")
+    return subprocess.run(
+        ["bash", str(MEMORY_SHARE), gpus],
+        env={**os.environ, "MEMINFO": str(meminfo)},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_each_gpu_worker_gets_an_equal_share_of_the_memory(tmp_path):
+    # Given a 64,000 MiB machine with 4 GPUs (user data runs this at boot, one drop-in for the template)
+    done = memory_share(tmp_path, "4", 64_000 * 1024)
+    # Then each worker's unit may use a quarter of it, after 2 GiB kept for the system
+    assert done.returncode == 0, done.stderr
+    assert "[Service]\nMemoryMax=15488M\n" in done.stdout
+    # And nonsense is refused rather than written as a limit
+    assert memory_share(tmp_path, "0", 64_000 * 1024).returncode == 2
+    assert memory_share(tmp_path, "4", 4_000 * 1024).returncode == 2  # under 1 GiB each
+
+
+def test_the_script_that_shares_memory_passes_shellcheck():
+    done = subprocess.run(["shellcheck", str(MEMORY_SHARE)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout
+
+
+@needs_systemd_analyze
+def test_systemd_accepts_the_memory_limit_in_the_unit(unit_copy, tmp_path):
+    # Given instance 0 of the unit with the generated limit in its [Service] section (as the drop-in adds it)
+    done = memory_share(tmp_path, "1", 32_000 * 1024)
+    limit = done.stdout.split("[Service]\n", 1)[1]
+    template = unit_copy / TEMPLATE.name
+    template.write_text(template.read_text().replace("[Service]\n", f"[Service]\n{limit}", 1))
+    assert "MemoryMax=" in template.read_text()
+    # When systemd loads it, Then it has nothing to say
+    code, warnings = verify(unit_copy / "capture-daemon@0.service")
+    assert code == 0 and warnings == []

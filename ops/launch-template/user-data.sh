@@ -191,6 +191,9 @@ install -m 0644 "$APP_DIR/ops/systemd/capture-daemon@.service" /etc/systemd/syst
 if [ -f "$APP_DIR/ops/systemd/capture-daemon.target" ]; then
   install -m 0644 "$APP_DIR/ops/systemd/capture-daemon.target" /etc/systemd/system/
 fi
+# Each GPU's worker gets an equal share of the memory (MemoryMax), so one job cannot starve the others.
+mkdir -p /etc/systemd/system/capture-daemon@.service.d
+bash "$APP_DIR/ops/systemd/memory-share.sh" "$gpus" >/etc/systemd/system/capture-daemon@.service.d/memory.conf
 systemctl daemon-reload
 # The unit's DeviceAllow= needs /dev/nvidia-uvm* to exist before it starts; the CUDA run above loaded the
 # module, this makes sure of the nodes (the workers cannot: NoNewPrivileges).
