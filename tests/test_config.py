@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ def test_defaults_parse_into_a_local_setup(env):
     assert settings.progress_min_interval_s == 1.0 and settings.heartbeat_interval_s == 15.0
     assert settings.log_level == "info"
     assert settings.work_dir == Path("var/work")
-    assert settings.worker_name  # <hostname>.<pid>
+    assert settings.worker_name == f"{socket.gethostname()}.{os.getpid()}"
 
 
 # -- bad values ------------------------------------------------------------------------------------------

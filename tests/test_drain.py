@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -75,8 +74,9 @@ def test_a_job_that_arrives_while_an_idle_worker_drains_is_handed_back(daemon_en
     # When a job arrives
     enqueue_cli(daemon_env, slow_spec(file_server, "drain-late", 0.1))
     # Then it is handed back, first in line and whole, and the worker stays up, idle
-    wait_until(lambda: "taking no new jobs" in worker.logs(), timeout=30, message=worker.logs)
-    time.sleep(3)  # longer than the worker's dequeue wait (DAEMON_MAINTENANCE_INTERVAL_S=2)
+    handed_back = "job drain-late handed back to queue"
+    wait_until(lambda: handed_back in worker.logs(), timeout=60, message=worker.logs)
+    assert "taking no new jobs" in worker.logs()
     redis = Redis.from_url(daemon_env["REDIS_URL"])
     assert queued_ids(redis) == ["drain-late"]
     assert redis.hget("rq:job:drain-late", "status") == b"queued"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -15,10 +17,25 @@ from daemon.errors import SpecError
 from daemon.handlers import parse_job, registry
 from daemon.spec.model import spec_to_json
 from daemon.worker.queue import ENTRY_POINT, ForbiddenCallable, GuardedJob, enqueue, make_queue
+from tests.fixtures_daemon import ROOT
 
-MISSING_MODULE = "evil_module_that_does_not_exist"
-"""A module no one can import: if the guard imported a name before refusing it, rq would raise
-ValueError/ImportError instead of ForbiddenCallable, and the module name would be looked up."""
+PAYLOAD = "tests.forged_payload"
+"""A real module whose import writes a marker file (see tests/forged_payload.py). Never imported by the
+test process itself: a cached module would not mark a second import."""
+
+
+@pytest.fixture
+def marker(tmp_path, monkeypatch):
+    """The file the payload module writes if it is ever imported or run, in this process or a child."""
+    path = tmp_path / "payload-marker"
+    monkeypatch.setenv("FORGED_PAYLOAD_MARKER", str(path))
+    return path
+
+
+def test_the_payload_module_marks_its_import(marker):
+    # The control for the tests below: importing the payload module does leave the marker
+    subprocess.run([sys.executable, "-c", f"import {PAYLOAD}"], cwd=ROOT, env=os.environ, check=True)
+    assert marker.read_text() == "imported\n"
 
 
 def forge(redis: Redis, func: str, **options) -> str:
@@ -73,16 +90,16 @@ def test_guard_refuses_any_callable_but_the_entry_point(redis, func):
         resolve(job)
 
 
-def test_guard_refuses_without_importing_the_named_module(redis):
-    # Given a forged job naming a module that does not exist
-    job = fetch_guarded(redis, forge(redis, f"{MISSING_MODULE}.payload"))
+def test_guard_refuses_without_importing_the_named_module(redis, marker):
+    # Given a forged job naming a real module whose import would leave a marker
+    job = fetch_guarded(redis, forge(redis, f"{PAYLOAD}.payload"))
 
     # When the worker resolves it
-    with pytest.raises(ForbiddenCallable):
+    with pytest.raises(ForbiddenCallable, match=f"names '{PAYLOAD}.payload'"):
         resolve(job)
 
     # Then the refusal came before any import was tried
-    assert MISSING_MODULE not in sys.modules
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -123,9 +140,10 @@ def test_guard_resolves_our_entry_point(redis):
 
 
 @pytest.mark.parametrize("which", ["success", "failure", "stopped"])
-def test_guard_refuses_rq_callbacks_without_importing_them(redis, which):
-    # Given a forged job naming our entry point but carrying an rq callback from a module no one has
-    name = f"{MISSING_MODULE}_{which}.hook"
+def test_guard_refuses_rq_callbacks_without_importing_them(redis, marker, which):
+    # Given a forged job naming our entry point but carrying an rq callback from a module that marks
+    # its import
+    name = f"{PAYLOAD}.hook"
     job = fetch_guarded(redis, forge(redis, ENTRY_POINT, **{f"on_{which}": Callback(name)}))
 
     # When the worker looks up that callback
@@ -133,7 +151,7 @@ def test_guard_refuses_rq_callbacks_without_importing_them(redis, which):
         getattr(job, f"{which}_callback")
 
     # Then it was refused by name, nothing imported
-    assert f"{MISSING_MODULE}_{which}" not in sys.modules
+    assert not marker.exists()
 
 
 def test_forged_job_cannot_make_the_worker_send_rq_webhooks(redis, webhook_receiver):

@@ -5,13 +5,12 @@ instances keep vanishing fails once its preemption budget is spent, not before."
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from redis import Redis
 
 from tests.fixtures_daemon import wait_until
-from tests.test_worker_faults import enqueue, held_spec, horse_pid, local_row, wait_status
+from tests.test_worker_faults import enqueue, held_spec, horse_pid, local_row, slow_spec, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +34,14 @@ def test_a_superseded_attempt_writes_no_output_row_or_callback(
     assert not (tmp_path / "outputs" / "fenced").exists()
     row = local_row(tmp_path, "fenced")
     assert row["status"] == "running" and row["attempt"] == 1  # untouched since
-    time.sleep(1.0)  # anything it would still send has been queued by now
-    assert len(webhook_receiver.events) == sent_before  # not even a progress milestone
-    assert worker.proc.poll() is None  # and the worker serves on
+    # And the worker serves on: the next job's callbacks arrive, and none from the stale attempt came
+    # before them (the attempt had ended: the worker dequeues one job at a time)
+    enqueue(daemon_env, slow_spec(file_server, "after-fenced", 0.1, callback_url=webhook_receiver.url))
+    webhook_receiver.wait_for(
+        lambda e: e.type == "job.completed" and e.json["data"]["job_id"] == "after-fenced", timeout=60
+    )
+    assert [e for e in webhook_receiver.events[sent_before:] if e.json["data"]["job_id"] == "fenced"] == []
+    assert Redis.from_url(daemon_env["REDIS_URL"]).zcard("daemon:outbox:due") == 0  # nothing left to send
 
 
 def test_preemptions_have_their_own_budget(daemon_env, file_server, start_worker, tmp_path):

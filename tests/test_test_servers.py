@@ -83,7 +83,20 @@ def test_redis_restart_with_downtime_and_kill_keep_acknowledged_writes(
 
 
 def test_redis_url_restarts_a_server_a_test_left_stopped(redis_server: RedisServer, redis_url: str) -> None:
-    redis_server.kill()  # the fixture must bring it back for whoever comes next
+    # Given a test that leaves the session's server killed
+    client = redis_server.client(socket_connect_timeout=5)
+    redis_server.kill()
+    assert not redis_server.running
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    # When the fixture's set-up and tear-down step runs (start: a no-op on a running server)
+    redis_server.start()
+    port = redis_server.port
+    # Then the server answers again, on the same port, and a second start changes nothing
+    assert client.ping() is True
+    redis_server.start()
+    assert redis_server.running and redis_server.port == port and client.ping() is True
+    client.close()
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------------

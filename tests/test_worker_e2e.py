@@ -4,6 +4,7 @@ signed callback arrives at a receiver that verifies it with `standardwebhooks`."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -150,9 +151,18 @@ def test_daemon_cli_enqueue_validates_and_runs(daemon_env, file_server, start_wo
     wait_until(
         lambda: row_file.exists() and json.loads(row_file.read_text())["status"] == "completed", timeout=60
     )
-    # Then rq recorded the job as finished with our result
+    # Then rq recorded the job as finished with our result: the outputs the row lists, the manifest's
+    # bytes among them
     job = Job.fetch("e2e-cli", connection=Redis.from_url(daemon_env["REDIS_URL"]), serializer=JSONSerializer)
-    assert wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=10)
+    assert wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=30)
+    result = job.return_value(refresh=True)
+    row = json.loads(row_file.read_text())
+    assert (result["status"], result["job_id"], result["attempt"]) == ("completed", "e2e-cli", 1)
+    assert result["outputs"] == row["outputs"] and "manifest.json" in result["outputs"]
+    manifest = (tmp_path / "outputs" / "e2e-cli" / "manifest.json").read_bytes()
+    listed = result["outputs"]["manifest.json"]
+    assert (listed["size"], listed["sha256"]) == (len(manifest), hashlib.sha256(manifest).hexdigest())
+    assert json.loads(manifest)["job_id"] == "e2e-cli"
 
 
 def test_s3_key_inputs_and_a_presigned_put_output_on_seaweedfs(
