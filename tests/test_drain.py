@@ -74,9 +74,8 @@ def test_a_job_that_arrives_while_an_idle_worker_drains_is_handed_back(daemon_en
     # When a job arrives
     enqueue_cli(daemon_env, slow_spec(file_server, "drain-late", 0.1))
     # Then it is handed back, first in line and whole, and the worker stays up, idle
-    handed_back = "job drain-late handed back to queue"
-    wait_until(lambda: handed_back in worker.logs(), timeout=60, message=worker.logs)
-    assert "taking no new jobs" in worker.logs()
+    said = ("job drain-late handed back to queue default: this worker is draining", "taking no new jobs")
+    wait_until(lambda: all(line in worker.logs() for line in said), timeout=60, message=worker.logs)
     redis = Redis.from_url(daemon_env["REDIS_URL"])
     assert queued_ids(redis) == ["drain-late"]
     assert redis.hget("rq:job:drain-late", "status") == b"queued"

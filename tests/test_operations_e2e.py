@@ -7,10 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+from redis import Redis
 
 from daemon.fleet.identity import GROUP_TAG_PATH, INSTANCE_ID_PATH, REGION_PATH
 from daemon.fleet.imds import META_PREFIX
@@ -88,6 +91,30 @@ def test_systemd_hears_ready_watchdog_and_a_stop_that_checkpoints(
         next(m["EXTEND_TIMEOUT_USEC"] for m in notify_socket.poll() if "EXTEND_TIMEOUT_USEC" in m)
     ) >= (float(daemon_env["DAEMON_STOP_TIMEOUT_S"]) * 1e6)
     assert wait_status(tmp_path, "sd-job", "requeued")["error_code"] == "preempted"
+
+
+def test_rq_suspend_holds_new_jobs_while_the_watchdog_stays_fed(
+    daemon_env, file_server, start_worker, tmp_path, notify_socket
+):
+    # Given an idle worker under "systemd", suspended by an operator with `rq suspend`
+    env = {**daemon_env, "NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "6000000"}
+    worker = start_worker(env)
+    wait_until(lambda: notify_socket.count("READY", "1"), timeout=30, message=worker.logs)
+    rq_cli = [sys.executable, "-m", "rq.cli"]
+    subprocess.run([*rq_cli, "suspend", "--url", daemon_env["REDIS_URL"]], check=True, capture_output=True)
+    # When a job arrives (rq itself would let an idle worker take it: it looks only between jobs)
+    enqueue_cli(daemon_env, slow_spec(file_server, "while-suspended", 0.1))
+    # Then the worker hands it back and waits, feeding the watchdog (two more pings, counted)
+    wait_until(lambda: "suspended (rq suspend)" in worker.logs(), timeout=30, message=worker.logs)
+    assert "job while-suspended handed back to queue default: workers are suspended" in worker.logs()
+    two_more_pings(notify_socket, worker)
+    # And the job still waits on its queue, untouched, and the worker is alive
+    assert Redis.from_url(daemon_env["REDIS_URL"]).lrange("rq:queue:default", 0, -1) == [b"while-suspended"]
+    assert "attempt started" not in worker.logs() and worker.proc.poll() is None
+    # And after `rq resume` the worker takes it
+    subprocess.run([*rq_cli, "resume", "--url", daemon_env["REDIS_URL"]], check=True, capture_output=True)
+    wait_status(tmp_path, "while-suspended", "completed", worker=worker)
+    assert "resumed (rq resume): taking jobs again" in worker.logs()
 
 
 def test_healthz_and_metrics_during_and_after_a_job(daemon_env, file_server, start_worker, tmp_path):

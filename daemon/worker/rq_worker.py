@@ -194,10 +194,16 @@ class DaemonWorker(Worker):
     def check_for_suspension(self, burst: bool) -> None:
         """Before each dequeue: rq's suspension, and ours while draining (a spot notice, or an operator):
         idle, alive, so systemd does not restart us into taking jobs on an instance that is going away."""
+        suspended = False
         while not burst and not self._stop_requested and is_suspended(self.connection, self):
             # rq's own wait (`rq suspend`) has no hook: wait here, keeping systemd's watchdog fed.
+            if not suspended:
+                suspended = True
+                log.warning("suspended (rq suspend): taking no new jobs until `rq resume`")
             self.ops.tick()
             time.sleep(1.0)
+        if suspended:
+            log.warning("resumed (rq resume): taking jobs again")
         super().check_for_suspension(burst)
         if self.draining is not None:
             self._idle_while_draining(burst)
@@ -216,17 +222,30 @@ class DaemonWorker(Worker):
         raise StopRequested()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        if result is not None and self.draining is not None:
-            # The drain arrived while we waited for a job: give it back, first in line, untouched.
-            job, queue = result
-            with self.connection.pipeline() as pipe:
-                pipe.lrem(IntermediateQueue(queue.key, self.connection).key, 1, job.id)
-                queue.push_job_id(job.id, pipeline=pipe, at_front=True)
-                pipe.execute()
-            log.info("job %s handed back to queue %s: this worker is draining", job.id, queue.name)
-            self._idle_while_draining(burst=timeout is None)
-        return result
+        while True:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if result is None:
+                return None
+            if self.draining is not None:
+                # The drain arrived while we waited for a job: give it back, first in line, untouched.
+                self._hand_back(result, "this worker is draining")
+                self._idle_while_draining(burst=timeout is None)
+            if timeout is None or not is_suspended(self.connection):
+                return result
+            # rq looks at `rq suspend` only between jobs; an idle worker waits inside the dequeue, so
+            # without this it would take the next job anyway.
+            self._hand_back(result, "workers are suspended")
+            self.check_for_suspension(burst=False)
+            if self._stop_requested:
+                raise StopRequested()
+
+    def _hand_back(self, result: tuple[Any, Any], why: str) -> None:
+        job, queue = result
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(IntermediateQueue(queue.key, self.connection).key, 1, job.id)
+            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+            pipe.execute()
+        log.info("job %s handed back to queue %s: %s", job.id, queue.name, why)
 
     def handle_warm_shutdown_request(self) -> None:
         """First SIGTERM/SIGINT: ask the running job to stop and requeue; kill it if it won't."""
