@@ -6,6 +6,8 @@ import dataclasses
 import ipaddress
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from daemon.config import VARIABLES, Settings, load_settings
 from daemon.errors import ConfigError
+from tests.fixtures_daemon import ROOT
 
 
 @pytest.fixture
@@ -323,3 +326,21 @@ def test_the_settings_repr_shows_no_secret(tmp_path):
     assert "redis://:[Filtered]@cache.internal:6379/0" in shown and "https://db.example.co" in shown
     for secret in ("redis-pw-123", "service-role-key-456", "sentrykey789"):
         assert secret not in shown, secret
+
+
+def test_the_worker_exits_78_on_bad_configuration(tmp_path):
+    # Given a worker started with a value that does not parse (as systemd would start it)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("JOB_", "DAEMON_"))},
+        "DAEMON_ENV_FILE": str(tmp_path / "no.env"),
+        "JOB_MAX_ATTEMPTS": "0",
+    }
+    # When it starts
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "worker"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    # Then it exits with EX_CONFIG (the unit's RestartPreventExitStatus=78 stops a restart loop), naming
+    # the variable, before touching Redis
+    assert done.returncode == 78, done.stderr
+    assert done.stderr.startswith("configuration error: JOB_MAX_ATTEMPTS")

@@ -54,6 +54,7 @@ def test_no_secret_or_signature_leaves_in_a_sentry_event(sentry_ingest, tmp_path
         "SUPABASE_URL": "http://127.0.0.1:1",
         "SUPABASE_SERVICE_ROLE_KEY": SUPABASE_KEY,
         "CALLBACK_SECRET": CALLBACK_SECRET,
+        "SENTRY_ENVIRONMENT": "staging-eu",
     }
     # When it reports the exception and an error log line to Sentry (the real SDK, over HTTP)
     done = subprocess.run(
@@ -71,3 +72,5 @@ def test_no_secret_or_signature_leaves_in_a_sentry_event(sentry_ingest, tmp_path
     for secret in (SUPABASE_KEY, REDIS_PASSWORD, CALLBACK_SECRET, "AKIAEXAMPLEKEYID", "deadbeefcafe0123"):
         assert secret not in sent, secret
     assert "vars" not in json.dumps(crash["exception"])
+    # And both carry the configured environment
+    assert crash["environment"] == logged["environment"] == "staging-eu"

@@ -21,7 +21,9 @@ from boto3.s3.transfer import TransferConfig
 
 from daemon.adapters.aws import s3_client
 from daemon.adapters.fetch import FetchPolicy
+from daemon.adapters.runtime import Runtime
 from daemon.adapters.storage import LocalStore, PresignedPutStore, S3Store, object_key
+from daemon.config import load_settings
 from daemon.errors import DownloadError, InputError, StorageError
 from tests.fixtures_s3 import new_bucket_name
 from tests.servers.s3 import MotoS3Server, SeaweedS3Server, free_ports
@@ -189,6 +191,33 @@ def test_s3_put_large_file_is_multipart(s3_bucket: tuple[MotoS3Server, str], tmp
     assert (got.size, got.sha256) == (len(data), sha(data))
     body = server.client().get_object(Bucket=bucket, Key="outputs/job-2/scene.ply")["Body"].read()
     assert body == data
+
+
+@pytest.mark.parametrize(("threshold_mb", "parts"), [("5", "-3"), ("64", "")], ids=["parts", "whole"])
+def test_the_multipart_settings_reach_the_uploads(
+    s3_bucket: tuple[MotoS3Server, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threshold_mb, parts
+) -> None:
+    # Given a daemon configured through its variables, as systemd's environment file would
+    server, bucket = s3_bucket
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    settings = load_settings({
+        "DAEMON_ENV_FILE": str(tmp_path / "no.env"),
+        "STORAGE_BACKEND": "s3",
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": server.endpoint_url,
+        "AWS_REGION": server.region,
+        "S3_MULTIPART_THRESHOLD_MB": threshold_mb,
+        "S3_MULTIPART_CHUNK_MB": "6",
+    })  # fmt: skip
+    data = os.urandom(13 * MiB)
+    # When the runtime's output store uploads a 13 MiB file
+    Runtime(settings).output_store(None).put_file("job-mp", "big.bin", write(tmp_path / "b", data), "a/b")
+    # Then it went in 6 MiB parts above the threshold (6 + 6 + 1: three parts), in one PUT below it
+    head = server.client().head_object(Bucket=bucket, Key="jobs/job-mp/big.bin")
+    etag = head["ETag"].strip('"')
+    assert etag.endswith(parts) if parts else "-" not in etag
+    assert head["ContentLength"] == len(data)
 
 
 def test_s3_put_to_a_missing_bucket_is_permanent(moto_s3: MotoS3Server, tmp_path: Path) -> None:

@@ -83,6 +83,18 @@ def test_node_producer_to_completed_row_s3_object_and_verified_callback(
     # And no secret reached the log
     logs = worker.logs()
     assert full_env["SUPABASE_SERVICE_ROLE_KEY"] not in logs and full_env["CALLBACK_SECRET"] not in logs
+    # And a job naming its own output prefix has its outputs there, and only there
+    spec = inspect_spec(file_server, "e2e-node-2", count=1, output={"s3_prefix": "deliveries/p-42"})
+    run_node_producer(full_env, spec)
+    row = wait_until(
+        lambda: next((r for r in jobs_rows(id="e2e-node-2") if r["status"] == "completed"), None),
+        timeout=60,
+        message=lambda: f"rows: {jobs_rows(id='e2e-node-2')}",
+    )
+    assert row["outputs"]["manifest.json"]["uri"] == f"s3://{bucket}/deliveries/p-42/e2e-node-2/manifest.json"
+    listed = server.client().list_objects_v2(Bucket=bucket, Prefix="deliveries/")["Contents"]
+    assert [o["Key"] for o in listed] == ["deliveries/p-42/e2e-node-2/manifest.json"]
+    assert "Contents" not in server.client().list_objects_v2(Bucket=bucket, Prefix="jobs/e2e-node-2/")
 
 
 def test_rq_cli_enqueue_runs_the_job_under_its_kinds_time_limit(
@@ -163,6 +175,18 @@ def test_daemon_cli_enqueue_validates_and_runs(daemon_env, file_server, start_wo
     listed = result["outputs"]["manifest.json"]
     assert (listed["size"], listed["sha256"]) == (len(manifest), hashlib.sha256(manifest).hexdigest())
     assert json.loads(manifest)["job_id"] == "e2e-cli"
+    # And `python -m daemon status` shows the job's ledger entry and row
+    status = subprocess.run(
+        [sys.executable, "-m", "daemon", "status", "e2e-cli"],
+        env=daemon_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shown = json.loads(status.stdout)
+    assert shown["ledger"]["attempt"] == 1 and shown["ledger"]["status"] == "completed"
+    assert shown["row"]["status"] == "completed" and shown["row"]["outputs"] == result["outputs"]
 
 
 def test_s3_key_inputs_and_a_presigned_put_output_on_seaweedfs(
