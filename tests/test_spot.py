@@ -160,20 +160,25 @@ def test_client_gets_one_token_and_reuses_it(imds: FakeIMDS) -> None:
 
 
 def test_client_refreshes_the_token_before_it_expires(imds: FakeIMDS) -> None:
-    # Given a client asking for 2 s tokens (refreshed with a tenth of their life left)
-    client = MetadataClient(imds.url, token_ttl_s=2)
-    started = time.monotonic()
+    # Given a client asking for 600 s tokens (refreshed with a tenth of their life left), on a clock the
+    # test moves (the fake service's own clock is real: it never sees the token age)
+    now = [1000.0]
+    client = MetadataClient(imds.url, token_ttl_s=600, clock=lambda: now[0])
     client.get("instance-id")
-    time.sleep(1.0)
+    now[0] += 539.0  # 61 s of life left: more than the margin
     client.get("instance-id")
     assert imds.token_requests == 1
-    # When the token is about to run out
-    time.sleep(max(0.0, started + 1.9 - time.monotonic()))
+    # When the token is about to run out (59 s left)
+    now[0] += 2.0
     client.get("instance-id")
     # Then a new one was fetched first: no GET was ever refused
     assert imds.token_requests == 2
     assert imds.count("GET", status=401) == 0
     assert imds.count("GET", status=200) == 3
+    # And the new token's life counts from when it was asked for
+    now[0] += 539.0
+    client.get("instance-id")
+    assert imds.token_requests == 2
 
 
 def test_client_gets_a_new_token_after_a_401_and_retries_once(imds: FakeIMDS) -> None:

@@ -93,6 +93,11 @@ class CancelWatcher:
     def stop(self) -> None:
         self._stop.set()
 
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the polling thread to end (after its signal, or after stop()); True if it has."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:

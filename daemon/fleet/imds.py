@@ -20,6 +20,7 @@ import http.client
 import logging
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from ..config import DEFAULT_IMDS_URL
@@ -63,6 +64,7 @@ class MetadataClient:
         *,
         token_ttl_s: int = MAX_TOKEN_TTL_S,
         timeout_s: float = TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
@@ -79,12 +81,13 @@ class MetadataClient:
         self._refresh_margin_s = min(TOKEN_REFRESH_MARGIN_S, token_ttl_s / 10)
         self._lock = threading.Lock()
         self._token: str | None = None
-        self._token_expires = 0.0  # time.monotonic()
+        self._clock = clock  # injectable: tests move time instead of waiting for a token to age
+        self._token_expires = 0.0  # on self._clock
 
     def token(self) -> str:
         """A token with more than the refresh margin left, fetched when needed."""
         with self._lock:
-            if self._token is None or self._token_expires - time.monotonic() < self._refresh_margin_s:
+            if self._token is None or self._token_expires - self._clock() < self._refresh_margin_s:
                 self._token, self._token_expires = self._fetch_token()
             return self._token
 
@@ -112,7 +115,7 @@ class MetadataClient:
         return self._request("GET", path, {TOKEN_HEADER: self.token()})
 
     def _fetch_token(self) -> tuple[str, float]:
-        asked_at = time.monotonic()  # the token's life is counted from before we asked: errs early
+        asked_at = self._clock()  # the token's life is counted from before we asked: errs early
         status, body = self._request("PUT", TOKEN_PATH, {TTL_HEADER: str(self.token_ttl_s)})
         token = body.strip()
         if status != 200 or not token:
