@@ -11,8 +11,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint system-deps venv node-deps schema clean
 
+# The whole suite, never stopping at the first failure (CI reports every one); `make test PYTEST_ARGS=-x`
+# stops at the first while you iterate.
+PYTEST_ARGS ?=
 test: venv node-deps
-	$(PY) -m pytest -q -x --durations=15
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 demo: venv
 	$(PY) scripts/demo.py

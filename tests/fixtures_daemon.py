@@ -148,6 +148,13 @@ class FileServer:
         """Let the held downloads of `name` finish, and any later one through at once."""
         _QuietHandler.gate(name).set()
 
+    def wait_held(self, name: str, count: int = 1, timeout: float = 60.0) -> None:
+        """Wait until `count` downloads of `held_url(name)` have begun: the job is then certainly inside
+        its held download (a job can be "running" before it gets there; killed then, its next attempt
+        would be the one held)."""
+        wait_until(lambda: self.requests_of(name) >= count, timeout=timeout,
+                   message=f"no download of {name} began")  # fmt: skip
+
     def requests_of(self, name: str) -> int:
         """How many times `held_url(name)` was asked for."""
         with _QuietHandler.lock:

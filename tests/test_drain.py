@@ -46,6 +46,7 @@ def test_drain_lets_the_running_job_finish_takes_no_other_then_stops(
     worker = start_worker(daemon_env)
     enqueue_cli(daemon_env, held_spec(file_server, "drain-running"))
     wait_status(tmp_path, "drain-running", "running", worker=worker)
+    file_server.wait_held("drain-running")
     enqueue_cli(daemon_env, slow_spec(file_server, "drain-waiting", 0.1))
     # When the operator drains it (no systemd here: the command stops the worker itself), and the
     # running job's download goes on once the worker has taken the drain

@@ -58,6 +58,7 @@ def test_a_killed_work_horse_shows_requeued_in_the_ledger(env, file_server, star
     worker = start_worker(env)
     pid = wait_until(lambda: horse_pid(worker), timeout=30)
     wait_status(tmp_path, "policy-killed", "running", worker=worker)
+    file_server.wait_held("policy-killed")
     # When its work-horse is killed, as the out-of-memory killer would
     os.kill(pid, signal.SIGKILL)
     # Then the parent's retry shows in the ledger as it does in the row: requeued, one failure counted

@@ -22,6 +22,7 @@ def test_a_superseded_attempt_writes_no_output_row_or_callback(
     enqueue(daemon_env, held_spec(file_server, "fenced", callback_url=webhook_receiver.url))
     worker = start_worker(daemon_env)
     wait_status(tmp_path, "fenced", "running", worker=worker)
+    file_server.wait_held("fenced")
     webhook_receiver.wait_for(lambda e: e.type == "job.progress", timeout=30)  # the 25 % milestone
     # When the ledger moves on to attempt 2 (another worker took the job over meanwhile)
     redis = Redis.from_url(daemon_env["REDIS_URL"])
@@ -52,6 +53,7 @@ def test_preemptions_have_their_own_budget(daemon_env, file_server, start_worker
         worker = start_worker(env, name=f"w{round_}")
         wait_until(lambda w=worker: horse_pid(w), timeout=30)
         wait_status(tmp_path, "hunted", "running", worker=worker)
+        file_server.wait_held("hunted", round_ + 1)
         worker.signal(15)
         assert worker.wait(timeout=30) == 0
     # Then the first two were requeued (JOB_MAX_ATTEMPTS=1 was not used up by them), the third failed

@@ -10,7 +10,8 @@ import hashlib
 import ipaddress
 import os
 import threading
-import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +26,7 @@ from daemon.adapters.runtime import Runtime
 from daemon.adapters.storage import LocalStore, PresignedPutStore, S3Store, object_key
 from daemon.config import load_settings
 from daemon.errors import DownloadError, InputError, StorageError
+from tests.fixtures_daemon import wait_until
 from tests.fixtures_s3 import new_bucket_name
 from tests.servers.s3 import MotoS3Server, SeaweedS3Server, free_ports
 
@@ -360,12 +362,23 @@ def test_presigned_put_delivers_the_file(seaweed_bucket: tuple[SeaweedS3Server, 
     assert "Signature" not in store.describe()
 
 
+def put_status(url: str) -> int:
+    """The status a bare PUT of an empty body to `url` gets."""
+    request = urllib.request.Request(url, data=b"", method="PUT")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_expired_presigned_url_is_rejected(
     seaweed_bucket: tuple[SeaweedS3Server, str], tmp_path: Path
 ) -> None:
     server, bucket = seaweed_bucket
     url = presign(server, bucket, "web/late.bin", expires=1)
-    time.sleep(2)
+    # (the server's clock decides: wait until it refuses the URL, by asking it)
+    wait_until(lambda: put_status(url) == 403, timeout=60, message="the URL never expired")
 
     with pytest.raises(StorageError) as caught:
         PresignedPutStore({"late.bin": url}, LOOPBACK).put_file(

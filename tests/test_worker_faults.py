@@ -78,6 +78,7 @@ def test_job_process_killed_with_sigkill_is_retried_and_completes(
     worker = start_worker(daemon_env)
     pid = wait_until(lambda: horse_pid(worker), timeout=30)
     wait_status(tmp_path, "kill-horse", "running")
+    file_server.wait_held("kill-horse")
     # When its process is killed as the OOM killer would
     os.kill(pid, signal.SIGKILL)
     # Then the row says requeued with a specific error, and a later attempt completes
@@ -97,6 +98,7 @@ def test_sigterm_requeues_the_running_job_and_exits_cleanly(daemon_env, file_ser
     first = start_worker(daemon_env, name="first")
     wait_until(lambda: horse_pid(first), timeout=30)
     wait_status(tmp_path, "graceful", "running")
+    file_server.wait_held("graceful")
     # When systemd sends SIGTERM
     first.signal(signal.SIGTERM)
     # Then the job is requeued (not run to the end: its input is held) and the worker exits 0
@@ -142,6 +144,7 @@ def test_redis_restart_mid_job_does_not_lose_the_job(
     enqueue(daemon_env, held_spec(file_server, "redis-blip", callback_url=webhook_receiver.url))
     worker = start_worker(daemon_env)
     wait_status(tmp_path, "redis-blip", "running", worker=worker)
+    file_server.wait_held("redis-blip")
     # When Redis restarts under it
     redis_server.restart(down_for=1.0)
     file_server.release("redis-blip")
