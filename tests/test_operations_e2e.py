@@ -199,5 +199,6 @@ def test_a_worker_publishes_the_backlog_and_protects_its_instance_while_busy(
     # And once the queue is empty and the worker idle, the backlog reads 0 and the protection goes
     for n in range(3):
         wait_status(tmp_path, f"ops-{n}", "completed", worker=worker)
-    wait_until(lambda: 0.0 in moto.metric(group, "BacklogTotal"), timeout=30, message=worker.logs)
+    latest = lambda: moto.metric(group, "BacklogTotal", period=1)[:1]  # noqa: E731
+    wait_until(lambda: latest() == [0.0], timeout=30, message=worker.logs)
     wait_until(lambda: not moto.protected(instance), timeout=40, message=worker.logs)
