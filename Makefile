@@ -8,13 +8,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server postgresql ffmpeg nodejs npm systemd shellcheck
 STAMP := $(VENV)/.installed
+# The AWS CLI that the ops scripts call (on an instance: the AMI's, or user-data's pip install), run by
+# the tests against moto. Its own venv: awscli pins an older botocore than our boto3.
+TOOLS := .venv-tools
+AWSCLI := awscli==1.46.2
 
-.PHONY: test demo lint system-deps venv node-deps schema clean
+.PHONY: test demo lint system-deps venv node-deps tools schema clean
 
 # The whole suite, never stopping at the first failure (CI reports every one); `make test PYTEST_ARGS=-x`
 # stops at the first while you iterate.
 PYTEST_ARGS ?=
-test: venv node-deps
+test: venv node-deps tools
 	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 demo: venv
@@ -51,6 +55,13 @@ $(STAMP): requirements.txt
 	touch $@
 
 node-deps: scripts/node/node_modules/.package-lock.json
+
+tools: $(TOOLS)/bin/aws
+
+$(TOOLS)/bin/aws: Makefile
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q $(AWSCLI)
+	touch $@
 
 scripts/node/node_modules/.package-lock.json: scripts/node/package.json scripts/node/package-lock.json
 	cd scripts/node && npm ci --no-audit --no-fund --loglevel=error

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
+from tests.servers.aws_front import AwsFront
 from tests.servers.s3 import MotoS3Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,74 +326,6 @@ def test_lifecycle_unit_passes_systemd_analyze_verify() -> None:
     assert result.returncode == 0, result.stderr
 
 
-STUB_AWS = """#!/bin/bash
-echo "aws $*" >>"$CALLS"
-case "$*" in *describe-lifecycle-hooks*) echo "$HOOK_NAME" ;; esac
-"""
-STUB_DRAIN = """#!/bin/bash
-echo "drain $*" >>"$CALLS"
-exit "$DRAIN_STATUS"
-"""
-
-
-@pytest.mark.parametrize("drain_status", [0, 1])
-def test_lifecycle_watcher_drains_then_lets_the_termination_go_on(
-    imds: Any, tmp_path: Path, drain_status: int
-) -> None:
-    # Given an instance in service in the group, with the AWS CLI and the drain script stubbed,
-    group = json.loads((OPS / "asg.json").read_text())["AutoScalingGroupName"]
-    hook = json.loads((OPS / "lifecycle-hook.json").read_text())["LifecycleHookName"]
-    state = "/latest/meta-data/autoscaling/target-lifecycle-state"
-    imds.serve(state, "InService")
-    imds.serve("/latest/meta-data/placement/region", "us-east-1")
-    imds.serve("/latest/meta-data/tags/instance/aws:autoscaling:groupName", group)
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "aws").write_text(STUB_AWS)
-    (tmp_path / "bin" / "aws").chmod(0o755)
-    (tmp_path / "drain.sh").write_text(STUB_DRAIN)
-    calls = tmp_path / "calls.log"
-    env = {
-        **os.environ,
-        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
-        "IMDS_URL": imds.url,
-        "CAPTURE_DAEMON_DRAIN": str(tmp_path / "drain.sh"),
-        "LIFECYCLE_POLL_S": "0.05",
-        "CALLS": str(calls),
-        "HOOK_NAME": hook,
-        "DRAIN_STATUS": str(drain_status),
-    }
-    watcher = subprocess.Popen(
-        ["bash", str(OPS / "lifecycle-watch.sh")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while imds.count("GET", state) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert imds.count("GET", state) >= 3 and not calls.exists()  # in service: it only watches
-        # When the group starts terminating it,
-        imds.serve(state, "Terminated")
-        output, _ = watcher.communicate(timeout=20)
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.wait()
-    # then it drains and completes the hook, even when the drain failed.
-    where = f"--auto-scaling-group-name {group} --lifecycle-hook-name {hook} --instance-id {imds.instance_id}"
-    assert watcher.returncode == 0, output
-    assert calls.read_text().splitlines() == [
-        f"aws autoscaling describe-lifecycle-hooks --auto-scaling-group-name {group} --output text --query "
-        "LifecycleHooks[?LifecycleTransition=='autoscaling:EC2_INSTANCE_TERMINATING'].LifecycleHookName",
-        f"aws autoscaling record-lifecycle-action-heartbeat {where}",
-        "drain --checkpoint",
-        f"aws autoscaling complete-lifecycle-action {where} --lifecycle-action-result CONTINUE",
-    ]
-    assert ("workers drained" in output) == (drain_status == 0)
-
-
 # --- Applied to moto -----------------------------------------------------------------------------------
 
 
@@ -459,6 +393,87 @@ def fleet(moto_s3: MotoS3Server, tmp_path_factory: pytest.TempPathFactory) -> Mo
         "--iam", "--bucket", "capture-outputs",
     )  # fmt: skip
     return aws
+
+
+STUB_DRAIN = """#!/bin/bash
+echo "drain $*" >>"$CALLS"
+exit "$DRAIN_STATUS"
+"""
+
+AWS_CLI = ROOT / ".venv-tools" / "bin" / "aws"
+"""The real AWS CLI (v1, from PyPI), in its own venv: it pins an older botocore than our boto3 (Makefile)."""
+
+
+@pytest.fixture
+def aws_front(fleet: MotoAws) -> Iterator[AwsFront]:
+    front = AwsFront(fleet.server.endpoint_url, fleet.client("autoscaling")).start()
+    yield front
+    front.stop()
+
+
+@pytest.mark.parametrize("drain_status", [0, 1])
+def test_lifecycle_watcher_drains_then_lets_the_termination_go_on(
+    imds: Any, fleet: MotoAws, aws_front: AwsFront, tmp_path: Path, drain_status: int
+) -> None:
+    # Given an instance in service in the applied group (moto), the real AWS CLI on the PATH, pointed at
+    # moto through a front that records each call, and the drain script stubbed (tested on its own)
+    assert AWS_CLI.exists(), f"{AWS_CLI} is missing: `make tools` installs it"
+    group = json.loads((OPS / "asg.json").read_text())["AutoScalingGroupName"]
+    hook = json.loads((OPS / "lifecycle-hook.json").read_text())["LifecycleHookName"]
+    state = "/latest/meta-data/autoscaling/target-lifecycle-state"
+    imds.serve(state, "InService")
+    imds.serve("/latest/meta-data/placement/region", fleet.region)
+    imds.serve("/latest/meta-data/tags/instance/aws:autoscaling:groupName", group)
+    (tmp_path / "drain.sh").write_text(STUB_DRAIN)
+    calls = tmp_path / "calls.log"
+    env = {
+        **fleet.env,
+        "PATH": f"{AWS_CLI.parent}:{os.environ['PATH']}",
+        "AWS_ENDPOINT_URL": aws_front.url,
+        "IMDS_URL": imds.url,
+        "CAPTURE_DAEMON_DRAIN": str(tmp_path / "drain.sh"),
+        "LIFECYCLE_POLL_S": "0.05",
+        "CALLS": str(calls),
+        "DRAIN_STATUS": str(drain_status),
+    }
+    env.pop("AWS_DEFAULT_REGION")  # the watcher takes the region from the instance's metadata
+    watcher = subprocess.Popen(
+        ["bash", str(OPS / "lifecycle-watch.sh")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: imds.count("GET", state) >= 3, timeout=60)
+        assert not calls.exists() and aws_front.calls == []  # in service: it only watches
+        # When the group starts terminating it,
+        imds.serve(state, "Terminated")
+        output, _ = watcher.communicate(timeout=120)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    # then it lists the group's hooks, beats, drains and completes the hook, even when the drain failed
+    assert watcher.returncode == 0, output
+    assert aws_front.actions() == [
+        "DescribeLifecycleHooks", "RecordLifecycleActionHeartbeat", "CompleteLifecycleAction"
+    ]  # fmt: skip
+    where = {"AutoScalingGroupName": group, "LifecycleHookName": hook, "InstanceId": imds.instance_id}
+    described, beat, completed = aws_front.calls
+    assert described["AutoScalingGroupName"] == group
+    assert {k: beat[k] for k in where} == where
+    assert {k: completed[k] for k in where} == where and completed["LifecycleActionResult"] == "CONTINUE"
+    assert calls.read_text().splitlines() == ["drain --checkpoint"]
+    assert ("workers drained" in output) == (drain_status == 0)
+    assert f"lifecycle hook {hook} completed: termination goes on" in output
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def _default_version(ec2: Any) -> dict[str, Any]:
