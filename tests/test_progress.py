@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -184,15 +184,23 @@ def test_heartbeat_refreshes_while_progress_keeps_flowing(tmp_path, make_reporte
     rows = SpyRows(LocalRows(tmp_path))
     reporter = make_reporter(rows, min_interval_s=0.05, heartbeat_s=0.3).start()
 
-    # When the job reports progress continuously for four heartbeat intervals
-    for percent in range(1, 61):
-        reporter.update(progress=percent)
+    # When the job reports progress continuously, until more than ten rows have landed and at least
+    # one heartbeat interval has passed since the first (counted, however slow the machine)
+    def enough() -> bool:
+        landed = list(rows.landed)
+        return len(landed) > 10 and datetime.now(UTC) - heartbeat(landed[0]) > timedelta(seconds=0.3)
+
+    step, deadline = 0, time.monotonic() + 120
+    while not enough():
+        assert time.monotonic() < deadline, f"only {len(rows.landed)} rows landed"
+        step += 1
+        reporter.update(progress=min(step, 99), stage=f"step-{step}")
         time.sleep(0.02)
+    reporter.update(progress=100)
     reporter.close()
 
     # Then the heartbeat in the written rows moved forward too, not only the progress
     beats = [heartbeat(row) for row in rows.landed]
-    assert len(beats) > 10
     assert beats[-1] > beats[0]
 
 

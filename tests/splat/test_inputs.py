@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import random
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -321,12 +320,9 @@ def test_decompression_bombs_are_refused_from_the_header_without_decoding(
     decoded: list[str] = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append("decoded"))
     # When they are prepared
-    started = time.monotonic()
     with pytest.raises(InputError) as caught:
         prepare_images(files, tmp_path / "out", ImageOptions(max_pixels=4_000_000))
-    # Then every one is refused as too large, from its header (decoding would take far longer), and not
-    # one pixel was decoded
-    assert time.monotonic() - started < 10.0
+    # Then every one is refused as too large, from its header: not one pixel was decoded
     assert decoded == []
     for name in ("bomb.png", "bomb.jpg", "warn.png", "big.png"):
         assert f"{name} (image_too_large: " in caught.value.message

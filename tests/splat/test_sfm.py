@@ -78,7 +78,7 @@ def test_sequential_matcher_on_ordered_frames_reruns_over_leftovers(tmp_path):
     with pytest.raises(JobError) as timed_out:
         run_sfm(scene.paths, tmp_path / "work", replace(FAST, time_limit_s=0.3))
     assert timed_out.value.code == "sfm_timeout" and not timed_out.value.retryable
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # a hang guard: the limit stops it within ~1 s
     # When SfM runs again in the same workdir with the sequential matcher and a short overlap
     options = replace(FAST, matcher="sequential", sequential_overlap=3, single_camera=True)
     result = run_sfm(scene.paths, tmp_path / "work", options)
