@@ -4,7 +4,7 @@ video (stored sideways with a display rotation, some frames blurred) becomes a s
 
 Good video: tests/videos.py's orbit of the textured room, 120 frames at 10 fps (12 s), shown upright
 as 240×320 portrait, stored 320×240 with rotation 90; fps 2.5 → 30 slices of 4 frames (12° of orbit
-each), 29 frames kept; 120 training steps. (At 2 fps, 15 frames 24° apart, only 8 registered: too
+each), 29 frames kept; 100 training steps (the floor). (At 2 fps, 15 frames 24° apart, only 8 registered: too
 sparse a ring for SfM, as with photos.)
 """
 
@@ -27,7 +27,7 @@ BLURRED = (9, 10, 11, 21, 40, 41, 42, 43, 70, 71)
 """Frames blurred before encoding: the whole slice 40–43 (a whip pan: the slice is dropped), most of
 8–11, one of 20–23 and half of 68–71. No chosen frame may be one of these."""
 
-TRAIN = {"iterations": 120, "holdout_every": 4, "seed": 0, "fps": 2.5}
+TRAIN = {"iterations": 100, "holdout_every": 4, "seed": 0, "fps": 2.5}
 
 
 def video_spec(job_id: str, url: str, name: str, callback: str, **params) -> dict:
