@@ -7,12 +7,16 @@ Nothing here talks to the internet: refused URLs are refused before any connecti
 from __future__ import annotations
 
 import datetime
+import functools
+import gzip
 import hashlib
 import ipaddress
 import ssl
 import sys
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -124,6 +128,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b"x" * 1024)
 
+    def route_encoded(self, arg: str, query: dict[str, str]) -> None:
+        """A body sent with Content-Encoding (our Accept-Encoding: identity ignored), from ENCODED."""
+        coding, body = ENCODED[arg]()
+        self.send(200, body, {"Content-Type": "application/octet-stream", "Content-Encoding": coding})
+
     def route_endless(self, arg: str, query: dict[str, str]) -> None:
         """No Content-Length: only the byte count can stop this one."""
         self.send_response(200)
@@ -170,6 +179,24 @@ def http_server() -> Iterator[Server]:
 def other_loopback_server() -> Iterator[Server]:
     """On 127.0.0.2, outside the allow list: it must never see a request."""
     yield from serve("127.0.0.2")
+
+
+@functools.cache
+def _zeros_gzipped(mib: int, layers: int) -> bytes:
+    body = bytes(mib << 20)
+    for _ in range(layers):
+        body = gzip.compress(body, compresslevel=9, mtime=0)
+    return body
+
+
+ENCODED = {
+    "photo-gzip": lambda: ("gzip", gzip.compress(FILES["photo.jpg"][0], mtime=0)),
+    "photo-deflate": lambda: ("deflate", zlib.compress(FILES["photo.jpg"][0])),
+    "bomb": lambda: ("gzip", _zeros_gzipped(256, 1)),  # 256 MiB of zeros in ~250 KiB
+    "stacked": lambda: ("gzip, gzip", _zeros_gzipped(64, 2)),  # 64 MiB in a few hundred bytes
+    "brotli": lambda: ("br", b"\x0b\x02\x80hello\x03"),
+    "not-gzip": lambda: ("gzip", b"this is not gzip at all"),
+}
 
 
 def policy(**overrides: object) -> FetchPolicy:
@@ -583,3 +610,52 @@ def test_https_through_the_pin_verifies_the_hostname(tmp_path: Path, monkeypatch
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+# --- content codings a server sends although we asked for identity ---------------------------------------
+
+
+@pytest.mark.parametrize("route", ["photo-gzip", "photo-deflate"])
+def test_a_compressed_answer_is_saved_as_the_file_itself(http_server: Server, tmp_path: Path, route) -> None:
+    got = fetch_to_file(http_server.url(f"/encoded/{route}"), tmp_path / "photo.jpg", policy())
+    photo = FILES["photo.jpg"][0]
+    assert (tmp_path / "photo.jpg").read_bytes() == photo
+    assert (got.size, got.sha256) == (len(photo), hashlib.sha256(photo).hexdigest())
+
+
+def test_a_gzip_bomb_is_stopped_at_the_cap_without_ever_inflating_in_memory(
+    http_server: Server, tmp_path: Path
+) -> None:
+    # Given 256 MiB of zeros sent gzipped (~250 KiB on the wire), and a 1 MiB cap
+    http_server.url("/encoded/bomb")
+    ENCODED["bomb"]()  # compressed before measuring
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as caught:
+            fetch_to_file(http_server.url("/encoded/bomb"), tmp_path / "bomb", policy(max_bytes=1 << 20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Then it is refused as too large, having decoded at most a piece past the cap at any moment (httpx
+    # alone inflates each 64 KiB read at once: tens of MiB before any check)
+    assert caught.value.code == "input_too_large" and not caught.value.retryable
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("route", "code", "words"),
+    [
+        ("stacked", "unsupported_encoding", "content encoding 'gzip, gzip' refused"),
+        ("brotli", "unsupported_encoding", "content encoding 'br' refused"),
+        ("not-gzip", "corrupt_body", "body does not decode as gzip"),
+    ],
+)
+def test_codings_we_do_not_decode_are_refused(
+    http_server: Server, tmp_path: Path, route, code, words
+) -> None:
+    with pytest.raises(InputError) as caught:
+        fetch_to_file(http_server.url(f"/encoded/{route}"), tmp_path / "x", policy())
+    assert caught.value.code == code and not caught.value.retryable
+    assert words in caught.value.message
+    assert leftovers(tmp_path) == []

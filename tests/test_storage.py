@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import os
 import threading
+import tracemalloc
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -431,6 +432,7 @@ def test_presigned_put_url_must_pass_the_ssrf_guard(tmp_path: Path) -> None:
 class PutRecorder(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     status = 503
+    answer_mib = 0
     received: list[tuple[dict[str, str], bytes]] = []
 
     def log_message(self, *args: object) -> None:
@@ -440,13 +442,18 @@ class PutRecorder(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.received.append((dict(self.headers), body))
         self.send_response(self.status)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(self.answer_mib << 20))
         self.end_headers()
+        try:  # an answer as long as the test asks, written until the client hangs up
+            for _ in range(self.answer_mib * 16):
+                self.wfile.write(bytes(65536))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
 
 @pytest.fixture
 def put_server() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
-    PutRecorder.received = []
+    PutRecorder.received, PutRecorder.status, PutRecorder.answer_mib = [], 503, 0
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), PutRecorder)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", PutRecorder.received
@@ -469,6 +476,25 @@ def test_presigned_put_5xx_is_retryable_and_the_body_went_out_with_a_length(
     ((headers, body),) = received
     assert body == data
     assert headers["Content-Length"] == str(len(data)) and "Transfer-Encoding" not in headers
+
+
+def test_a_presigned_put_targets_answer_is_read_only_up_to_a_cap(
+    put_server: tuple[str, list[tuple[dict[str, str], bytes]]], tmp_path: Path
+) -> None:
+    # Given an upload target that accepts the file and then answers with 128 MiB
+    base, received = put_server
+    PutRecorder.status, PutRecorder.answer_mib = 200, 128
+    store = PresignedPutStore({"a.bin": f"{base}/bucket/a.bin?X-Amz-Signature=abc"}, LOOPBACK)
+    # When the file is uploaded
+    tracemalloc.start()
+    try:
+        got = store.put_file("j", "a.bin", write(tmp_path / "a", b"payload"), "application/octet-stream")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Then it is stored, and the answer was not read into memory
+    assert got.size == 7 and received[0][1] == b"payload"
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
 
 
 def test_presigned_put_to_a_dead_endpoint_is_retryable(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ import httpx
 from ..digest import Sha256Sum
 from ..errors import DownloadError, InputError
 from ..spec.fields import redact_url
+from .content_coding import decoded_chunks
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,8 @@ def _get(client: httpx.Client, url: str, policy: FetchPolicy, deadline: float) -
     left = _remaining(deadline, url)
     # httpx's read timeout is per read; the wall-clock cap is enforced between chunks in `_copy_body`.
     timeout = httpx.Timeout(left, connect=min(policy.connect_timeout_s, left))
-    # identity: we want the file's own bytes; a server that compresses anyway is decoded by httpx.
+    # identity: we want the file's own bytes; a server that compresses anyway is decoded by
+    # content_coding (one coding, in bounded pieces), never by httpx.
     request = pinned_request(
         client, "GET", url, policy, headers={"Accept-Encoding": "identity"}, timeout=timeout
     )
@@ -298,8 +300,8 @@ def _copy_body(
     """Stream the body into `out` under the size and time caps; return (size, sha256)."""
     content_type = _media_type(response)
     body, head = Sha256Sum(), b""
-    # iter_bytes() without a chunk size yields each read as it arrives, so a slow drip is seen.
-    for chunk in response.iter_bytes():
+    # Each read is seen as it arrives (a slow drip too), decoded by us in bounded pieces, if at all.
+    for chunk in decoded_chunks(response, f"GET {redact_url(url)}", policy.max_bytes):
         if body.size + len(chunk) > policy.max_bytes:
             raise _too_large(url, policy)
         _remaining(deadline, url)

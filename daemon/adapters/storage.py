@@ -27,10 +27,14 @@ from ..digest import Sha256Sum, file_chunks, file_sha256
 from ..errors import DownloadError, InputError, JobError, StorageError
 from ..spec.fields import is_job_id, redact_url
 from .aws import AWS_ERRORS, s3_error
+from .content_coding import read_capped
 from .fetch import FetchPolicy, new_client, pinned_request, transport_errors
 
 NAME_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 """One path segment of an output name; `/` separates sub-folders."""
+
+PUT_ANSWER_MAX_BYTES = 64 * 1024
+"""How much of a presigned-PUT target's answer is read: S3's error documents are a few hundred bytes."""
 
 MAX_NAME_CHARS = 512
 """Output names are ours (e.g. `splat/point_cloud.ply`); anything longer is a bug, not a file."""
@@ -269,7 +273,11 @@ class PresignedPutStore:
                     content=body.chunks(),
                     timeout=timeout,
                 )
-                response = client.send(request)
+                response = client.send(request, stream=True)
+                try:  # only the status matters; an answer's body is read up to a small cap, no more
+                    read_capped(response, PUT_ANSWER_MAX_BYTES)
+                finally:
+                    response.close()
         except InputError as exc:  # the URL failed the SSRF guard: it will fail the same way next time
             raise StorageError(exc.message, code=exc.code, retryable=False) from None
         except JobError as exc:  # network failure or DNS trouble: worth another attempt
