@@ -107,3 +107,22 @@ def test_a_jobs_inputs_together_stay_under_the_job_input_budget(
     enqueue(env, {"spec_version": 1, "job_id": "budget-2", "kind": "inspect", "params": {},
                   "inputs": [{"url": urls[0]}]})  # fmt: skip
     wait_status(tmp_path, "budget-2", "completed", worker=worker)
+
+
+@pytest.mark.slow
+def test_an_inputs_declared_content_type_is_enforced(daemon_env, file_server, start_worker, tmp_path):
+    # Given a job whose spec says its input is a JPEG, though the URL serves a web page with a JPEG's
+    # content type, and a job whose JPEG is declared as image/jpg (an alias clients use)
+    page = file_server.add("login.jpg", b"<!doctype html><html><body>Sign in</body></html>")
+    photo = file_server.add("declared.jpg", sample_jpeg(4))
+    enqueue(daemon_env, {"spec_version": 1, "job_id": "declared-1", "kind": "inspect", "params": {},
+                         "inputs": [{"url": page, "content_type": "image/jpeg"}]})  # fmt: skip
+    enqueue(daemon_env, {"spec_version": 1, "job_id": "declared-2", "kind": "inspect", "params": {},
+                         "inputs": [{"url": photo, "content_type": "image/jpg"}]})  # fmt: skip
+    # When a worker runs them
+    worker = start_worker(daemon_env)
+    # Then the first fails for good, saying what the file is, and the second completes
+    row = wait_status(tmp_path, "declared-1", "failed", worker=worker)
+    assert row["error_code"] == "content_type_mismatch"
+    assert row["error_message"].endswith("the spec says image/jpeg, the file is an HTML page")
+    wait_status(tmp_path, "declared-2", "completed", worker=worker)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.handlers.sniff import FTYP_BRANDS, describe_content, sniff_image, sniff_media_type, sniff_video
+from daemon.handlers.sniff import (
+    FTYP_BRANDS,
+    content_agrees,
+    describe_content,
+    sniff_image,
+    sniff_media_type,
+    sniff_video,
+)
 
 
 def ftyp(brand: bytes) -> bytes:
@@ -61,3 +68,26 @@ def test_a_named_brand_is_an_image_or_a_video_never_both(brand):
     head = ftyp(brand)
     assert (sniff_image(head) is None) != (sniff_video(head) is None)
     assert sniff_media_type(head) == FTYP_BRANDS[brand].media_type
+
+
+@pytest.mark.parametrize(
+    ("declared", "head", "agrees"),
+    [
+        ("image/jpeg", b"\xff\xd8\xff\xe0" + bytes(60), True),
+        ("image/jpg", b"\xff\xd8\xff\xe0" + bytes(60), True),
+        ("IMAGE/JPEG; q=1", b"\xff\xd8\xff\xe0" + bytes(60), True),
+        ("image/png", b"\xff\xd8\xff\xe0" + bytes(60), False),
+        ("image/jpeg", b"<!doctype html><html>", False),
+        ("video/mp4", b"\0\0\0\x18ftypqt  " + bytes(40), True),  # a MOV called MP4: FFmpeg reads it
+        ("video/quicktime", b"\0\0\0\x18ftypisom" + bytes(40), True),
+        ("video/mp4", b"\0\0\0\x18ftypXAVC" + bytes(40), True),  # a brand we do not name
+        ("video/mp4", b"\0\0\0\x18ftypheic" + bytes(40), False),  # an iPhone photo
+        ("image/heif", b"\0\0\0\x18ftypheic" + bytes(40), True),
+        ("video/x-msvideo", b"RIFF\0\0\0\0AVI LIST", True),
+        ("application/x-ply", b"ply\nformat binary_little_endian 1.0\n", True),
+        ("video/webm", b"\x1aE\xdf\xa3" + bytes(40), None),  # no signature here tells
+        ("video/webm", b"\xff\xd8\xff\xe0" + bytes(60), False),  # but a JPEG is certainly not one
+    ],
+)
+def test_a_declared_media_type_is_checked_against_the_first_bytes(declared, head, agrees):
+    assert content_agrees(declared, head) is agrees

@@ -18,6 +18,7 @@ from ..adapters.storage import OutputStore, StoredObject
 from ..config import Settings
 from ..errors import InputError
 from ..handlers.base import Handler, Stage
+from ..handlers.sniff import content_agrees, describe_content
 from ..logs import log_context
 from ..spec.model import JobSpec
 from ..telemetry import metrics
@@ -172,7 +173,9 @@ class JobContext:
             name = getattr(item, "name", None) or f"input_{index:04d}"
             cap, budget_binds = self._input_cap(max_bytes, budget, used)
             try:
-                paths.append(self.inputs.fetch(item, dest_dir / name, accept, cap))
+                paths.append(
+                    self.inputs.fetch(item, dest_dir / name, _declared_type_check(item, accept), cap)
+                )
             except InputError as exc:
                 if exc.code != "input_too_large" or not budget_binds:
                     raise
@@ -200,6 +203,27 @@ class JobContext:
         self.outputs[name] = stored
         log.info("output %s stored (%d bytes) at %s", name, stored.size, stored.uri)
         return stored
+
+
+def _declared_type_check(
+    item: Any, accept: Callable[[str, bytes], bool] | None
+) -> Callable[[str, bytes], bool] | None:
+    """The input's own `content_type`, when its spec gives one, checked on its first bytes before the
+    job's `accept` (which judges what the job can use): a file that is not what the producer said is
+    refused, whatever the job would have made of it."""
+    declared = getattr(item, "content_type", None)
+    if not declared:
+        return accept
+
+    def check(content_type: str, head: bytes) -> bool:
+        if content_agrees(declared, head) is False:
+            raise InputError(
+                f"{item.label}: the spec says {declared}, the file is {describe_content(head)}",
+                code="content_type_mismatch",
+            )
+        return accept(content_type, head) if accept is not None else True
+
+    return check
 
 
 def attempt_reporter(

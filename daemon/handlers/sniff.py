@@ -132,6 +132,45 @@ def sniff_media_type(head: bytes) -> str:
     return UNKNOWN_MEDIA_TYPE
 
 
+MEDIA_TYPE_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "image/x-png": "image/png",
+    "video/x-quicktime": "video/quicktime",
+}
+"""Names clients use for the media types `sniff_media_type` reports."""
+
+AGREEING_FAMILIES: tuple[frozenset[str], ...] = (
+    # ISO-BMFF videos: phones and browsers say video/mp4 of a MOV and the reverse; FFmpeg reads both.
+    frozenset({"video/mp4", "video/quicktime", "video/x-m4v", "video/3gpp"}),
+    frozenset({"image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence"}),
+    frozenset({"image/avif"}),
+    # RIFF holds WAV, AVI and WebP alike: its first bytes do not tell which.
+    frozenset(
+        {"application/x-riff", "video/x-msvideo", "video/avi", "audio/wav", "audio/x-wav", "image/webp"}
+    ),
+)
+
+_KNOWN_TYPES = frozenset(
+    {*IMAGE_MEDIA_TYPES.values(), "application/x-ply", *(b.media_type for b in FTYP_BRANDS.values())}
+)
+
+
+def content_agrees(declared: str, head: bytes) -> bool | None:
+    """Whether a file's first bytes agree with the media type its spec declared: True or False, or None
+    when nothing here can tell (a declared type no signature identifies, such as video/webm)."""
+    want = declared.split(";", 1)[0].strip().lower()
+    want = MEDIA_TYPE_ALIASES.get(want, want)
+    got = sniff_media_type(head)
+    if got == UNKNOWN_MEDIA_TYPE and _is_iso_bmff(head):
+        got = "video/mp4"  # a brand we do not name: an MP4 to FFmpeg (see FTYP_BRANDS)
+    if got == want or any(want in family and got in family for family in AGREEING_FAMILIES):
+        return True
+    if want in _KNOWN_TYPES or any(want in family for family in AGREEING_FAMILIES):
+        return False  # we know that type's signature, and this file does not have it
+    return None if got == UNKNOWN_MEDIA_TYPE else False
+
+
 def describe_content(head: bytes) -> str:
     """What a file that is not what a job wanted looks like, for error messages ("an HTML page",
     "a JPEG image", "text", …)."""

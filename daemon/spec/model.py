@@ -165,7 +165,7 @@ class InputRef(BaseModel):
     """Expected SHA-256 of the content (hex); the download is refused when it differs."""
 
     content_type: ContentType | None = None
-    """Expected media type, e.g. image/jpeg or video/mp4."""
+    """Expected media type, e.g. image/jpeg or video/mp4; enforced on the file's first bytes."""
 
     @model_validator(mode="after")
     def _one_source(self) -> InputRef:
