@@ -68,16 +68,18 @@ def test_drain_lets_the_running_job_finish_takes_no_other_then_stops(
 
 
 def test_a_job_that_arrives_while_an_idle_worker_drains_is_handed_back(daemon_env, file_server, start_worker):
-    # Given an idle worker, waiting for jobs, that is told to drain
+    # Given an idle worker, waiting for jobs (rq marks it idle as it enters its wait: a drain sent
+    # earlier would be seen before the wait, and the job never dequeued), that is told to drain
     worker = start_worker(daemon_env)
-    wait_until(lambda: "Listening on" in worker.logs() or "listening on" in worker.logs().lower(), timeout=30)
+    redis = Redis.from_url(daemon_env["REDIS_URL"])
+    wait_until(lambda: [redis.hget(key, "state") for key in redis.smembers("rq:workers")] == [b"idle"],
+               timeout=60, message=worker.logs)  # fmt: skip
     os.kill(worker.proc.pid, DRAIN_SIGNAL)
     # When a job arrives
     enqueue_cli(daemon_env, slow_spec(file_server, "drain-late", 0.1))
     # Then it is handed back, first in line and whole, and the worker stays up, idle
     said = ("job drain-late handed back to queue default: this worker is draining", "taking no new jobs")
     wait_until(lambda: all(line in worker.logs() for line in said), timeout=60, message=worker.logs)
-    redis = Redis.from_url(daemon_env["REDIS_URL"])
     assert queued_ids(redis) == ["drain-late"]
     assert redis.hget("rq:job:drain-late", "status") == b"queued"
     assert not redis.lrange("rq:queue:default:intermediate", 0, -1)  # not stuck half-dequeued

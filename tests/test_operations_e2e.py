@@ -100,6 +100,10 @@ def test_rq_suspend_holds_new_jobs_while_the_watchdog_stays_fed(
     env = {**daemon_env, "NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "6000000"}
     worker = start_worker(env)
     wait_until(lambda: notify_socket.count("READY", "1"), timeout=30, message=worker.logs)
+    redis = Redis.from_url(daemon_env["REDIS_URL"])
+    # (rq marks it idle as it enters its wait for a job: suspended earlier, it would never dequeue one)
+    wait_until(lambda: [redis.hget(key, "state") for key in redis.smembers("rq:workers")] == [b"idle"],
+               timeout=60, message=worker.logs)  # fmt: skip
     rq_cli = [sys.executable, "-m", "rq.cli"]
     subprocess.run([*rq_cli, "suspend", "--url", daemon_env["REDIS_URL"]], check=True, capture_output=True)
     # When a job arrives (rq itself would let an idle worker take it: it looks only between jobs)
@@ -109,7 +113,7 @@ def test_rq_suspend_holds_new_jobs_while_the_watchdog_stays_fed(
     assert "job while-suspended handed back to queue default: workers are suspended" in worker.logs()
     two_more_pings(notify_socket, worker)
     # And the job still waits on its queue, untouched, and the worker is alive
-    assert Redis.from_url(daemon_env["REDIS_URL"]).lrange("rq:queue:default", 0, -1) == [b"while-suspended"]
+    assert redis.lrange("rq:queue:default", 0, -1) == [b"while-suspended"]
     assert "attempt started" not in worker.logs() and worker.proc.poll() is None
     # And after `rq resume` the worker takes it
     subprocess.run([*rq_cli, "resume", "--url", daemon_env["REDIS_URL"]], check=True, capture_output=True)
