@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from daemon.attempt.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, CancelWatcher, Interrupts
-from daemon.errors import JobCanceled, JobInterrupted, JobPreempted
+from daemon.errors import JobCanceled, JobError, JobInterrupted, JobPreempted
 
 
 @pytest.fixture(autouse=True)
@@ -234,3 +234,39 @@ def test_watcher_and_interrupts_cancel_a_running_job(interrupts):
     # Then the job was interrupted as canceled
     assert interrupts.requested is JobCanceled
     watcher.stop()
+
+
+# -- an interrupt that surfaces wrapped -------------------------------------------------------------------
+
+
+def _wrapped(interrupt: BaseException) -> RuntimeError:
+    """What a preempt signal landing in `import pycolmap` became (measured): the handler's exception,
+    then ImportError("initialization failed") from it, then pycolmap's RuntimeError from that."""
+    try:
+        try:
+            try:
+                raise interrupt
+            except BaseException as exc:
+                raise ImportError("initialization failed") from exc
+        except ImportError as exc:
+            raise RuntimeError("Cannot import the C++ backend pycolmap._core.") from exc
+    except RuntimeError as exc:
+        return exc
+
+
+def test_an_interrupt_wrapped_by_the_code_it_landed_in_is_still_that_interrupt():
+    interrupts = Interrupts()
+    preempted = JobPreempted("preempted")
+    assert interrupts.behind(_wrapped(preempted)) is preempted
+    assert interrupts.behind(RuntimeError("a real bug")) is None
+    assert interrupts.behind(JobError("bad photo", code="corrupt_image")) is None
+
+
+def test_any_unexpected_error_while_an_interrupt_is_pending_is_that_interrupt(interrupts):
+    # Given a preemption requested inside a shielded block (remembered, not raised yet)
+    with interrupts.shielded():
+        os.kill(os.getpid(), PREEMPT_SIGNAL)
+        assert wait_for(lambda: interrupts.requested is not None)
+    # Then an unexpected error now is taken for the preemption (the real cause), a job's own error not
+    assert isinstance(interrupts.behind(OSError("stream closed")), JobPreempted)
+    assert interrupts.behind(JobError("bad photo", code="corrupt_image")) is None

@@ -179,7 +179,7 @@ def test_notice_during_sfm_redoes_sfm_cleanly_but_not_the_photos(
     imds.trigger_interruption("stop", in_seconds=120)
     assert first.wait(timeout=60) == 0, first.logs()[-4000:]
     assert "sfm: registered" not in first.logs()  # it was stopped mid-SfM
-    assert jobs_rows(id=job_id)[0]["status"] == "requeued"
+    assert jobs_rows(id=job_id)[0]["status"] == "requeued", (jobs_rows(id=job_id)[0], first.logs()[-3000:])
     # Then the next worker restores the photos, redoes SfM from scratch, and completes
     second = start_worker(full_env, name="next")
     wait_until(

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-from ..errors import JobCanceled, JobInterrupted, JobPreempted
+from ..errors import JobCanceled, JobError, JobInterrupted, JobPreempted
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,23 @@ class Interrupts:
         log.warning("%s requested", kind.reason)
         if self._shield == 0:
             raise self.requested(self.requested.reason)
+
+    def behind(self, error: BaseException) -> JobInterrupted | None:
+        """The interrupt an error really is, or None. The handler's exception can surface wrapped by
+        whatever code it landed in: measured, a preempt signal during `import pycolmap` became
+        "ImportError: initialization failed" and then pycolmap's RuntimeError, which failed the job for
+        good on a spot notice. An error with an interrupt in its chain, or any error other than a
+        JobError while an interrupt is pending, is that interrupt."""
+        seen: set[int] = set()
+        link: BaseException | None = error
+        while link is not None and id(link) not in seen:
+            if isinstance(link, JobInterrupted):
+                return link
+            seen.add(id(link))
+            link = link.__cause__ or link.__context__
+        if self.requested is not None and not isinstance(error, JobError):
+            return self.requested(self.requested.reason)
+        return None
 
     def raise_if_requested(self) -> None:
         if self.requested is not None and self._shield == 0:

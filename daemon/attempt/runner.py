@@ -90,12 +90,15 @@ class JobRunner:
             return self.handle_superseded(identity, attempt, reporter)
         except JobInterrupted as interrupt:
             return self.handle_interrupt(identity, attempt, reporter, interrupt)
-        except JobError as error:
-            return self.handle_failure(identity, attempt, reporter, error)
         except JobTimeoutException:
             timeout = JobError(f"attempt exceeded the {spec.kind} time limit", code="job_timeout")
             return self.handle_failure(identity, attempt, reporter, timeout)
         except Exception as exc:
+            if (wrapped := self.interrupts.behind(exc)) is not None:
+                log.warning("%s, surfacing as %s: %s", wrapped.reason, type(exc).__name__, exc)
+                return self.handle_interrupt(identity, attempt, reporter, wrapped)
+            if isinstance(exc, JobError):
+                return self.handle_failure(identity, attempt, reporter, exc)
             log.exception("unexpected error")
             internal = JobError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
             return self.handle_failure(identity, attempt, reporter, internal)
