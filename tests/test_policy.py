@@ -4,9 +4,11 @@ which budget it uses, and what the ledger, the row and the callback are told."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 from redis import Redis
 
 from daemon.adapters.ledger import Ledger
@@ -21,6 +23,7 @@ from daemon.attempt.policy import (
     decide,
     retry_delay,
     settle,
+    unexpected_error,
 )
 from daemon.config import load_settings
 from daemon.errors import DownloadError, InputError, JobError
@@ -201,3 +204,25 @@ def test_checkpoints_go_only_when_no_retry_could_use_them(ending, failures, pree
     decision = decide(ending, failures=failures, preemptions=preemptions, budgets=BUDGETS)
     # Then the job's checkpoints are discarded only if nothing a retry could fix is left
     assert decision.discards_checkpoints is discards
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "retryable"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "disk_full", True),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "disk_full", True),
+        (redis_lib.ConnectionError("Error 111 connecting to 127.0.0.1:6379"), "redis_unavailable", True),
+        (redis_lib.TimeoutError("Timeout reading from socket"), "redis_unavailable", True),
+        (OSError(errno.EACCES, "Permission denied"), "internal_error", False),
+        (KeyError("frames"), "internal_error", False),
+    ],
+    ids=["enospc", "edquot", "redis-down", "redis-timeout", "eacces", "bug"],
+)
+def test_an_unexpected_exception_is_retryable_only_when_the_machine_or_a_service_failed(exc, code, retryable):
+    error = unexpected_error(exc)
+    assert (error.code, error.retryable) == (code, retryable)
+    assert str(exc) in error.message
+    # and a retryable one is retried, not failed for good (so its checkpoints stay)
+    decision = decide(Ending.failed(error), failures=1, preemptions=0, budgets=BUDGETS)
+    assert decision.action is (Action.RETRY if retryable else Action.FAIL)
+    assert decision.discards_checkpoints is (not retryable)

@@ -18,14 +18,32 @@ A superseded attempt is not an ending here: it leaves without a trace, decided b
 from __future__ import annotations
 
 import enum
+import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import redis as redis_lib
 
 from ..config import Settings
 from ..errors import JobError, WorkerLost
 
 if TYPE_CHECKING:
     from ..adapters.ledger import Ledger
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def unexpected_error(exc: Exception) -> JobError:
+    """What an exception that is not a JobError means for the job. The machine or a service failing
+    under it (a full disk, Redis away longer than the client's retries) is retryable: another attempt,
+    here after the work dir is swept or on another instance, can succeed, and a multi-hour job must not
+    die for good of it. Anything else is a bug: internal_error, final."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return JobError(f"disk full on this instance: {exc}", code="disk_full", retryable=True)
+    if isinstance(exc, redis_lib.ConnectionError | redis_lib.TimeoutError):
+        return JobError(f"Redis unavailable: {exc}", code="redis_unavailable", retryable=True)
+    return JobError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+
 
 MAX_RETRY_DELAY_S = 3600
 """The longest backoff between failed attempts: doubling past an hour only delays the verdict."""

@@ -31,7 +31,7 @@ from ..spec.model import JobSpec
 from ..telemetry import metrics
 from .context import JobContext, attempt_reporter
 from .interrupts import CancelWatcher, Interrupts
-from .policy import Action, Budgets, Ending, How, settle
+from .policy import Action, Budgets, Ending, How, settle, unexpected_error
 from .progress import ProgressReporter
 from .report import CANCELED, Identity, base_row, error_fields, notify, notify_ended, outputs_data, write_row
 from .workdirs import claimed
@@ -100,8 +100,7 @@ class JobRunner:
             if isinstance(exc, JobError):
                 return self.handle_failure(identity, attempt, reporter, exc)
             log.exception("unexpected error")
-            internal = JobError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
-            return self.handle_failure(identity, attempt, reporter, internal)
+            return self.handle_failure(identity, attempt, reporter, unexpected_error(exc))
 
     def prepare(self, raw: Any) -> JobSpec[Any]:
         """Validate the spec before any work; a bad one is reported where the client will see it."""
