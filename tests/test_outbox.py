@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 from redis import Redis
 
-from daemon.adapters.outbox import LEASE_S, Delivery, Outbox, OutboxItem
+from daemon.adapters.outbox import DUE_KEY, ITEM_PREFIX, LEASE_S, Delivery, Outbox, OutboxItem, outbox_key
 
 
 @pytest.fixture
@@ -307,3 +308,72 @@ def test_drain_survives_a_sink_that_raises(outbox):
     assert landed == 1
     (left,) = outbox.claim_due(now=time.time() + 31)
     assert left.item_id == "callback:msg_1" and left.tries == 1
+
+
+# -- items are authenticated and checked, not trusted as read ---------------------------------------------
+
+KEY = outbox_key("whsec_the-daemons-callback-secret")
+
+
+def forge(redis: Redis, item_id: str, kind: str, data: dict, **extra) -> None:
+    """An item written straight to Redis, as anyone with Redis access could."""
+    env = {"kind": kind, "data": data, "created": time.time(), "tries": 0, "v": "x", **extra}
+    redis.set(ITEM_PREFIX + item_id, json.dumps(env))
+    redis.zadd(DUE_KEY, {item_id: time.time()})
+
+
+def test_a_forged_callback_is_dropped_never_signed_or_sent(redis, caplog):
+    # Given the daemon's outbox (keyed), holding one genuine callback and a forged one pointing elsewhere
+    outbox = Outbox(redis, max_age_s=3600, key=KEY)
+    outbox.put_callback(callback_data(1), webhook_id="msg_real")
+    forge(redis, "callback:msg_forged", "callback", {**callback_data(2), "url": "https://attacker.example/"})
+    # And a genuine item whose destination was then rewritten in Redis
+    outbox.put_callback(callback_data(3), webhook_id="msg_rewritten")
+    raw = json.loads(redis.get(ITEM_PREFIX + "callback:msg_rewritten"))
+    raw["data"]["url"] = "https://attacker.example/"
+    redis.set(ITEM_PREFIX + "callback:msg_rewritten", json.dumps(raw))
+    sink = Recorder(Delivery(ok=True))
+    # When the drainer runs
+    with caplog.at_level("ERROR", logger="daemon.adapters.outbox"):
+        landed = outbox.drain_once({"callback": sink}, delay=never)
+    # Then only the genuine callback went out; the others were dropped and said so
+    assert landed == 1 and [item.item_id for item in sink.items] == ["callback:msg_real"]
+    assert outbox.pending() == 0 and not redis.exists(ITEM_PREFIX + "callback:msg_forged")
+    dropped = [r.getMessage() for r in caplog.records if "dropping item" in r.getMessage()]
+    assert len(dropped) == 2 and all("no valid HMAC" in line for line in dropped)
+
+
+def test_an_item_signed_with_another_key_is_dropped(redis):
+    Outbox(redis, max_age_s=3600, key=outbox_key("another-secret")).put_row(
+        {"id": "job-1", "attempt": 1, "status": "completed"}
+    )
+    sink = Recorder(Delivery(ok=True))
+    assert Outbox(redis, max_age_s=3600, key=KEY).drain_once({"row": sink}, delay=never) == 0
+    assert sink.items == []
+
+
+@pytest.mark.parametrize(
+    ("item_id", "kind", "data", "why"),
+    [
+        ("row:../../etc/passwd", "row", {"id": "../../etc/passwd", "status": "failed"}, "valid job id"),
+        ("row:job-1", "row", {"id": "job-2", "status": "failed"}, "valid job id"),
+        (
+            "callback:m",
+            "callback",
+            {"url": "https://h.example/", "body": "{}", "type": "x", "job_id": "j"},
+            "event type",
+        ),
+        ("callback:m", "callback", {"type": "job.failed", "job_id": "j"}, "url and body"),
+        ("row:job-1", "callback", callback_data(), "does not match kind"),
+        ("shell:job-1", "shell", {"cmd": "rm -rf /"}, "not an outbox envelope"),
+    ],
+    ids=["row-path", "row-other-id", "callback-type", "callback-fields", "kind-mismatch", "unknown-kind"],
+)
+def test_an_item_of_the_wrong_shape_is_dropped_even_without_a_key(redis, caplog, item_id, kind, data, why):
+    # Given an unkeyed outbox (local use, no secrets): items are still checked
+    forge(redis, item_id, kind, data)
+    sink = Recorder(Delivery(ok=True))
+    with caplog.at_level("ERROR", logger="daemon.adapters.outbox"):
+        landed = Outbox(redis, max_age_s=3600).drain_once({"row": sink, "callback": sink}, delay=never)
+    assert landed == 0 and sink.items == [] and not redis.exists(ITEM_PREFIX + item_id)
+    assert why in caplog.text

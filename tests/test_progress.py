@@ -235,9 +235,12 @@ def test_outage_never_blocks_the_job(supabase_store, supabase_server, make_repor
 def test_close_during_outage_hands_the_final_row_to_the_outbox(
     supabase_store, supabase_env, supabase_server, jobs_rows, redis_url, tmp_path, make_reporter, job_id
 ):
-    # Given a running job whose row has landed at 40 %, with an outbox in Redis
+    # Given a running job whose row has landed at 40 %, with the daemon's outbox in Redis
     redis = Redis.from_url(redis_url)
-    outbox = Outbox(redis, max_age_s=3600)
+    settings = load_settings(
+        {**supabase_env, "REDIS_URL": redis_url, "DAEMON_ENV_FILE": str(tmp_path / "absent.env")}
+    )
+    outbox = Runtime(settings).outbox  # its items authenticated with the key the drainer checks
     reporter = make_reporter(supabase_store, outbox=outbox).start()
     reporter.update(progress=40, stage="train")
     wait_until(lambda: jobs_rows(id=job_id) and jobs_rows(id=job_id)[0]["progress"] == 40, timeout=5)
@@ -255,9 +258,6 @@ def test_close_during_outage_hands_the_final_row_to_the_outbox(
 
     # When Supabase is back and the worker's drainer runs
     supabase_server.clear_outage()
-    settings = load_settings(
-        {**supabase_env, "REDIS_URL": redis_url, "DAEMON_ENV_FILE": str(tmp_path / "absent.env")}
-    )
     delivered = OutboxDrainer(Runtime(settings)).drain_once()
 
     # Then the outbox wrote the final row and is empty

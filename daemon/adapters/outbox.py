@@ -7,11 +7,19 @@ the instance vanishing: any worker of the fleet drains the same outbox.
 
 Claiming uses a lease: a claimed item's due time moves `lease_s` into the future, so an item whose
 deliverer died is delivered again later (at-least-once; receivers dedupe on webhook-id).
+
+Items are not trusted as read: anyone who can write to Redis (the web app enqueues jobs there) could
+otherwise have a worker sign and send a callback anywhere, or upsert any row with the service-role key.
+Each envelope carries an HMAC under a key derived from the daemon's own secrets (`outbox_key`), and is
+checked on claim for its shape (kind, a valid job id, a callback's fields); an item failing either is
+logged and dropped, never delivered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -22,6 +30,8 @@ from typing import Any
 
 import redis as redis_lib
 from redis import Redis
+
+from ..spec.fields import is_job_id
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,43 @@ return 0
 """
 
 
+KINDS = ("row", "callback")
+
+KEY_INFO = b"capture-daemon outbox v1"
+
+
+def outbox_key(*secrets: str | None) -> bytes | None:
+    """The key items are authenticated with, derived from the first secret configured (the callback
+    secret, then the Supabase service-role key): every daemon process has it, a Redis client such as
+    the web app need not. None when there is no secret (local use): items are then only checked."""
+    secret = next((s for s in secrets if s), None)
+    return hmac.new(secret.encode(), KEY_INFO, hashlib.sha256).digest() if secret else None
+
+
+def _mac(key: bytes, item_id: str, kind: str, data: Any, created: float, version: str) -> str:
+    signed = json.dumps([item_id, kind, data, created, version], sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, signed.encode(), hashlib.sha256).hexdigest()
+
+
+def _shape_problem(item_id: str, env: Any) -> str | None:
+    """Why an envelope cannot be one of ours, or None."""
+    if not isinstance(env, dict) or env.get("kind") not in KINDS or not isinstance(env.get("data"), dict):
+        return "not an outbox envelope"
+    if not isinstance(env.get("created"), int | float) or not isinstance(env.get("tries"), int):
+        return "not an outbox envelope"
+    kind, data = env["kind"], env["data"]
+    if not item_id.startswith(f"{kind}:"):
+        return f"id {item_id!r} does not match kind {kind!r}"
+    if kind == "row" and not (is_job_id(data.get("id")) and item_id == f"row:{data['id']}"):
+        return "a row without a valid job id"
+    if kind == "callback":
+        if not is_job_id(data.get("job_id")) or not str(data.get("type", "")).startswith("job."):
+            return "a callback without a valid job id or event type"
+        if not all(isinstance(data.get(f), str) for f in ("url", "body")):
+            return "a callback without its url and body"
+    return None
+
+
 @dataclass(frozen=True)
 class OutboxItem:
     item_id: str
@@ -74,9 +121,16 @@ Sink = Callable[[OutboxItem], Delivery]
 
 class Outbox:
     def __init__(
-        self, redis: Redis, *, max_age_s: float, base_delay_s: float = 2.0, cap_s: float = 300.0
+        self,
+        redis: Redis,
+        *,
+        max_age_s: float,
+        base_delay_s: float = 2.0,
+        cap_s: float = 300.0,
+        key: bytes | None = None,
     ) -> None:
         self.redis = redis
+        self.key = key
         self.max_age_s = max_age_s
         self.base_delay_s = base_delay_s
         self.cap_s = cap_s
@@ -112,10 +166,12 @@ class Outbox:
                     continue
 
     def _put(self, item_id: str, kind: str, data: dict[str, Any], *, pipe: Any = None) -> None:
-        envelope = json.dumps(
-            {"kind": kind, "data": data, "created": time.time(), "tries": 0, "v": uuid.uuid4().hex},
-            sort_keys=True,
-        )
+        env: dict[str, Any] = {
+            "kind": kind, "data": data, "created": time.time(), "tries": 0, "v": uuid.uuid4().hex
+        }  # fmt: skip
+        if self.key is not None:
+            env["mac"] = _mac(self.key, item_id, kind, data, env["created"], env["v"])
+        envelope = json.dumps(env, sort_keys=True)
         target = pipe if pipe is not None else self.redis.pipeline()
         target.set(ITEM_PREFIX + item_id, envelope)
         target.zadd(DUE_KEY, {item_id: time.time()})
@@ -135,9 +191,31 @@ class Outbox:
                 self.redis.zrem(DUE_KEY, item_id)
                 continue
             raw = raw.decode() if isinstance(raw, bytes) else raw
-            env = json.loads(raw)
+            env, problem = self._check(item_id, raw)
+            if problem is not None:
+                log.error("outbox: dropping item %s, never delivering it: %s", item_id, problem)
+                self._drop(item_id)
+                continue
             items.append(OutboxItem(item_id, env["kind"], env["data"], env["created"], env["tries"], raw))
         return items
+
+    def _check(self, item_id: str, raw: str) -> tuple[Any, str | None]:
+        try:
+            env = json.loads(raw)
+        except ValueError:
+            return None, "not JSON"
+        problem = _shape_problem(item_id, env)
+        if problem is None and self.key is not None:
+            expected = _mac(self.key, item_id, env["kind"], env["data"], env["created"], str(env.get("v")))
+            if not hmac.compare_digest(str(env.get("mac", "")), expected):
+                problem = "not written by this daemon (no valid HMAC)"
+        return env, problem
+
+    def _drop(self, item_id: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.delete(ITEM_PREFIX + item_id)
+            pipe.zrem(DUE_KEY, item_id)
+            pipe.execute()
 
     def finish(self, item: OutboxItem) -> bool:
         """Remove a delivered item, unless a newer version replaced it meanwhile (then it stays due)."""

@@ -28,7 +28,7 @@ from .callbacks import CallbackSender, CallbackSigner
 from .checkpoints import Blobs, Checkpoints, LocalBlobs, S3Blobs
 from .fetch import SNIFF_BYTES, FetchPolicy, check_content, check_url, fetch_to_file, pinned_request
 from .ledger import Ledger
-from .outbox import Outbox
+from .outbox import Outbox, outbox_key
 from .rows import LocalRows, RowStore, SupabaseRows
 from .storage import LocalStore, OutputStore, PresignedPutStore, S3Store
 
@@ -72,7 +72,9 @@ class Runtime:
 
     @cached_property
     def outbox(self) -> Outbox:
-        return Outbox(self.redis, max_age_s=self.settings.callback_max_age_s)
+        s = self.settings
+        key = outbox_key(s.callback_secret, s.supabase_key)
+        return Outbox(self.redis, max_age_s=s.callback_max_age_s, key=key)
 
     @cached_property
     def rows(self) -> RowStore:
