@@ -274,7 +274,12 @@ VARIABLES: tuple[Var, ...] = (
         "Standard Webhooks secret (`whsec_…`). Jobs with a callback_url are refused without it.",
         secret=True,
     ),
-    Var("CALLBACK_TIMEOUT_S", _positive_float, "10", "Timeout of one callback delivery."),
+    Var(
+        "CALLBACK_TIMEOUT_S",
+        _positive_float,
+        "10",
+        "Deadline of one callback delivery, whole: connect, send, answer.",
+    ),
     Var("CALLBACK_MAX_AGE_S", _positive_int, str(24 * 3600), "Give up retrying a callback after this."),
     Var(
         "OUTBOX_POLL_INTERVAL_S",

@@ -24,8 +24,11 @@ from daemon.adapters.callbacks import (
     backoff_delay,
     build_event,
 )
+from daemon.adapters.outbox import DUE_KEY, Delivery, Outbox
 from daemon.errors import ConfigError, InputError
 from daemon.spec.fields import redact_url
+from daemon.worker.outbox_drainer import delivery_lane
+from tests.servers.raw_http import RawHttpServer
 from tests.servers.webhook_receiver import WebhookReceiver
 
 OUTPUTS = {"splat.ply": {"uri": "https://cdn.example.com/p1/splat.ply", "size": 52428800}}
@@ -492,3 +495,89 @@ def test_pinned_delivery_refuses_a_private_address_without_sending(webhook_recei
     assert not outcome.ok and not outcome.retryable
     assert "url_address_forbidden" in (outcome.error or "") and "sekrit" not in (outcome.error or "")
     assert webhook_receiver.attempts == []
+
+
+# -- hostile receivers: a whole-delivery deadline, Retry-After, one host never blocks another ------------
+
+
+SECRET = "whsec_" + base64.b64encode(b"hostile-receivers-secret-0123456").decode()
+
+
+def test_a_receiver_that_drip_feeds_its_answer_is_cut_off_at_the_deadline():
+    # Given a receiver that answers one byte every 50 ms for minutes (each read quick, the whole endless)
+    with RawHttpServer("drip") as slow, CallbackSender(CallbackSigner(SECRET), timeout_s=1.0) as sender:
+        # When an event is delivered to it
+        started = time.monotonic()
+        outcome = sender.deliver(make_event(slow.url))
+    # Then the delivery gave up on its own, as a retryable timeout (the hang guard: the drip takes 5000 s)
+    assert not outcome.ok and outcome.retryable and outcome.status is None
+    assert outcome.error == "timed out: no whole answer within 1s"
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("120", 120.0), ("Fri, 04 Dec 2026 12:02:00 GMT", 120.0), ("soon", None), (None, None)],
+    ids=["delta", "http-date", "unreadable", "absent"],
+)
+def test_retry_after_of_a_429_or_503_is_read(header, seconds):
+    # Given a receiver answering 503 with that Retry-After, and a sender whose clock says 12:00:00
+    extra = f"Retry-After: {header}\r\n" if header else ""
+    answer = f"HTTP/1.1 503 Service Unavailable\r\n{extra}Content-Length: 0\r\n\r\n".encode()
+    noon = datetime(2026, 12, 4, 12, 0, tzinfo=UTC).timestamp()
+    with (
+        RawHttpServer("answer", answer=answer) as busy,
+        CallbackSender(CallbackSigner(SECRET), clock=lambda: noon) as sender,
+    ):
+        outcome = sender.deliver(make_event(busy.url))
+    # Then the outcome carries how long the receiver asked us to wait
+    assert (outcome.ok, outcome.status, outcome.retryable) == (False, 503, True)
+    assert outcome.retry_after_s == seconds
+
+
+def test_the_outbox_waits_as_long_as_retry_after_asks_within_its_cap(redis):
+    # Given a callback whose receiver said "Retry-After: 120", and a backoff that would retry in 2 s
+    outbox = Outbox(redis, max_age_s=3600)
+    outbox.put_callback({"url": "https://h.example/", "body": "{}", "type": "job.completed",
+                         "job_id": "job-1"}, webhook_id="msg_1")  # fmt: skip
+    busy = Delivery(ok=False, retryable=True, error="HTTP 503", retry_after_s=120.0)
+    before = time.time()
+    outbox.drain_once({"callback": lambda item: busy}, delay=lambda tries: 2.0)
+    # Then it is due again no sooner than the receiver asked
+    assert redis.zscore(DUE_KEY, "callback:msg_1") >= before + 120
+
+
+def test_a_slow_receiver_never_holds_up_another_hosts_callbacks(redis, webhook_receiver):
+    # Given queued callbacks for two customers: one whose receiver holds every request until the test lets
+    # it go, and one whose receiver answers at once
+    outbox = Outbox(redis, max_age_s=3600)
+    with (
+        RawHttpServer("hold") as held,
+        CallbackSender(CallbackSigner(webhook_receiver.secret), timeout_s=60) as sender,
+    ):
+        for n, url in enumerate([held.url, held.url, webhook_receiver.url + "/hook"]):
+            event = make_event(url, seq=n)
+            outbox.put_callback({"url": event.url, "body": event.body.decode(), "type": event.type,
+                                 "job_id": event.job_id}, webhook_id=f"msg_{n}")  # fmt: skip
+
+        def deliver(item):
+            data = item.data
+            event = CallbackEvent(item.item_id.removeprefix("callback:"), data["url"], data["body"].encode(),
+                                  data["type"], data["job_id"])  # fmt: skip
+            outcome = sender.deliver(event)
+            return Delivery(outcome.ok, outcome.retryable, outcome.error)
+
+        # When the drainer runs (in the background: the held receiver blocks its lane)
+        with ThreadPoolExecutor(1) as pool:
+            drained = pool.submit(outbox.drain_once, {"callback": deliver}, delay=never_retry,
+                                  lane=delivery_lane)  # fmt: skip
+            # Then the other customer's callback arrives while the first receiver still holds its request
+            webhook_receiver.wait_for(lambda e: e.webhook_id == "msg_2", timeout=60)
+            assert held.requests == 1 and not drained.done()
+            held.release()
+            assert drained.result(timeout=120) == 3  # and the held ones land, in order, once let go
+    assert held.requests == 2
+
+
+def never_retry(tries: int) -> float:
+    raise AssertionError("no retry expected")

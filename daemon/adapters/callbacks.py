@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import hashlib
 import json
 import random
@@ -29,6 +30,7 @@ from standardwebhooks import Webhook
 
 from ..errors import ConfigError
 from ..spec.fields import redact_url
+from .deadline import SocketDeadline
 
 EVENT_TYPES = (
     "job.started",
@@ -208,6 +210,7 @@ class DeliveryOutcome:
     retryable: bool
     error: str | None
     elapsed_s: float
+    retry_after_s: float | None = None  # what a 429 or 503 asked for (Retry-After), if anything
 
 
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
@@ -225,7 +228,7 @@ class CallbackSender:
     guard approved, so a DNS answer that changes between check and connect (rebinding) cannot redirect
     a signed request; a refusal from it is final unless the error says it is retryable (a DNS hiccup).
     Without `pin`, `check_url` runs before each attempt and httpx resolves the host again.
-    `timeout_s` bounds each phase (connect, write, each read), not the attempt as a whole.
+    `timeout_s` bounds each phase (connect, write, each read) and the attempt as a whole.
     """
 
     def __init__(
@@ -264,8 +267,10 @@ class CallbackSender:
         """One attempt: guard the URL, sign afresh (same id, new timestamp), POST, classify the answer."""
         started = time.monotonic()
 
-        def outcome(ok: bool, status: int | None, retryable: bool, error: str | None) -> DeliveryOutcome:
-            return DeliveryOutcome(ok, status, retryable, error, time.monotonic() - started)
+        def outcome(
+            ok: bool, status: int | None, retryable: bool, error: str | None, retry_after: float | None = None
+        ) -> DeliveryOutcome:
+            return DeliveryOutcome(ok, status, retryable, error, time.monotonic() - started, retry_after)
 
         headers = self._signer.headers(event, now=self._clock())
         try:
@@ -273,21 +278,31 @@ class CallbackSender:
         except Exception as exc:  # the SSRF guard refused (fail closed)
             retryable = bool(getattr(exc, "retryable", False))
             return outcome(False, None, retryable, _redact(f"callback URL refused: {exc}", event.url))
+        # The whole delivery, not each read, is bounded: a receiver that drip-feeds its answer one byte
+        # at a time would otherwise hold the drainer for ever. A new connection each time, so the
+        # deadline sees the socket it must cut (callbacks are few; keep-alive buys nothing here).
+        deadline = SocketDeadline(self._timeout_s)
+        request.extensions["trace"] = deadline.trace
+        request.headers["Connection"] = "close"
         try:
-            # stream: we need only the status, so a receiver's (possibly huge) body is never read.
-            response = self._client.send(request, stream=True)
-            try:
-                status = response.status_code
-            finally:
-                response.close()
+            with deadline:
+                # stream: we need only the status, so a receiver's (possibly huge) body is never read.
+                response = self._client.send(request, stream=True)
+                try:
+                    status, retry_after = response.status_code, response.headers.get("retry-after")
+                finally:
+                    response.close()
         except httpx.TimeoutException as exc:
             return outcome(False, None, True, f"timed out after {self._timeout_s:g}s ({type(exc).__name__})")
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             return outcome(False, None, False, _redact(f"bad callback URL: {exc}", event.url))
         except httpx.TransportError as exc:
+            if deadline.fired:
+                return outcome(False, None, True, f"timed out: no whole answer within {self._timeout_s:g}s")
             return outcome(False, None, True, _redact(f"{type(exc).__name__}: {exc}", event.url))
         ok, retryable, error = classify_status(status)
-        return outcome(ok, status, retryable, error)
+        wait = parse_retry_after(retry_after, self._clock) if status in (429, 503) else None
+        return outcome(ok, status, retryable, error, wait)
 
     def _build_request(self, event: CallbackEvent, headers: dict[str, str]) -> httpx.Request:
         if self._pin is not None:
@@ -295,6 +310,22 @@ class CallbackSender:
         if self._check_url is not None:
             self._check_url(event.url)
         return self._client.build_request("POST", event.url, content=event.body, headers=headers)
+
+
+def parse_retry_after(value: str | None, clock: Callable[[], float] = time.time) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - clock())
 
 
 def classify_status(status: int) -> tuple[bool, bool, str | None]:

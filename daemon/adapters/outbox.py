@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,7 @@ class Delivery:
     ok: bool
     retryable: bool = True
     error: str | None = None
+    retry_after_s: float | None = None  # the receiver's own "come back in" (Retry-After), if any
 
 
 Sink = Callable[[OutboxItem], Delivery]
@@ -247,15 +249,33 @@ class Outbox:
             return Delivery(ok=False, retryable=True, error=f"{type(exc).__name__}: {exc}")
 
     def drain_once(
-        self, sinks: Mapping[str, Sink], *, delay: Callable[[int], float], now: float | None = None
+        self,
+        sinks: Mapping[str, Sink],
+        *,
+        delay: Callable[[int], float],
+        now: float | None = None,
+        lane: Callable[[OutboxItem], str] = lambda item: item.kind,
+        max_lanes: int = 8,
     ) -> int:
         """Deliver every due item once; returns how many landed. An item of a kind this drainer has no
         sink for stays leased and untouched, for a worker that has one (a worker without
-        CALLBACK_SECRET must not drop the fleet's callbacks)."""
-        landed = 0
+        CALLBACK_SECRET must not drop the fleet's callbacks). Items go out in lanes (for callbacks, one
+        per receiving host), lanes side by side and each lane in order: a slow receiver delays only its
+        own items, never another customer's callbacks or the row writes."""
+        lanes: dict[str, list[OutboxItem]] = {}
         for item in self.claim_due(now=now):
-            if item.kind not in sinks:
-                continue
+            if item.kind in sinks:
+                lanes.setdefault(lane(item), []).append(item)
+        if len(lanes) <= 1:
+            return sum(self._deliver_lane(sinks, items, delay) for items in lanes.values())
+        with ThreadPoolExecutor(max_workers=min(max_lanes, len(lanes)), thread_name_prefix="outbox") as pool:
+            return sum(pool.map(lambda items: self._deliver_lane(sinks, items, delay), lanes.values()))
+
+    def _deliver_lane(
+        self, sinks: Mapping[str, Sink], items: list[OutboxItem], delay: Callable[[int], float]
+    ) -> int:
+        landed = 0
+        for item in items:
             outcome = self._deliver(sinks, item)
             age = time.time() - item.created
             if outcome.ok:
@@ -268,6 +288,8 @@ class Outbox:
                 self.finish(item)
             else:
                 wait = delay(item.tries)
+                if outcome.retry_after_s is not None:  # the receiver said when: never sooner, capped
+                    wait = max(wait, min(outcome.retry_after_s, self.cap_s))
                 log.warning(
                     "outbox: %s not delivered (%s); retry in %.1fs", item.item_id, outcome.error, wait
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from urllib.parse import urlsplit
 
 from ..adapters.callbacks import CallbackEvent, backoff_delay
 from ..adapters.outbox import Delivery, OutboxItem, Sink
@@ -16,6 +17,13 @@ from ..adapters.rows import RowWriteError
 from ..adapters.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+def delivery_lane(item: OutboxItem) -> str:
+    """Callbacks to one host share a lane; rows have their own. Lanes are delivered side by side."""
+    if item.kind == "callback":
+        return "callback:" + (urlsplit(str(item.data.get("url", ""))).netloc or "?")
+    return item.kind
 
 
 class OutboxDrainer:
@@ -37,7 +45,7 @@ class OutboxDrainer:
         if self.runtime.callback_sender is not None:
             sinks["callback"] = self.deliver_callback
         return self.runtime.outbox.drain_once(
-            sinks, delay=lambda tries: backoff_delay(tries, base_s=2.0, cap_s=300.0)
+            sinks, delay=lambda tries: backoff_delay(tries, base_s=2.0, cap_s=300.0), lane=delivery_lane
         )
 
     def _run(self) -> None:
@@ -63,7 +71,7 @@ class OutboxDrainer:
         outcome = sender.deliver(event)
         if outcome.ok:
             log.info("callback %s for %s delivered (%s)", event.type, event.job_id, outcome.status)
-        return Delivery(ok=outcome.ok, retryable=outcome.retryable, error=outcome.error)
+        return Delivery(outcome.ok, outcome.retryable, outcome.error, retry_after_s=outcome.retry_after_s)
 
     def write_row(self, item: OutboxItem) -> Delivery:
         try:
