@@ -353,3 +353,24 @@ def test_a_refused_video_is_named_by_its_redacted_url_never_the_presigned_one():
     assert refused.value.code == "not_a_video"
     assert "https://uploads.example.com/u1/clip.mp4 is " in refused.value.message
     assert "X-Amz" not in refused.value.message and "deadbeef" not in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{target}\n#EXT-X-ENDLIST\n",  # HLS playlist
+        "ffconcat version 1.0\nfile '{target}'\n",  # FFmpeg's concat script
+    ],
+    ids=["hls", "concat"],
+)
+def test_a_playlist_is_never_handed_to_ffmpeg_to_follow(orbit: OrbitVideo, tmp_path: Path, text) -> None:
+    # Given an upload that is a playlist naming another file, a real video that FFmpeg would gladly open
+    # (and in a playlist a URL would be fetched the same way)
+    upload = tmp_path / "clip.mp4"
+    upload.write_text(text.format(target=orbit.path))
+    # When it is probed as a video
+    with pytest.raises(InputError) as refused:
+        probe_video(upload)
+    # Then it is refused from its first bytes as what it is, without FFmpeg ever opening it
+    assert refused.value.code == "not_a_video"
+    assert refused.value.message.startswith("clip.mp4 is not a video: it looks like text")

@@ -99,6 +99,10 @@ def probe_video(path: Path) -> VideoInfo:
         return replace(opened.info, rotation=rotation)
 
 
+DEMUXERS = {"mp4": "mov", "mov": "mov", "avi": "avi", "matroska": "matroska", "mpegts": "mpegts"}
+"""The FFmpeg demuxer for each container family `sniff_video` names (FFmpeg reads MP4 and MOV alike)."""
+
+
 @contextmanager
 def open_video(path: Path, max_duration_s: float) -> Iterator[Opened]:
     """Open and check a video; the container is closed on leaving the `with` block."""
@@ -116,11 +120,13 @@ def _open_checked(path: Path, max_duration_s: float) -> Opened:
     if not head:
         raise InputError(f"{name} is empty (0 bytes), not a video", code="not_a_video")
     family = sniff_video(head)
+    if family is None:
+        # Never let FFmpeg guess: its probe knows hundreds of formats, playlists among them (HLS, concat)
+        # that open other files and URLs. A file is opened only as the container its bytes say it is.
+        raise _not_a_video(name, describe_content(head))
     try:
-        container = av.open(str(path), mode="r", metadata_errors="replace")
+        container = av.open(str(path), mode="r", format=DEMUXERS[family], metadata_errors="replace")
     except _BAD_DATA as exc:
-        if family is None:
-            raise _not_a_video(name, describe_content(head)) from None
         raise InputError(
             f"{name} starts like {_CONTAINER_LABELS[family]} video but cannot be read ({_reason(exc)}): "
             "the file is damaged or incomplete (an interrupted upload or recording?): export or upload "
