@@ -90,6 +90,10 @@ class Inputs:
     release_ref: str = ""
     ssm_path: str = DEFAULT_SSM_PATH
     bucket: str | None = None
+    # The instance role's S3 scope: inputs read-only, outputs and checkpoints read-write, nothing else.
+    input_prefixes: tuple[str, ...] = ("uploads/",)
+    output_prefixes: tuple[str, ...] = ("jobs/",)
+    checkpoint_prefix: str = "checkpoints/"
 
     def __post_init__(self) -> None:
         _check("image", self.image_id)
@@ -100,6 +104,14 @@ class Inputs:
             _check("security group", group)
         if self.bucket is not None:
             _check("bucket", self.bucket)
+        for prefix in (*self.input_prefixes, *self.output_prefixes, self.checkpoint_prefix):
+            if not PREFIX.fullmatch(prefix):
+                raise FleetError(f"S3 prefix {prefix!r}: letters, digits, ._-/, ending in '/' (not the root)")
+        writable = (*self.output_prefixes, self.checkpoint_prefix)
+        if set(self.input_prefixes) & set(writable):
+            raise FleetError(
+                "an input prefix cannot be an output or checkpoint prefix too: inputs are read-only"
+            )
         for name, value in (("release URL", self.release_url), ("release ref", self.release_ref)):
             if not SHELL_SAFE.fullmatch(value):
                 raise FleetError(f"{name} {value!r}: only letters, digits and ._~:/@%+=,- are allowed")
@@ -127,7 +139,16 @@ class Inputs:
             values["S3_BUCKET"] = self.bucket
             # Releases are read from the release URL's bucket (S3_BUCKET when the release is not in S3).
             values["RELEASE_BUCKET"] = _s3_bucket_of(self.release_url) or self.bucket
+            arn = f"arn:aws:s3:::{self.bucket}/"
+            writable = [*self.output_prefixes, self.checkpoint_prefix]
+            values["INPUT_OBJECTS"] = [f"{arn}{prefix}*" for prefix in self.input_prefixes]
+            values["WRITABLE_OBJECTS"] = [f"{arn}{prefix}*" for prefix in writable]
+            values["WRITABLE_PREFIXES"] = [f"{prefix}*" for prefix in writable]
         return values
+
+
+PREFIX = re.compile(r"[A-Za-z0-9._-][A-Za-z0-9._/-]*/")
+"""An S3 key prefix the instance role is scoped to: a folder, never the whole bucket."""
 
 
 def _check(kind: str, value: str) -> None:
@@ -318,6 +339,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--ami-parameter", default=DEFAULT_AMI_PARAMETER, help="SSM parameter holding an AMI id")
     add("--ssm-path", default=DEFAULT_SSM_PATH, help="Parameter Store path of the daemon's environment")
     add("--bucket", help="the daemon's S3_BUCKET (renders instance-policy.json)")
+    add("--input-prefixes", type=_csv, default=("uploads/",), help="read-only input prefixes (uploads/)")
+    add("--output-prefixes", type=_csv, default=("jobs/",), help="S3_PREFIX and any output.s3_prefix roots")
+    add("--checkpoint-prefix", default="checkpoints/", help="CHECKPOINT_PREFIX, with its slash")
     add("--iam", action="store_true", help="also create/update the IAM role and instance profile")
     add("--refresh", action="store_true", help="start an instance refresh after applying")
     add("--dry-run", action="store_true", help="print the rendered documents; change nothing")
@@ -354,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             release_ref=args.release_ref,
             ssm_path=args.ssm_path,
             bucket=args.bucket,
+            input_prefixes=args.input_prefixes,
+            output_prefixes=args.output_prefixes,
+            checkpoint_prefix=args.checkpoint_prefix,
         )
         docs = render(inputs)
         if args.out:

@@ -11,6 +11,7 @@ against the fake metadata service.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -203,6 +204,47 @@ def test_names_agree_across_the_documents(docs: dict[str, Any]) -> None:
     }
     assert statements["OwnInstanceInTheGroup"]["Resource"].endswith(f":autoScalingGroupName/{group}")
     assert f"parameter{SAMPLE.ssm_path}/*" in " ".join(statements["ReadDaemonEnvironment"]["Resource"])
+
+
+def test_the_instance_role_writes_only_outputs_and_checkpoints_and_reads_inputs() -> None:
+    # Given a fleet whose uploads land under uploads/ and customer/, outputs under jobs/ and deliveries/
+    inputs = dataclasses.replace(
+        SAMPLE, bucket="capture-outputs", input_prefixes=("uploads/", "customer/"),
+        output_prefixes=("jobs/", "deliveries/"),
+    )  # fmt: skip
+    policy = fleet_apply.render(inputs)["instance-policy"]
+    statements = {st["Sid"]: st for st in policy["Statement"]}
+    writes = statements["WriteOutputsAndCheckpoints"]
+    # Then objects are written only under the output and checkpoint prefixes, inputs only read, and the
+    # bucket listed only under the prefixes the daemon lists (its checkpoints and outputs)
+    assert "s3:PutObject" in writes["Action"] and "s3:PutObject" not in statements["ReadInputs"]["Action"]
+    assert writes["Resource"] == [
+        f"arn:aws:s3:::capture-outputs/{p}*" for p in ("jobs/", "deliveries/", "checkpoints/")
+    ]
+    assert statements["ReadInputs"]["Resource"] == [
+        "arn:aws:s3:::capture-outputs/uploads/*", "arn:aws:s3:::capture-outputs/customer/*"
+    ]  # fmt: skip
+    listing = statements["ListOwnPrefixes"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["jobs/*", "deliveries/*", "checkpoints/*"]}}
+    assert not any(r.endswith("capture-outputs/*") for st in policy["Statement"] for r in _resources(st))
+
+
+def _resources(statement: dict[str, Any]) -> list[str]:
+    resource = statement["Resource"]
+    return resource if isinstance(resource, list) else [resource]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"input_prefixes": ("jobs/",)}, "inputs are read-only"),
+        ({"output_prefixes": ("",)}, "not the root"),
+        ({"checkpoint_prefix": "checkpoints"}, "ending in '/'"),
+    ],
+)
+def test_prefixes_that_would_widen_the_roles_scope_are_refused(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(fleet_apply.FleetError, match=message):
+        dataclasses.replace(SAMPLE, bucket="capture-outputs", **change)
 
 
 def test_tag_keys_are_allowed_with_tags_in_instance_metadata(docs: dict[str, Any]) -> None:
@@ -534,7 +576,14 @@ def test_apply_with_iam_creates_the_instance_profile_named_in_the_template(fleet
     assert [role["RoleName"] for role in profile["Roles"]] == ["capture-daemon"]
     stored = iam.get_role_policy(RoleName="capture-daemon", PolicyName="capture-daemon")["PolicyDocument"]
     stored = json.loads(stored) if isinstance(stored, str) else stored
-    assert "arn:aws:s3:::capture-outputs/*" in json.dumps(stored)  # moto validated it on the way in
+    # (moto validated it on the way in) scoped: inputs read-only, outputs and checkpoints read-write
+    statements = {st["Sid"]: st for st in stored["Statement"]}
+    assert statements["ReadInputs"]["Action"] == "s3:GetObject"
+    assert statements["ReadInputs"]["Resource"] == ["arn:aws:s3:::capture-outputs/uploads/*"]
+    assert statements["WriteOutputsAndCheckpoints"]["Resource"] == [
+        "arn:aws:s3:::capture-outputs/jobs/*", "arn:aws:s3:::capture-outputs/checkpoints/*"
+    ]  # fmt: skip
+    assert "arn:aws:s3:::capture-outputs/*" not in json.dumps(stored)  # never the whole bucket
 
 
 def test_apply_again_rolls_a_new_default_version_and_keeps_the_capacity(fleet: MotoAws) -> None:
