@@ -60,11 +60,12 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = _settings_and_logs()
     from .adapters.runtime import Runtime
     from .handlers.registry import parse_job
+    from .spec.tenancy import Roots
     from .worker.queue import enqueue
 
     spec = parse_job(_read_spec(args.spec))
     runtime = Runtime.for_this_process(settings)
-    job = enqueue(runtime.redis, spec, priority=args.priority)
+    job = enqueue(runtime.redis, spec, priority=args.priority, roots=Roots.of(settings))
     print(json.dumps({"job_id": spec.job_id, "queue": job.origin, "kind": spec.kind}))
     return 0
 

@@ -29,6 +29,9 @@ DEFAULT_QUEUES = ("high", "default", "low")
 """What a worker serves when DAEMON_QUEUES is unset, highest first: every job priority, each an rq queue
 of that name. `daemon.spec.model.PRIORITIES` is this tuple (the spec may import config, not the reverse)."""
 
+OWNER_PLACEHOLDER = "{owner_id}"
+"""In S3_INPUT_PREFIXES / S3_OUTPUT_PREFIXES, a whole segment filled with the spec's owner_id."""
+
 DEFAULT_IMDS_URL = "http://169.254.169.254"
 """Where IMDS answers on every EC2 instance (IPv6-only subnets: http://[fd00:ec2::254])."""
 
@@ -106,6 +109,27 @@ def _csv(raw: str) -> tuple[str, ...]:
     if not items:
         raise ValueError("expected a comma-separated list")
     return items
+
+
+_ROOT_SEGMENT = re.compile(r"[A-Za-z0-9._=-]+")
+
+
+def _prefixes(raw: str) -> tuple[str, ...]:
+    """Key roots: each a folder ('/' added), its segments plain names or `{owner_id}`."""
+    roots = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        root = part.rstrip("/") + "/"
+        for segment in root[:-1].split("/"):
+            if segment != OWNER_PLACEHOLDER and not (
+                _ROOT_SEGMENT.fullmatch(segment) and segment not in ".."
+            ):
+                raise ValueError(
+                    f"{part!r}: segments must be names (A-Z a-z 0-9 ._=-) or {OWNER_PLACEHOLDER}"
+                )
+        roots.append(root)
+    return tuple(roots)
 
 
 def _networks(raw: str) -> tuple[IPNetwork, ...]:
@@ -209,6 +233,20 @@ VARIABLES: tuple[Var, ...] = (
     Var("DAEMON_OUTPUT_DIR", Path, "var/outputs", "Root of the local output store."),
     Var("S3_BUCKET", _optional, "", "Bucket for outputs and for inputs given as S3 keys."),
     Var("S3_PREFIX", _optional, "jobs", "Key prefix for outputs: `<prefix>/<job id>/<name>`."),
+    Var(
+        "S3_INPUT_PREFIXES",
+        _prefixes,
+        "uploads/",
+        "Where inputs given as S3 keys may be (comma-separated key roots; `{owner_id}` as a segment is the "
+        "spec's owner, e.g. `uploads/{owner_id}/`). Any other key is refused (`s3_key_not_allowed`).",
+    ),
+    Var(
+        "S3_OUTPUT_PREFIXES",
+        _prefixes,
+        "",
+        "Roots an `output.s3_prefix` may lie under besides S3_PREFIX itself (comma-separated, `{owner_id}` "
+        "allowed, e.g. `deliveries/{owner_id}/`); empty: only S3_PREFIX (`s3_prefix_not_allowed`).",
+    ),
     Var(
         "S3_ENDPOINT_URL",
         _url(("http", "https")),
@@ -388,6 +426,8 @@ class Settings:
     sfm_threads: int
     s3_bucket: str | None
     s3_prefix: str
+    s3_input_prefixes: tuple[str, ...]
+    s3_output_prefixes: tuple[str, ...]
     s3_endpoint_url: str | None
     aws_region: str | None
     s3_multipart_threshold_mb: int
@@ -483,9 +523,45 @@ def _check_consistency(values: Mapping[str, Any]) -> None:
         raise ConfigError(
             "CALLBACK_SECRET=<hidden>: expected a Standard Webhooks secret starting with whsec_"
         )
+    _check_roots_apart(values)
     for name in values["queues"]:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"DAEMON_QUEUES={','.join(values['queues'])!r}: bad queue name {name!r}")
+
+
+def _check_roots_apart(values: Mapping[str, Any]) -> None:
+    """Inputs, outputs and checkpoints live in separate parts of the bucket: no root of one use may
+    contain or lie inside a root of another (`{owner_id}` standing for any UUID)."""
+    uses = {
+        "S3_INPUT_PREFIXES": values["s3_input_prefixes"],
+        "S3_OUTPUT_PREFIXES": values["s3_output_prefixes"],
+        "S3_PREFIX": (values["s3_prefix"] + "/",),
+        "CHECKPOINT_PREFIX": (values["checkpoint_prefix"] + "/",),
+    }
+    names = list(uses)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            for a in uses[first]:
+                for b in uses[second]:
+                    if _roots_meet(a, b):
+                        raise ConfigError(
+                            f"{first} {a!r} overlaps {second} {b!r}: keep them in separate folders"
+                        )
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _roots_meet(a: str, b: str) -> bool:
+    """Whether one root could lie inside the other, segment by segment (roots end with '/')."""
+
+    def same(x: str, y: str) -> bool:
+        if OWNER_PLACEHOLDER in (x, y):
+            other = y if x == OWNER_PLACEHOLDER else x
+            return other == OWNER_PLACEHOLDER or bool(_UUID.fullmatch(other))
+        return x == y
+
+    return all(same(x, y) for x, y in zip(a.strip("/").split("/"), b.strip("/").split("/"), strict=False))
 
 
 def secret_values(settings: Settings) -> Mapping[str, str]:

@@ -226,6 +226,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "DAEMON_OUTPUT_DIR": ("/srv/out", Path("/srv/out")),
     "S3_BUCKET": ("bucket-x", "bucket-x"),
     "S3_PREFIX": ("/captures/", "captures"),
+    "S3_INPUT_PREFIXES": ("in/{owner_id},shared/", ("in/{owner_id}/", "shared/")),
+    "S3_OUTPUT_PREFIXES": ("deliveries/{owner_id}/", ("deliveries/{owner_id}/",)),
     "S3_ENDPOINT_URL": ("http://127.0.0.1:8333", "http://127.0.0.1:8333"),
     "AWS_REGION": ("eu-west-3", "eu-west-3"),
     "S3_MULTIPART_THRESHOLD_MB": ("65", 65),
@@ -344,3 +346,46 @@ def test_the_worker_exits_78_on_bad_configuration(tmp_path):
     # the variable, before touching Redis
     assert done.returncode == 78, done.stderr
     assert done.stderr.startswith("configuration error: JOB_MAX_ATTEMPTS")
+
+
+# -- tenant roots ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"S3_INPUT_PREFIXES": "jobs/"}, "S3_INPUT_PREFIXES 'jobs/' overlaps S3_PREFIX 'jobs/'"),
+        ({"S3_INPUT_PREFIXES": "checkpoints/old/"}, "overlaps CHECKPOINT_PREFIX 'checkpoints/'"),
+        ({"S3_OUTPUT_PREFIXES": "uploads/{owner_id}/out/"}, "S3_INPUT_PREFIXES 'uploads/' overlaps"),
+        (
+            {"S3_PREFIX": "ckpt", "CHECKPOINT_PREFIX": "ckpt/v1"},
+            "S3_PREFIX 'ckpt/' overlaps CHECKPOINT_PREFIX",
+        ),
+        (
+            {
+                "S3_INPUT_PREFIXES": "{owner_id}/",
+                "S3_OUTPUT_PREFIXES": "0b5c7d1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e/",
+            },
+            "S3_INPUT_PREFIXES '{owner_id}/' overlaps S3_OUTPUT_PREFIXES",
+        ),
+        ({"S3_INPUT_PREFIXES": "up/../jobs/"}, "segments must be names"),
+        ({"S3_OUTPUT_PREFIXES": "out/{owner_id}-x/"}, "segments must be names"),
+    ],
+)
+def test_roots_of_different_uses_must_not_overlap(env, change, message):
+    # When the input, output, default-output and checkpoint roots could share a key
+    error = config_error({**env, **change})
+
+    # Then start-up stops, naming both
+    assert message in str(error)
+
+
+def test_per_owner_roots_side_by_side_are_apart(env):
+    # Given each owner's inputs and outputs in two folders of the owner's own
+    settings = load_settings(
+        {**env, "S3_INPUT_PREFIXES": "{owner_id}/in", "S3_OUTPUT_PREFIXES": "{owner_id}/out"}
+    )
+
+    # Then they load, each a folder
+    assert settings.s3_input_prefixes == ("{owner_id}/in/",)
+    assert settings.s3_output_prefixes == ("{owner_id}/out/",)

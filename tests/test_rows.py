@@ -10,6 +10,7 @@ import pytest
 
 from daemon.adapters.rows import LocalRows, RowWriteError, SupabaseRows, merge_row
 
+OWNER_A, OWNER_B = "0b5c7d1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e", "9f8e7d6c-5b4a-4c3d-8e2f-1a0b9c8d7e6f"
 T1, T2, T3 = "2026-01-02T03:04:01.000Z", "2026-01-02T03:04:02.000Z", "2026-01-02T03:04:03.000Z"
 
 
@@ -288,7 +289,7 @@ def test_local_and_supabase_rows_follow_the_same_rules(supabase_rows, tmp_path):
     # Given the same sequence of replayed, stale and late writes sent to both stores
     local = LocalRows(tmp_path)
     writes = [
-        row(attempt=1, progress=30, heartbeat_at=T2, started_at=T1),
+        row(attempt=1, progress=30, heartbeat_at=T2, started_at=T1, owner_id=OWNER_A),
         row(attempt=1, progress=20, heartbeat_at=T1),  # an older write, retried late
         row(attempt=1, status="requeued", error_code="preempted"),
         row(attempt=2, progress=4, heartbeat_at=T3),
@@ -303,9 +304,26 @@ def test_local_and_supabase_rows_follow_the_same_rules(supabase_rows, tmp_path):
         supabase_rows.write(write)
 
     # Then both end with the same row (the Python rules mirror the table's trigger)
-    fields = ("attempt", "status", "progress", "error_code")
+    fields = ("attempt", "status", "progress", "error_code", "owner_id")
     from_local, from_supabase = local.read("job-1"), supabase_rows.read("job-1")
     assert from_local is not None and from_supabase is not None
     assert {k: from_local.get(k) for k in fields} == {k: from_supabase.get(k) for k in fields}
     assert from_supabase["status"] == "completed" and from_supabase["progress"] == 100
     assert from_local["finished_at"] and from_supabase["finished_at"]
+
+
+def test_a_rows_owner_is_pinned_in_both_stores(supabase_rows, tmp_path):
+    # Given a row written for owner A
+    local = LocalRows(tmp_path)
+    for store in (local, supabase_rows):
+        store.write(row(attempt=1, status="completed", progress=100, owner_id=OWNER_A))
+
+    # When a newer attempt's write names owner B (a reused job id, a bug)
+    for store in (local, supabase_rows):
+        store.write(row(attempt=2, status="running", progress=3, owner_id=OWNER_B))
+
+    # Then the write lands but the row stays in owner A's view: row-level security filters on owner_id
+    for store in (local, supabase_rows):
+        stored = store.read("job-1")
+        assert stored is not None and stored["attempt"] == 2
+        assert stored["owner_id"] == OWNER_A

@@ -56,8 +56,8 @@ def test_node_producer_to_completed_row_s3_object_and_verified_callback(
     )
     assert run_node_producer(full_env, spec) == {"job_id": "e2e-node-1", "queue": "default"}
 
-    # When a worker runs
-    worker = start_worker({**full_env, "LOG_LEVEL": "debug"})
+    # When a worker runs (customers' own output prefixes allowed under deliveries/)
+    worker = start_worker({**full_env, "LOG_LEVEL": "debug", "S3_OUTPUT_PREFIXES": "deliveries/"})
 
     # Then the row reaches completed with the output listed
     row = wait_until(

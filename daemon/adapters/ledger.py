@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from ..errors import AttemptSuperseded
+from ..errors import AttemptSuperseded, SpecError
 
 KEY_PREFIX = "daemon:job:"
-"""Hash per job id: attempt, failures, rq_id, status, worker."""
+"""Hash per job id: attempt, failures, preemptions, rq_id, status, worker, and the claim on the id: its
+owner (set by the producers' enqueue script, `daemon/worker/enqueue.lua`) and spec digest."""
 
 CANCEL_PREFIX = "daemon:cancel:"
 """Unix time of the last cancel request for the job id."""
@@ -23,6 +24,25 @@ CANCEL_PREFIX = "daemon:cancel:"
 STATE_TTL_S = 30 * 24 * 3600
 """How long the ledger remembers a job after its last change (re-runs of old ids continue counting)."""
 
+
+class JobIdInUse(SpecError):  # noqa: N818 - a refusal, named for what it says
+    """A spec names a job id that another owner or another spec holds: refused, nothing touched."""
+
+
+_BEGIN_ATTEMPT = """
+-- KEYS[1] the job's hash; ARGV: check ('1'/'0'), owner, spec digest, rq id, worker, ttl
+if ARGV[1] == '1' then
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner and owner ~= ARGV[2] then return {0, 'owner'} end
+  local spec = redis.call('HGET', KEYS[1], 'spec')
+  if spec and spec ~= ARGV[3] then return {0, 'spec'} end
+  redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'spec', ARGV[3])
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'rq_id', ARGV[4], 'status', 'running', 'worker', ARGV[5])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+return {attempt, ''}
+"""
 
 _CLAIM_COMPLETION = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
@@ -51,15 +71,20 @@ class Ledger:
     def _key(self, job_id: str) -> str:
         return KEY_PREFIX + job_id
 
-    def begin_attempt(self, job_id: str, *, rq_id: str, worker: str) -> int:
-        """Count a new attempt and return its number (1, 2, …)."""
-        key = self._key(job_id)
-        with self.redis.pipeline() as pipe:
-            pipe.hincrby(key, "attempt", 1)
-            pipe.hset(key, mapping={"rq_id": rq_id, "status": "running", "worker": worker})
-            pipe.expire(key, STATE_TTL_S)
-            attempt = pipe.execute()[0]
-        return int(attempt)
+    def begin_attempt(
+        self, job_id: str, *, rq_id: str, worker: str, owner: str | None = None, spec: str | None = None
+    ) -> int:
+        """Count a new attempt and return its number (1, 2, …). With `owner` ('' for none) and `spec`
+        (its `spec_digest`), the id is claimed for them atomically: an id already claimed by another
+        owner or another spec raises JobIdInUse and nothing is changed."""
+        claim = ("1", owner or "", spec or "") if spec is not None else ("0", "", "")
+        result = self.redis.eval(_BEGIN_ATTEMPT, 1, self._key(job_id), *claim, rq_id, worker, STATE_TTL_S)
+        attempt, clash = int(result[0]), result[1].decode() if isinstance(result[1], bytes) else result[1]
+        if clash:
+            raise JobIdInUse(
+                f"job_id {job_id} belongs to another {clash}: a new job needs a new id", code="job_id_in_use"
+            )
+        return attempt
 
     def record_failure(self, job_id: str) -> int:
         """Count a failed attempt; returns the number of failures so far."""

@@ -106,6 +106,8 @@ def merge_row(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
         if old.get("heartbeat_at") and (merged.get("heartbeat_at") or "") < old["heartbeat_at"]:
             merged["heartbeat_at"] = old["heartbeat_at"]
         merged["started_at"] = old.get("started_at") or new.get("started_at")
+        if old.get("owner_id"):  # a row belongs to its first owner for good
+            merged["owner_id"] = old["owner_id"]
     merged["updated_at"] = utcnow_iso()
     merged["finished_at"] = utcnow_iso() if merged.get("status") in TERMINAL else None
     return merged

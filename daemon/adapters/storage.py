@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from ..spec.fields import is_job_id, redact_url
 from .aws import AWS_ERRORS, s3_error
 from .content_coding import read_capped
 from .fetch import FetchPolicy, new_client, pinned_request, transport_errors
+from .publish import PublishRaced, upload_fenced
 
 NAME_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 """One path segment of an output name; `/` separates sub-folders."""
@@ -50,8 +52,17 @@ class StoredObject:
     content_type: str
 
 
+Fence = Callable[[], None]
+"""Raises AttemptSuperseded when the writing attempt is no longer the job's newest (the ledger's check)."""
+
+
 class OutputStore(Protocol):
-    def put_file(self, job_id: str, name: str, path: Path, content_type: str) -> StoredObject: ...
+    def put_file(
+        self, job_id: str, name: str, path: Path, content_type: str, fence: Fence | None = None
+    ) -> StoredObject:
+        """Store `path` as the job's output `name`; with `fence`, a superseded attempt's write never
+        replaces a newer attempt's (each store as closely as it can: see its class)."""
+        ...
 
     def describe(self) -> str:
         """Where outputs go, for logs; never contains secrets."""
@@ -117,7 +128,10 @@ class LocalStore:
     def describe(self) -> str:
         return f"local directory {self.root}"
 
-    def put_file(self, job_id: str, name: str, path: Path, content_type: str) -> StoredObject:
+    def put_file(
+        self, job_id: str, name: str, path: Path, content_type: str, fence: Fence | None = None
+    ) -> StoredObject:
+        """Fenced right before the atomic rename: one machine, so the window is a rename's."""
         dest = self.root / check_job_id(job_id) / check_name(name)
         _require_file(path)
         try:
@@ -125,13 +139,13 @@ class LocalStore:
             # A symlink planted inside root must not carry the write elsewhere.
             if not dest.parent.resolve().is_relative_to(self.root.resolve()):
                 raise StorageError(f"{dest} escapes {self.root}", code="invalid_object_name", retryable=False)
-            size, sha256 = self._copy_atomically(path, dest)
+            size, sha256 = self._copy_atomically(path, dest, fence or (lambda: None))
         except OSError as exc:
             raise StorageError(f"copying {name} to {dest} failed: {exc}") from exc
         return StoredObject(name, dest.as_uri(), size, sha256, content_type)
 
     @staticmethod
-    def _copy_atomically(src: Path, dest: Path) -> tuple[int, str]:
+    def _copy_atomically(src: Path, dest: Path, fence: Fence) -> tuple[int, str]:
         """Copy through a temp file and rename, so readers see the old file or the whole new one."""
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         copied = Sha256Sum()
@@ -142,6 +156,7 @@ class LocalStore:
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())  # the rename must not land before the data does
+            fence()
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -165,7 +180,8 @@ class _KnownObject(BaseSubscriber):
 
 
 class S3Store:
-    """Outputs in `s3://bucket/<prefix>/<job_id>/<name>`, through boto3's transfer manager."""
+    """Outputs in `s3://bucket/<prefix>/<job_id>/<name>`. Unfenced, through boto3's transfer manager;
+    fenced, as a conditional write that a superseded attempt cannot land (`daemon/adapters/publish.py`)."""
 
     def __init__(self, client: Any, bucket: str, prefix: str, transfer: TransferConfig) -> None:
         self.client, self.bucket, self.prefix, self.transfer = client, bucket, prefix.strip("/"), transfer
@@ -177,23 +193,44 @@ class S3Store:
     def key_for(self, job_id: str, name: str) -> str:
         return object_key(self.prefix, job_id, name)
 
-    def put_file(self, job_id: str, name: str, path: Path, content_type: str) -> StoredObject:
-        """Upload `path` (multipart above the transfer threshold) while hashing it in this thread.
+    def put_file(
+        self, job_id: str, name: str, path: Path, content_type: str, fence: Fence | None = None
+    ) -> StoredObject:
+        """Upload `path` (in parts above the transfer threshold) while hashing it in this thread.
 
-        The transfer manager reads the file in its own threads, by part; we read it once more,
-        sequentially, for the sha256, in parallel with the upload. Memory stays at one chunk.
+        The upload reads the file in its own threads, by part; we read it once more, sequentially,
+        for the sha256, in parallel with the upload. Memory stays at a few parts.
         """
         key = self.key_for(job_id, name)
         _require_file(path)
         action = f"uploading {name} to s3://{self.bucket}/{key}"
         try:
-            with create_transfer_manager(self.client, self.transfer) as manager:
-                future = manager.upload(str(path), self.bucket, key, extra_args={"ContentType": content_type})
+            with ThreadPoolExecutor(max_workers=1) as uploader:
+                done = uploader.submit(self._upload, key, path, content_type, fence)
                 size, sha256 = file_sha256(path)
-                future.result()
+                done.result()
         except AWS_ERRORS as exc:
             raise s3_error(action, exc) from exc
+        except PublishRaced as exc:
+            raise StorageError(f"{action}: {exc}", code="storage_failed") from exc
         return StoredObject(name, f"s3://{self.bucket}/{key}", size, sha256, content_type)
+
+    def _upload(self, key: str, path: Path, content_type: str, fence: Fence | None) -> None:
+        if fence is not None:
+            upload_fenced(
+                self.client,
+                self.bucket,
+                key,
+                path,
+                content_type,
+                fence=fence,
+                whole_max_bytes=self.transfer.multipart_threshold,
+                part_bytes=self.transfer.multipart_chunksize,
+                threads=self.transfer.max_request_concurrency,
+            )
+            return
+        with create_transfer_manager(self.client, self.transfer) as manager:
+            manager.upload(str(path), self.bucket, key, extra_args={"ContentType": content_type}).result()
 
     def download(self, key: str, dest: Path, max_bytes: int) -> Path:
         """Fetch an input object to `dest` (atomically), refusing it up front if over `max_bytes`."""
@@ -247,9 +284,14 @@ class PresignedPutStore:
     def describe(self) -> str:
         return f"presigned PUT URLs for {sorted(self.urls)}"
 
-    def put_file(self, job_id: str, name: str, path: Path, content_type: str) -> StoredObject:
+    def put_file(
+        self, job_id: str, name: str, path: Path, content_type: str, fence: Fence | None = None
+    ) -> StoredObject:
+        """Fenced before the PUT only: the target is the customer's URL, with no condition to send."""
         check_job_id(job_id)
         check_name(name)
+        if fence is not None:
+            fence()
         url = self.urls.get(name)
         if url is None:
             raise StorageError(

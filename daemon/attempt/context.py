@@ -198,8 +198,8 @@ class JobContext:
 
     def put_output(self, name: str, path: Path, content_type: str) -> StoredObject:
         self.interrupts.raise_if_requested()
-        self.fence()
-        stored = self.store.put_file(self.job_id, name, path, content_type)
+        self.fence()  # (before the upload too: a stale attempt learns it before spending the time)
+        stored = self.store.put_file(self.job_id, name, path, content_type, fence=self.fence)
         self.outputs[name] = stored
         log.info("output %s stored (%d bytes) at %s", name, stored.size, stored.uri)
         return stored

@@ -25,6 +25,7 @@ from ..errors import JobError
 from ..handlers.registry import registry
 from ..logs import bind_context
 from ..spec.model import JobSpec
+from ..spec.tenancy import Roots, confine
 from .context import JobContext, StopAfterStage, attempt_reporter
 from .interrupts import Interrupts
 from .report import Identity, error_fields, outputs_data
@@ -42,6 +43,7 @@ def run_local(
 ) -> dict[str, Any]:
     """Run `spec` here; returns {"status", "outputs", "result"} or {"status": "failed", "error"}."""
     handler = registry()[spec.kind]
+    confine(spec, Roots.of(settings))
     if until is not None and until not in [s.name for s in handler.stages]:
         names = ", ".join(s.name for s in handler.stages)
         raise JobError(f"--until {until}: {spec.kind} has no such stage ({names})", code="unknown_stage")

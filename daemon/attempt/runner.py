@@ -22,12 +22,14 @@ from rq.job import Job, Retry
 from rq.timeouts import JobTimeoutException
 
 from ..adapters.checkpoints import Checkpoints
+from ..adapters.ledger import JobIdInUse
 from ..adapters.runtime import Runtime
 from ..adapters.storage import StoredObject
 from ..errors import AttemptSuperseded, JobCanceled, JobError, JobInterrupted, JobPreempted, SpecError
 from ..handlers.registry import parse_job, registry
 from ..logs import bind_context
 from ..spec.model import JobSpec
+from ..spec.tenancy import Roots, confine, owner_of, spec_digest
 from ..telemetry import metrics
 from .context import JobContext, attempt_reporter
 from .interrupts import CancelWatcher, Interrupts
@@ -60,11 +62,9 @@ class JobRunner:
     def run(self, raw: Any) -> Any:
         spec = self.prepare(raw)
         identity = Identity.of(spec)
+        attempt = self.begin(spec)
         metrics.job_started(spec.kind)
         self.started = time.monotonic()
-        attempt = self.runtime.ledger.begin_attempt(
-            spec.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
-        )
         bind_context(job=spec.job_id, attempt=attempt)
         reporter = attempt_reporter(
             self.runtime.rows, identity, attempt, self.settings, outbox=self.runtime.outbox
@@ -106,6 +106,7 @@ class JobRunner:
         """Validate the spec before any work; a bad one is reported where the client will see it."""
         try:
             spec = parse_job(raw)
+            confine(spec, Roots.of(self.settings))
             if spec.callback_url and not self.settings.callback_secret:
                 raise SpecError(
                     "callback_url given but this daemon has no CALLBACK_SECRET to sign callbacks",
@@ -117,13 +118,35 @@ class JobRunner:
             identity = Identity.salvage(raw)
             if identity is not None:
                 bind_context(job=identity.job_id)
-                attempt = self.runtime.ledger.begin_attempt(
-                    identity.job_id, rq_id=self.rq_job.id, worker=self.settings.worker_name
-                )
-                decision = settle(self.runtime.ledger, identity.job_id, Ending.failed(error), self.budgets)
-                self.report_failed(identity, attempt, decision.error, reporter=None)
+                self.report_refused(identity, error)
             self._no_rq_retry()
             raise JobFailed(str(error)) from None
+
+    def report_refused(self, identity: Identity, error: SpecError) -> None:
+        """A refused spec never touches the ledger, rows or storage of the job id it names: an id
+        that already ran belongs to that job, and a broken spec proves nothing about its owner. Only
+        a fresh id (no attempt ever began) gets the failure on its row and callback, as attempt 0,
+        below any real attempt, so the row's fencing drops it wherever a real attempt wrote."""
+        if self.runtime.ledger.get(identity.job_id).attempt:
+            log.error("refusal not reported to the row or callback: %s has run before", identity.job_id)
+            return
+        self.report_failed(identity, 0, error, reporter=None)
+
+    def begin(self, spec: JobSpec[Any]) -> int:
+        """Claim the job id for this owner and spec and count the attempt, atomically; an id held by
+        another owner or spec is refused (JobFailed) with nothing written anywhere."""
+        try:
+            return self.runtime.ledger.begin_attempt(
+                spec.job_id,
+                rq_id=self.rq_job.id,
+                worker=self.settings.worker_name,
+                owner=owner_of(spec) or "",
+                spec=spec_digest(spec),
+            )
+        except JobIdInUse as refused:
+            log.error("spec refused: %s", refused)
+            self._no_rq_retry()
+            raise JobFailed(str(refused)) from None
 
     def perform(
         self,

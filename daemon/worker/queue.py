@@ -8,17 +8,21 @@ so the worst a forged job can do is fail.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
-from rq.utils import import_attribute
+from rq.utils import import_attribute, now
 
+from ..adapters.ledger import KEY_PREFIX as LEDGER_PREFIX
+from ..adapters.ledger import STATE_TTL_S
 from ..errors import DaemonError, SpecError
 from ..handlers.registry import registry
 from ..spec.model import PRIORITIES, JobSpec, spec_to_json
+from ..spec.tenancy import Roots, confine, owner_of, spec_digest
 
 ENTRY_POINT = "daemon.entry.run_job"
 """The only callable a worker of ours runs. Producers put it in the job's `data`."""
@@ -79,31 +83,51 @@ def make_queue(name: str, redis: Redis) -> Queue:
     return Queue(name, connection=redis, serializer=JSONSerializer, job_class=GuardedJob)
 
 
-def enqueue(redis: Redis, spec: JobSpec, *, priority: str | None = None) -> Job:
-    """Put a validated spec on its priority queue, the rq job id being the job id."""
+ENQUEUE_SCRIPT = Path(__file__).with_name("enqueue.lua")
+"""The producers' one atomic enqueue (this module and scripts/node/enqueue.mjs run the same file)."""
+
+
+def enqueue(redis: Redis, spec: JobSpec, *, priority: str | None = None, roots: Roots | None = None) -> Job:
+    """Put a validated spec on its priority queue, the rq job id being the job id, in one atomic
+    script: refused if the id is queued or running (`duplicate_job`) or belongs to another owner or
+    another spec (`job_id_in_use`); a re-run of an ended id starts from a clean rq job."""
     queue_name = priority or spec.priority
     if queue_name not in PRIORITIES:
         raise SpecError(f"priority: expected one of {', '.join(PRIORITIES)}", code="invalid_priority")
-    existing = _active_status(redis, spec.job_id)
-    if existing is not None:
-        raise SpecError(f"job_id: {spec.job_id} is already {existing}", code="duplicate_job")
-    handler = registry()[spec.kind]
-    return make_queue(queue_name, redis).enqueue_call(
+    if roots is not None:
+        confine(spec, roots)
+    queue = make_queue(queue_name, redis)
+    job = queue.create_job(
         ENTRY_POINT,
         args=(spec_to_json(spec),),
         job_id=spec.job_id,
-        timeout=handler.timeout_s,
+        timeout=registry()[spec.kind].timeout_s,
         result_ttl=RESULT_TTL_S,
         failure_ttl=FAILURE_TTL_S,
         description=f"{spec.kind} {spec.job_id}",
+        status=JobStatus.QUEUED,
     )
-
-
-def _active_status(redis: Redis, job_id: str) -> str | None:
-    """The status of an rq job with this id that has not ended yet, if any."""
-    try:
-        status = Job.fetch(job_id, connection=redis, serializer=JSONSerializer).get_status()
-    except Exception:
-        return None
-    active = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
-    return str(status.value if hasattr(status, "value") else status) if status in active else None
+    job.origin, job.enqueued_at = queue.name, now()
+    fields = [part for pair in job.to_dict().items() for part in pair]
+    fields += ["status", JobStatus.QUEUED.value]
+    keys = [job.key, queue.key, Queue.redis_queues_keys, LEDGER_PREFIX + spec.job_id]
+    owner = owner_of(spec) or ""
+    answer = redis.eval(
+        ENQUEUE_SCRIPT.read_text(),
+        len(keys),
+        *keys,
+        spec.job_id,
+        owner,
+        spec_digest(spec),
+        STATE_TTL_S,
+        *fields,
+    )
+    outcome, detail = (part.decode() if isinstance(part, bytes) else part for part in answer)
+    if outcome == "duplicate_job":
+        raise SpecError(f"job_id: {spec.job_id} is already {detail}", code="duplicate_job")
+    if outcome == "job_id_in_use":
+        raise SpecError(
+            f"job_id: {spec.job_id} belongs to another {detail}: a new job needs a new id",
+            code="job_id_in_use",
+        )
+    return job

@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 // Enqueue a job for the GPU daemon from Node, the way the Next.js API does it.
 //
-// A Node process cannot call rq's Python `enqueue`, so it writes the same Redis keys rq writes, in one
-// MULTI/EXEC (see DESIGN §1 and README "Enqueue from Node"):
-//   SADD rq:queues rq:queue:<queue>
-//   HSET rq:job:<job id> status queued, created_at, enqueued_at, data, origin, description, timeout, …
-//   RPUSH rq:queue:<queue> <job id>
+// A Node process cannot call rq's Python `enqueue`, so it writes the same Redis keys rq writes, through
+// the daemon's own enqueue script (daemon/worker/enqueue.lua; see DESIGN §1 and README "Enqueue from
+// Node"): one atomic script refuses an id that is queued or running (`duplicate_job`) or that belongs to
+// another owner (`job_id_in_use`), clears what an earlier run of the id left in rq, writes the job hash
+//   rq:job:<job id>: status queued, created_at, enqueued_at, data, origin, description, timeout, …
+// and pushes the id on rq:queue:<queue>. Two requests racing on one id cannot both push it.
 // `data` is rq's JSON serializer format: ["daemon.entry.run_job", null, [spec], {}]. The worker refuses
 // any other callable. The spec is validated first against schema/job-spec.v1.json, so a bad request is
-// refused in the web app, not on a GPU.
+// refused in the web app, not on a GPU; which S3 keys a job may name is the daemon's to check
+// (S3_INPUT_PREFIXES), and it refuses the job there.
 //
 // Usage: REDIS_URL=redis://127.0.0.1:6379/0 node enqueue.mjs spec.json   (or - for stdin)
 import { readFileSync } from "node:fs";
@@ -26,6 +28,15 @@ const FAILURE_TTL = 30 * 24 * 3600;
 
 const here = dirname(fileURLToPath(import.meta.url));
 const schemaPath = process.env.JOB_SPEC_SCHEMA ?? join(here, "..", "..", "schema", "job-spec.v1.json");
+const scriptPath = process.env.JOB_ENQUEUE_SCRIPT ?? join(here, "..", "..", "daemon", "worker", "enqueue.lua");
+const LEDGER_TTL = 30 * 24 * 3600; // daemon/adapters/ledger.py STATE_TTL_S
+
+export class EnqueueRefused extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
 
 export function validateSpec(spec) {
   const ajv = new Ajv2020({ allErrors: true, strict: false });
@@ -43,34 +54,33 @@ export async function enqueueJob(redis, spec) {
   validateSpec(spec);
   const queue = spec.priority ?? "default";
   if (!QUEUES.includes(queue)) throw new Error(`unknown priority ${queue}`);
-  const jobKey = `rq:job:${spec.job_id}`;
-  const status = await redis.hget(jobKey, "status");
-  if (["queued", "started", "scheduled", "deferred"].includes(status)) {
-    throw new Error(`job ${spec.job_id} is already ${status}`);
-  }
   const now = rqTime();
-  const results = await redis
-    .multi()
-    .sadd("rq:queues", `rq:queue:${queue}`)
-    .hset(jobKey, {
-      status: "queued",
-      created_at: now,
-      enqueued_at: now,
-      data: JSON.stringify([ENTRY_POINT, null, [spec], {}]),
-      origin: queue,
-      description: `${spec.kind} ${spec.job_id}`,
-      timeout: String(TIMEOUTS[spec.kind] ?? 1800),
-      result_ttl: String(RESULT_TTL),
-      failure_ttl: String(FAILURE_TTL),
-      started_at: "",
-      ended_at: "",
-      last_heartbeat: "",
-      worker_name: "",
-    })
-    .rpush(`rq:queue:${queue}`, spec.job_id)
-    .exec();
-  const failed = results.find(([err]) => err);
-  if (failed) throw failed[0];
+  const fields = {
+    status: "queued",
+    created_at: now,
+    enqueued_at: now,
+    data: JSON.stringify([ENTRY_POINT, null, [spec], {}]),
+    origin: queue,
+    description: `${spec.kind} ${spec.job_id}`,
+    timeout: String(TIMEOUTS[spec.kind] ?? 1800),
+    result_ttl: String(RESULT_TTL),
+    failure_ttl: String(FAILURE_TTL),
+    started_at: "",
+    ended_at: "",
+    last_heartbeat: "",
+    worker_name: "",
+  };
+  const keys = [`rq:job:${spec.job_id}`, `rq:queue:${queue}`, "rq:queues", `daemon:job:${spec.job_id}`];
+  const owner = (spec.owner_id ?? "").toLowerCase();
+  // The spec digest is the daemon's to compute (''): the worker refuses another spec under a used id.
+  const args = [spec.job_id, owner, "", String(LEDGER_TTL), ...Object.entries(fields).flat()];
+  const [outcome, detail] = await redis.eval(readFileSync(scriptPath, "utf8"), keys.length, ...keys, ...args);
+  if (outcome === "duplicate_job") {
+    throw new EnqueueRefused(outcome, `job ${spec.job_id} is already ${detail}`);
+  }
+  if (outcome === "job_id_in_use") {
+    throw new EnqueueRefused(outcome, `job ${spec.job_id} belongs to another ${detail}: a new job needs a new id`);
+  }
   return { job_id: spec.job_id, queue };
 }
 
