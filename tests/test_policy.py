@@ -167,9 +167,9 @@ def test_settle_counts_the_ending_and_the_ledger_shows_the_decision(
 ):
     # Given a running attempt in the ledger (real Redis)
     ledger = Ledger(redis)
-    ledger.begin_attempt("job-1", rq_id="rq-1", worker="w")
+    attempt = ledger.begin_attempt("job-1", rq_id="rq-1", worker="w")
     # When it ends this way
-    decision = settle(ledger, "job-1", ending, BUDGETS)
+    decision = settle(ledger, "job-1", attempt, ending, BUDGETS)
     # Then the ending was counted against its budget only, and the ledger's status is the decision's
     entry = ledger.get("job-1")
     assert (entry.failures, entry.preemptions) == (failures, preemptions)
@@ -179,13 +179,35 @@ def test_settle_counts_the_ending_and_the_ledger_shows_the_decision(
 def test_settle_fails_the_job_in_the_ledger_once_the_budget_is_spent(redis: Redis):
     # Given a job that failed twice already (JOB_MAX_ATTEMPTS=3)
     ledger = Ledger(redis)
-    ledger.begin_attempt("job-2", rq_id="rq-2", worker="w")
     for _ in range(2):
-        assert settle(ledger, "job-2", Ending.failed(NETWORK), BUDGETS).action is Action.RETRY
+        attempt = ledger.begin_attempt("job-2", rq_id="rq-2", worker="w")
+        assert settle(ledger, "job-2", attempt, Ending.failed(NETWORK), BUDGETS).action is Action.RETRY
     # When its third attempt fails
-    decision = settle(ledger, "job-2", Ending.horse_killed(OOM), BUDGETS)
+    attempt = ledger.begin_attempt("job-2", rq_id="rq-2", worker="w")
+    decision = settle(ledger, "job-2", attempt, Ending.horse_killed(OOM), BUDGETS)
     # Then it fails for good, and the ledger says so
     assert decision.action is Action.FAIL and ledger.get("job-2").status == "failed"
+
+
+@pytest.mark.parametrize(
+    "second", [Ending.horse_killed(OOM), Ending.worker_lost(VANISHED)], ids=["killed", "lost"]
+)
+def test_an_attempt_is_settled_once_whoever_settles_it_again(redis: Redis, second: Ending):
+    # Given an attempt its horse ended itself: preempted, requeued at the front
+    ledger = Ledger(redis)
+    attempt = ledger.begin_attempt("job-3", rq_id="rq-3", worker="w")
+    first = settle(ledger, "job-3", attempt, Ending.preempted(NOTICE), BUDGETS)
+    # When the parent settles the same attempt again (the horse was killed before it exited)
+    again = settle(ledger, "job-3", attempt, second, BUDGETS)
+    # Then nothing is counted twice, and the first decision is what comes back
+    entry = ledger.get("job-3")
+    assert (entry.failures, entry.preemptions) == (0, 1)
+    assert first.first and not again.first
+    assert (again.action, again.status, again.delay_s) == (first.action, first.status, first.delay_s)
+    # And the next attempt is counted as usual
+    attempt = ledger.begin_attempt("job-3", rq_id="rq-3", worker="w")
+    assert settle(ledger, "job-3", attempt, Ending.preempted(NOTICE), BUDGETS).first
+    assert ledger.get("job-3").preemptions == 2
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,14 @@ import signal
 
 import pytest
 from redis import Redis
+from rq.job import JobStatus
 
 from daemon.adapters.ledger import Ledger
 from daemon.adapters.runtime import Runtime
+from daemon.attempt.policy import Budgets, Ending, settle
 from daemon.config import load_settings
+from daemon.worker.queue import make_queue
+from daemon.worker.rq_worker import DaemonWorker
 from tests.fixtures_daemon import sample_jpeg, wait_until
 from tests.test_worker_faults import enqueue, held_spec, horse_pid, wait_status
 from tests.test_worker_lifecycle import daemon_cli
@@ -112,3 +116,34 @@ def test_a_failed_job_keeps_its_checkpoints_only_if_a_retry_could_use_them(
     assert row["error_code"] == code
     # Then its checkpoints are kept (out of attempts) or gone (a refused input)
     assert bool(runtime.checkpoints(job_id, 3).manifests()) is kept
+
+
+@pytest.mark.parametrize("rq_acted", [True, False], ids=["rq-requeued-it", "before-rq-acted"])
+def test_a_horse_killed_after_ending_its_own_attempt_is_counted_and_queued_once(daemon_env, rq_acted):
+    # Given a job whose horse ended attempt 1 itself (a preemption: requeue at the front) and was then
+    # killed before it exited: after rq had put the job back on the queue, or before
+    redis = Redis.from_url(daemon_env["REDIS_URL"])
+    worker = DaemonWorker(load_settings(daemon_env))
+    enqueue(daemon_env, {"spec_version": 1, "job_id": "ended-twice", "kind": "inspect",
+                         "inputs": [{"url": "http://127.0.0.1:9/a.jpg"}]})  # fmt: skip
+    queue = make_queue("default", redis)
+    job = queue.fetch_job("ended-twice")
+    assert job is not None and redis.lpop("rq:queue:default") == b"ended-twice"  # a worker took it
+    job.set_status(JobStatus.STARTED)
+    ledger = worker.runtime.ledger
+    attempt = ledger.begin_attempt("ended-twice", rq_id=job.id, worker=worker.name)
+    settle(ledger, "ended-twice", attempt, Ending.preempted("SIGTERM"), Budgets.of(worker.settings))
+    if rq_acted:  # rq's handling of the horse's Retry: back at the front of its queue
+        redis.lpush("rq:queue:default", "ended-twice")
+        job.set_status(JobStatus.QUEUED)
+
+    # When the parent finds the horse killed and does what rq's monitor does then
+    killed = 9  # waitpid status of a process killed by SIGKILL
+    worker.on_horse_killed(job, 1234, killed, None)
+    worker.handle_job_failure(job, queue=queue, exc_string="Work-horse terminated unexpectedly")
+
+    # Then the preemption is counted once, no failure is, and the job is on its queue once, queued
+    entry = ledger.get("ended-twice")
+    assert (entry.preemptions, entry.failures, entry.status) == (1, 0, "requeued")
+    assert queue.job_ids == ["ended-twice"]
+    assert job.get_status() == JobStatus.QUEUED

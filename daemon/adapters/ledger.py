@@ -44,6 +44,26 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 return {attempt, ''}
 """
 
+_SETTLE = """
+-- KEYS[1] the job's hash; ARGV: attempt, the counter to bump ('' for none), ttl
+if redis.call('HGET', KEYS[1], 'settled') == ARGV[1] then
+  local seen = redis.call('HMGET', KEYS[1], 'failures', 'preemptions', 'decision')
+  return {0, seen[1] or '0', seen[2] or '0', seen[3] or ''}
+end
+if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
+redis.call('HSET', KEYS[1], 'settled', ARGV[1])
+redis.call('HDEL', KEYS[1], 'decision')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+local now = redis.call('HMGET', KEYS[1], 'failures', 'preemptions')
+return {1, now[1] or '0', now[2] or '0', ''}
+"""
+
+_RECORD_DECISION = """
+if redis.call('HGET', KEYS[1], 'settled') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'decision', ARGV[3])
+return 1
+"""
+
 _CLAIM_COMPLETION = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
 if current ~= tonumber(ARGV[1]) or redis.call('HGET', KEYS[1], 'status') == 'completed' then
@@ -52,6 +72,17 @@ end
 redis.call('HSET', KEYS[1], 'status', 'completed', 'completed_attempt', ARGV[1])
 return 1
 """
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """An attempt's ending as counted: `first` is False when this attempt was settled before (its
+    work-horse ended it, then died): nothing was counted again, and `decision` is what was decided."""
+
+    first: bool
+    failures: int
+    preemptions: int
+    decision: str | None
 
 
 @dataclass(frozen=True)
@@ -86,13 +117,16 @@ class Ledger:
             )
         return attempt
 
-    def record_failure(self, job_id: str) -> int:
-        """Count a failed attempt; returns the number of failures so far."""
-        key = self._key(job_id)
-        with self.redis.pipeline() as pipe:
-            pipe.hincrby(key, "failures", 1)
-            pipe.expire(key, STATE_TTL_S)
-            return int(pipe.execute()[0])
+    def settle(self, job_id: str, attempt: int, counter: str | None) -> Settlement:
+        """Count attempt `attempt`'s ending against `counter` ("failures", "preemptions", or None),
+        once: a second settlement of the same attempt counts nothing and returns the first's decision."""
+        raw = self.redis.eval(_SETTLE, 1, self._key(job_id), attempt, counter or "", STATE_TTL_S)
+        text = [part.decode() if isinstance(part, bytes) else part for part in raw[1:]]
+        return Settlement(bool(int(raw[0])), int(text[0]), int(text[1]), text[2] or None)
+
+    def record_decision(self, job_id: str, attempt: int, status: str, decision: str) -> None:
+        """The ledger's status and the settled attempt's decision (for a second settlement to reuse)."""
+        self.redis.eval(_RECORD_DECISION, 1, self._key(job_id), attempt, status, decision)
 
     def record_preemption(self, job_id: str) -> int:
         """Count a preemption; returns the number so far (capped by JOB_MAX_PREEMPTIONS, not by

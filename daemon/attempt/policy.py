@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import redis as redis_lib
@@ -28,7 +28,7 @@ from ..config import Settings
 from ..errors import JobError, WorkerLost
 
 if TYPE_CHECKING:
-    from ..adapters.ledger import Ledger
+    from ..adapters.ledger import Ledger, Settlement
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -132,6 +132,9 @@ class Decision:
     spent: int = 0
     # Seconds before the retry (RETRY only).
     delay_s: int = 0
+    # False when the attempt had been settled already (its horse ended it, then died): this is that
+    # first decision again, and nothing was counted twice.
+    first: bool = True
 
     @property
     def at_front(self) -> bool:
@@ -184,13 +187,23 @@ def decide(ending: Ending, *, failures: int, preemptions: int, budgets: Budgets)
     return Decision(Action.FAIL, "failed", error)
 
 
-def settle(ledger: Ledger, job_id: str, ending: Ending, budgets: Budgets) -> Decision:
+def settle(ledger: Ledger, job_id: str, attempt: int, ending: Ending, budgets: Budgets) -> Decision:
     """Count `ending` against its budget in the ledger, decide, and set the ledger's status to the
-    decision's: the one place both the runner and lost.py apply it."""
+    decision's: the one place both the runner and lost.py apply it. Once per attempt: an attempt
+    settled before (its work-horse decided, then was killed before rq acted on it) is not counted
+    again, and gets its first decision back (`first=False`)."""
     budget = charged(ending.how)
-    spent = ledger.get(job_id)
-    failures = ledger.record_failure(job_id) if budget is Budget.FAILURES else spent.failures
-    preemptions = ledger.record_preemption(job_id) if budget is Budget.PREEMPTIONS else spent.preemptions
-    decision = decide(ending, failures=failures, preemptions=preemptions, budgets=budgets)
-    ledger.set_status(job_id, decision.status)
-    return decision
+    settled = ledger.settle(job_id, attempt, budget.value if budget else None)
+    if not settled.first and settled.decision:
+        return _recorded(settled.decision, ending, settled)
+    decision = decide(ending, failures=settled.failures, preemptions=settled.preemptions, budgets=budgets)
+    ledger.record_decision(job_id, attempt, decision.status, f"{decision.action.name}:{decision.delay_s}")
+    return decision if settled.first else replace(decision, first=False)
+
+
+def _recorded(text: str, ending: Ending, settled: Settlement) -> Decision:
+    name, _, delay = text.partition(":")
+    action = Action[name]
+    status = {Action.FAIL: "failed", Action.CANCEL: "canceled"}.get(action, "requeued")
+    spent = settled.preemptions if action is Action.REQUEUE_FRONT else settled.failures
+    return Decision(action, status, ending.error, charged(ending.how), spent, int(delay or 0), first=False)

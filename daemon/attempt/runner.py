@@ -241,7 +241,7 @@ class JobRunner:
 
     def conclude(self, identity: Identity, attempt: int, reporter: ProgressReporter, ending: Ending) -> Retry:
         """End the attempt as the policy decides: requeued (rq retries it) or failed (JobFailed)."""
-        decision = settle(self.runtime.ledger, identity.job_id, ending, self.budgets)
+        decision = settle(self.runtime.ledger, identity.job_id, attempt, ending, self.budgets)
         if decision.action is Action.FAIL:
             self.report_failed(
                 identity, attempt, decision.error, reporter=reporter, discard=decision.discards_checkpoints
@@ -266,7 +266,7 @@ class JobRunner:
     def handle_cancel(self, identity: Identity, attempt: int, reporter: ProgressReporter) -> dict[str, Any]:
         with self.interrupts.shielded():
             decision = settle(
-                self.runtime.ledger, identity.job_id, Ending(How.CANCELED, CANCELED), self.budgets
+                self.runtime.ledger, identity.job_id, attempt, Ending(How.CANCELED, CANCELED), self.budgets
             )
             reporter.close(status=decision.status, **error_fields(decision.error))
             notify_ended(self.runtime, identity, attempt, decision.status, error=decision.error)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from dataclasses import dataclass
 
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from ..adapters.runtime import Runtime
 from ..attempt.policy import Action, Budgets, Decision, Ending, settle
@@ -38,19 +39,34 @@ def describe_exit(ret_val: int | None) -> str:
     return "work-horse ended without finishing the job"
 
 
-def after_lost_attempt(runtime: Runtime, job: Job, ending: Ending) -> str:
-    """Report the lost attempt and set rq's retry fields on `job`; returns the ledger status it got
-    ("requeued" or "failed")."""
+@dataclass(frozen=True)
+class LostOutcome:
+    """What became of a lost attempt: the ledger's status, and whether rq already holds the outcome
+    (the horse ended the attempt itself, and rq requeued or failed it, before the horse died): then
+    rq's own failure handling must not run on top of it (a second requeue, or a queued job marked
+    failed)."""
+
+    status: str
+    ended_by_horse: bool = False
+
+
+def after_lost_attempt(runtime: Runtime, job: Job, ending: Ending) -> LostOutcome:
+    """Report the lost attempt and set rq's retry fields on `job`."""
     try:
         spec = parse_job(job.args[0])
     except Exception as exc:  # a job we never could have run: nothing to report to
         log.error("lost job %s has no valid spec (%s); leaving it failed", job.id, exc)
         job.retries_left = None
-        return "failed"
+        return LostOutcome("failed")
     identity = Identity.of(spec)
     attempt = runtime.ledger.get(spec.job_id).attempt
     with log_context(job=spec.job_id, attempt=attempt):
-        decision = settle(runtime.ledger, spec.job_id, ending, Budgets.of(runtime.settings))
+        decision = settle(runtime.ledger, spec.job_id, attempt, ending, Budgets.of(runtime.settings))
+        if not decision.first and job.get_status() != JobStatus.STARTED:
+            log.warning(
+                "attempt already ended by its work-horse (%s), then %s", decision.status, ending.error
+            )
+            return LostOutcome(decision.status, ended_by_horse=True)
         row = {**base_row(identity, attempt, runtime.settings.worker_name), "status": decision.status}
         failed = decision.action is Action.FAIL
         if failed:
@@ -63,7 +79,7 @@ def after_lost_attempt(runtime: Runtime, job: Job, ending: Ending) -> str:
         notify_ended(runtime, identity, attempt, decision.status, error=decision.error)
         if failed and decision.discards_checkpoints:
             _discard_checkpoints(runtime, identity.job_id, attempt)
-        return decision.status
+        return LostOutcome(decision.status)
 
 
 def _log_requeue(ending: Ending, decision: Decision) -> None:

@@ -97,6 +97,8 @@ class DaemonWorker(Worker):
         # systemd, /healthz + /metrics, the backlog metric, scale-in protection: see hooks.py.
         self.ops = Operations(settings, self.name)
         self._preempting = False
+        # The job whose horse ended its attempt (rq requeued or failed it) and was killed afterwards.
+        self._ended_by_horse: str | None = None
         self._kill_timer: threading.Timer | None = None
         self.drainer = OutboxDrainer(self.runtime)
         self.spot: SpotWatcher | None = None
@@ -318,9 +320,22 @@ class DaemonWorker(Worker):
         ending = Ending.preempted(cause) if self._preempting else Ending.horse_killed(cause)
         try:
             outcome = after_lost_attempt(self.runtime, job, ending)
-            self.ops.job_lost(job_kind(job), outcome)
+            if outcome.ended_by_horse:
+                self._ended_by_horse = job.id
+            else:
+                self.ops.job_lost(job_kind(job), outcome.status)
         except Exception:
             log.exception("could not report lost attempt of %s", job.id)
+
+    def handle_job_failure(self, job: Job, queue: Any, *args: Any, **kwargs: Any) -> None:
+        # rq runs this right after on_horse_killed. When the horse had ended the attempt itself and rq
+        # already requeued or failed the job, doing it again would queue the job twice (or mark a
+        # queued job failed): the outcome stands as the horse left it.
+        if self._ended_by_horse == job.id:
+            self._ended_by_horse = None
+            log.info("job %s: its horse's own ending stands; rq's failure handling skipped", job.id)
+            return
+        super().handle_job_failure(job, queue, *args, **kwargs)
 
     def on_job_exception(self, job: Job, exc_type: type, exc_value: BaseException, tb: Any) -> bool:
         """rq calls this for job failures and, during registry cleanup, for abandoned jobs."""
