@@ -24,10 +24,13 @@ from daemon.adapters.callbacks import (
     backoff_delay,
     build_event,
 )
-from daemon.adapters.outbox import DUE_KEY, Delivery, Outbox
+from daemon.adapters.outbox import DUE_KEY, ITEM_PREFIX, Delivery, Outbox
+from daemon.adapters.runtime import Runtime
+from daemon.config import load_settings
 from daemon.errors import ConfigError, InputError
 from daemon.spec.fields import redact_url
-from daemon.worker.outbox_drainer import delivery_lane
+from daemon.worker.outbox_drainer import OutboxDrainer, delivery_lane
+from tests.fixtures_daemon import wait_until
 from tests.servers.raw_http import RawHttpServer
 from tests.servers.webhook_receiver import WebhookReceiver
 
@@ -581,3 +584,36 @@ def test_a_slow_receiver_never_holds_up_another_hosts_callbacks(redis, webhook_r
 
 def never_retry(tries: int) -> float:
     raise AssertionError("no retry expected")
+
+
+def test_the_running_drainer_never_makes_a_lane_wait_for_a_busy_one(redis_url, webhook_receiver, tmp_path):
+    # Given the worker's drainer running, one customer's receiver holding our request to it
+    settings = load_settings({
+        "REDIS_URL": redis_url, "DAEMON_ENV_FILE": str(tmp_path / "absent.env"),
+        "CALLBACK_SECRET": webhook_receiver.secret, "CALLBACK_TIMEOUT_S": "120",
+        "URL_ALLOW_NETWORKS": "127.0.0.1/32", "OUTBOX_POLL_INTERVAL_S": "0.1",
+    })  # fmt: skip
+    runtime = Runtime(settings)
+
+    def queue(url: str, n: int) -> None:
+        event = make_event(url, seq=n)
+        runtime.outbox.put_callback({"url": event.url, "body": event.body.decode(), "type": event.type,
+                                     "job_id": event.job_id}, webhook_id=f"msg_{n}")  # fmt: skip
+
+    drainer = OutboxDrainer(runtime)
+    with RawHttpServer("hold") as held:
+        queue(held.url, 0)
+        drainer.start()
+        try:
+            wait_until(lambda: held.requests == 1, timeout=30)
+            # When another customer's callback is queued later, in a later round of the drainer
+            queue(webhook_receiver.url + "/hook", 1)
+            # Then it arrives while the first receiver still holds its request
+            webhook_receiver.wait_for(lambda e: e.webhook_id == "msg_1", timeout=60)
+            assert held.requests == 1 and runtime.redis.exists(ITEM_PREFIX + "callback:msg_0")
+            # And the held one lands once let go
+            held.release()
+            wait_until(lambda: runtime.outbox.pending() == 0, timeout=60)
+        finally:
+            drainer.stop()
+    assert held.requests == 1

@@ -237,6 +237,11 @@ class Outbox:
             with contextlib.suppress(redis_lib.WatchError):
                 pipe.execute()
 
+    def release(self, items: list[OutboxItem], after_s: float) -> None:
+        """Give claimed items back, due again in `after_s` (their lane is busy): no try is counted."""
+        if items:
+            self.redis.zadd(DUE_KEY, {item.item_id: time.time() + after_s for item in items}, xx=True)
+
     def pending(self) -> int:
         return int(self.redis.zcard(DUE_KEY))
 
@@ -267,11 +272,11 @@ class Outbox:
             if item.kind in sinks:
                 lanes.setdefault(lane(item), []).append(item)
         if len(lanes) <= 1:
-            return sum(self._deliver_lane(sinks, items, delay) for items in lanes.values())
+            return sum(self.deliver_lane(sinks, items, delay) for items in lanes.values())
         with ThreadPoolExecutor(max_workers=min(max_lanes, len(lanes)), thread_name_prefix="outbox") as pool:
-            return sum(pool.map(lambda items: self._deliver_lane(sinks, items, delay), lanes.values()))
+            return sum(pool.map(lambda items: self.deliver_lane(sinks, items, delay), lanes.values()))
 
-    def _deliver_lane(
+    def deliver_lane(
         self, sinks: Mapping[str, Sink], items: list[OutboxItem], delay: Callable[[int], float]
     ) -> int:
         landed = 0

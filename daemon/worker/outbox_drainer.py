@@ -3,6 +3,11 @@
 It runs beside the job (which lives in the work-horse), so a slow or failing receiver never holds the
 GPU, and it keeps going after the job ended: a completion callback whose receiver is down is retried
 with backoff and jitter, with the same webhook-id, for up to CALLBACK_MAX_AGE_S.
+
+Deliveries go out in lanes (one per receiving host, one for rows), each lane on a thread of its own and
+in order within it. A lane still busy from an earlier round (a receiver drip-feeding its answer until
+CALLBACK_TIMEOUT_S cuts it) is skipped, its new items given back for the next round: no lane ever waits
+for another, so one customer's slow endpoint never delays another's callbacks or the row writes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from ..adapters.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+MAX_LANES = 8
+"""Lanes delivered at once; more busy hosts than this wait their turn (their items stay due)."""
+
 
 def delivery_lane(item: OutboxItem) -> str:
     """Callbacks to one host share a lane; rows have their own. Lanes are delivered side by side."""
@@ -31,6 +39,9 @@ class OutboxDrainer:
         self.runtime = runtime
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outbox-drainer", daemon=True)
+        # The lanes being delivered, each on a daemon thread: a lane stuck until its deadline never
+        # holds up the others, nor the worker's exit.
+        self._busy: dict[str, threading.Thread] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -40,19 +51,55 @@ class OutboxDrainer:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
-    def drain_once(self) -> int:
+    def sinks(self) -> dict[str, Sink]:
         sinks: dict[str, Sink] = {"row": self.write_row}
         if self.runtime.callback_sender is not None:
             sinks["callback"] = self.deliver_callback
-        return self.runtime.outbox.drain_once(
-            sinks, delay=lambda tries: backoff_delay(tries, base_s=2.0, cap_s=300.0), lane=delivery_lane
-        )
+        return sinks
+
+    @staticmethod
+    def retry_delay(tries: int) -> float:
+        return backoff_delay(tries, base_s=2.0, cap_s=300.0)
+
+    def drain_once(self) -> int:
+        """Deliver every due item once and wait for all of it (lanes side by side): for tests and
+        tools; the running drainer dispatches instead (`dispatch_once`)."""
+        return self.runtime.outbox.drain_once(self.sinks(), delay=self.retry_delay, lane=delivery_lane)
+
+    def dispatch_once(self) -> int:
+        """Claim what is due and hand each lane to a thread, without waiting for any; returns how many
+        items were handed out."""
+        outbox, sinks = self.runtime.outbox, self.sinks()
+        self._busy = {name: thread for name, thread in self._busy.items() if thread.is_alive()}
+        lanes: dict[str, list[OutboxItem]] = {}
+        for item in outbox.claim_due():
+            if item.kind in sinks:  # (another kind stays leased, for a worker that has its sink)
+                lanes.setdefault(delivery_lane(item), []).append(item)
+        handed = 0
+        for name, items in lanes.items():
+            if name in self._busy or len(self._busy) >= MAX_LANES:
+                outbox.release(items, after_s=self.runtime.settings.outbox_poll_interval_s)
+                continue
+            lane = threading.Thread(
+                target=self._deliver_lane, args=(sinks, items), name=f"outbox {name}", daemon=True
+            )
+            self._busy[name] = lane
+            lane.start()
+            handed += len(items)
+        return handed
+
+    def _deliver_lane(self, sinks: dict[str, Sink], items: list[OutboxItem]) -> int:
+        try:
+            return self.runtime.outbox.deliver_lane(sinks, items, self.retry_delay)
+        except Exception as exc:  # Redis away mid-lane: the items' leases run out and they come back
+            log.warning("outbox lane not drained: %s", exc)
+            return 0
 
     def _run(self) -> None:
         interval = self.runtime.settings.outbox_poll_interval_s
         while not self._stop.is_set():
             try:
-                self.drain_once()
+                self.dispatch_once()
             except Exception as exc:  # Redis away: try again next round
                 log.warning("outbox not drained: %s", exc)
             self._stop.wait(interval)
