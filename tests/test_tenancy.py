@@ -15,6 +15,8 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from daemon.adapters.ledger import JobIdInUse, Ledger
+from daemon.adapters.runtime import Runtime
+from daemon.attempt.runner import JobFailed, JobRunner
 from daemon.config import load_settings
 from daemon.errors import SpecError
 from daemon.handlers import parse_job
@@ -298,3 +300,31 @@ def test_re_enqueueing_an_ended_job_starts_from_a_clean_rq_job(redis, redis_url,
     assert redis.lrange("rq:queue:default", 0, -1) == [b"rerun"]
     stored = Job.fetch("rerun", connection=redis, serializer=JSONSerializer)
     assert stored.get_status() == JobStatus.QUEUED and stored.latest_result() is None
+
+
+def test_a_refused_spec_is_reported_only_on_an_id_that_is_its_own(redis_url, tmp_path):
+    # Given two queued jobs not run yet, claimed at enqueue: owner A's, and owner B's
+    env = {"REDIS_URL": redis_url, "DAEMON_ENV_FILE": str(tmp_path / "absent.env"),
+           "DAEMON_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
+    runtime = Runtime(load_settings(env))
+    enqueue(runtime.redis, spec("a-job", owner_id=OWNER_A))
+    enqueue(runtime.redis, spec("b-job", owner_id=OWNER_B))
+
+    # When broken specs of owner B's (an unknown param) name both ids
+    for job_id in ("a-job", "b-job"):
+        broken = {**raw_spec(job_id), "owner_id": OWNER_B.upper(), "params": {"colour": "red"}}
+        rq_job = Job.create(
+            "daemon.entry.run_job", connection=runtime.redis, id=job_id, serializer=JSONSerializer
+        )
+        with pytest.raises(JobFailed):
+            JobRunner(runtime, rq_job).prepare(broken)
+
+    # Then B's own id shows the refusal on its row (attempt 0, below any real attempt); A's is untouched
+    b_row = runtime.rows.read("b-job")
+    assert b_row is not None and b_row["error_code"] == "unknown_field" and b_row["attempt"] == 0
+    assert runtime.rows.read("a-job") is None
+    # And neither ledger entry moved: no attempt, the owners their producers claimed
+    assert [(runtime.ledger.get(j).attempt, runtime.ledger.get(j).owner) for j in ("a-job", "b-job")] == [
+        (0, OWNER_A),
+        (0, OWNER_B),
+    ]

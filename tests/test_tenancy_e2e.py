@@ -75,7 +75,7 @@ def test_another_tenants_job_id_and_keys_are_refused_and_the_victim_is_untouched
     assert "job_id victim belongs to another owner" in logs
     assert (
         "unknown_field" in logs
-        and "refusal not reported to the row or callback: victim has run before" in logs
+        and "refusal not reported to the row or callback: victim is another job's" in logs
     )
     entry = Ledger(redis).get("victim")
     assert (entry.attempt, entry.status, entry.failures) == (1, "completed", 0)

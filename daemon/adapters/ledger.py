@@ -93,6 +93,8 @@ class LedgerEntry:
     rq_id: str | None
     status: str | None
     worker: str | None
+    # Whom the id belongs to ('' for a job without owner); None while nobody claimed it.
+    owner: str | None = None
 
 
 class Ledger:
@@ -177,6 +179,7 @@ class Ledger:
             rq_id=raw.get("rq_id"),
             status=raw.get("status"),
             worker=raw.get("worker"),
+            owner=raw.get("owner"),
         )
 
     def request_cancel(self, job_id: str, at: float) -> None:

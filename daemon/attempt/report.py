@@ -40,7 +40,7 @@ class Identity:
             callback_url=spec.callback_url,
             callback_format=spec.callback_format,
             metadata=dict(spec.metadata or {}),
-            owner_id=str(spec.owner_id) if spec.owner_id else None,
+            owner_id=str(spec.owner_id).lower() if spec.owner_id else None,
         )
 
     @classmethod
@@ -50,7 +50,8 @@ class Identity:
         found = salvage(raw)
         if found is None:
             return None
-        return cls(found.job_id, found.kind, found.callback_url, found.callback_format, found.metadata)
+        callback = found.callback_url, found.callback_format
+        return cls(found.job_id, found.kind, *callback, found.metadata, found.owner_id)
 
 
 def base_row(identity: Identity, attempt: int, worker: str) -> dict[str, Any]:

@@ -104,8 +104,10 @@ class JobRunner:
 
     def prepare(self, raw: Any) -> JobSpec[Any]:
         """Validate the spec before any work; a bad one is reported where the client will see it."""
+        identity = None
         try:
             spec = parse_job(raw)
+            identity = Identity.of(spec)
             confine(spec, Roots.of(self.settings))
             if spec.callback_url and not self.settings.callback_secret:
                 raise SpecError(
@@ -115,7 +117,7 @@ class JobRunner:
             return spec
         except SpecError as error:
             log.error("spec refused: %s", error)
-            identity = Identity.salvage(raw)
+            identity = identity or Identity.salvage(raw)
             if identity is not None:
                 bind_context(job=identity.job_id)
                 self.report_refused(identity, error)
@@ -123,12 +125,13 @@ class JobRunner:
             raise JobFailed(str(error)) from None
 
     def report_refused(self, identity: Identity, error: SpecError) -> None:
-        """A refused spec never touches the ledger, rows or storage of the job id it names: an id
-        that already ran belongs to that job, and a broken spec proves nothing about its owner. Only
-        a fresh id (no attempt ever began) gets the failure on its row and callback, as attempt 0,
+        """A refused spec never touches the ledger, rows or storage of a job that is not its own: an id
+        that ran belongs to that job, one claimed by another owner to that owner. Only an id that never
+        ran and is this owner's (or nobody's) gets the failure on its row and callback, as attempt 0,
         below any real attempt, so the row's fencing drops it wherever a real attempt wrote."""
-        if self.runtime.ledger.get(identity.job_id).attempt:
-            log.error("refusal not reported to the row or callback: %s has run before", identity.job_id)
+        entry = self.runtime.ledger.get(identity.job_id)
+        if entry.attempt or entry.owner not in (None, identity.owner_id or ""):
+            log.error("refusal not reported to the row or callback: %s is another job's", identity.job_id)
             return
         self.report_failed(identity, 0, error, reporter=None)
 

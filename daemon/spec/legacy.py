@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import SpecError
-from .fields import did_you_mean, is_job_id, job_id_problem, json_type, url_problem
+from .fields import UUID_PATTERN, did_you_mean, is_job_id, job_id_problem, json_type, url_problem
 from .model import SPEC_VERSION, spec_error
 
 PHOTO_FIELDS = ("project_id", "image_urls", "iterations", "upload_url", "webhook_url", "params")
@@ -64,6 +64,8 @@ class Salvaged:
     callback_format: str
     # The legacy ids, echoed in callbacks as `translate_legacy` would have.
     metadata: dict[str, str]
+    # The spec's owner_id when it is a UUID, in lower case: whose row a refusal may be reported on.
+    owner_id: str | None = None
 
 
 def salvage(raw: object) -> Salvaged | None:
@@ -82,7 +84,9 @@ def salvage(raw: object) -> Salvaged | None:
     callback_format = "legacy" if "webhook_url" in body else "standard"
     metadata = {k: body[k] for k in ID_FIELDS if isinstance(body.get(k), str)}
     kind = body["kind"][:64] if isinstance(body.get("kind"), str) else "unknown"
-    return Salvaged(job_id, kind, url, callback_format, metadata)
+    owner = body.get("owner_id")
+    owner = owner.lower() if isinstance(owner, str) and re.fullmatch(UUID_PATTERN, owner) else None
+    return Salvaged(job_id, kind, url, callback_format, metadata, owner)
 
 
 def translate_legacy(raw: Mapping[str, Any]) -> dict[str, Any]:
