@@ -207,7 +207,7 @@ def print_video_table(rows: list[tuple[int, str, dict[str, object]]]) -> None:
 def bench_video(args: argparse.Namespace, size: tuple[int, int]) -> None:
     base = SfmOptions(
         num_threads=args.threads,
-        single_camera=True,
+        cameras="single",
         time_limit_s=3600,
         sequential_overlap=args.overlap,
         loop_candidates=args.loop_candidates,
@@ -266,7 +266,7 @@ def main() -> None:
             f"rendered {args.views} views at {width}×{height} in {time.monotonic() - started:.1f} s",
             flush=True,
         )
-        base = SfmOptions(num_threads=args.threads, single_camera=True, time_limit_s=3600)
+        base = SfmOptions(num_threads=args.threads, cameras="single", time_limit_s=3600)
         rows = []
         for size, features, matcher in settings(args.grid):
             options = replace(base, max_image_size=size, max_num_features=features, matcher=matcher)  # type: ignore[arg-type]

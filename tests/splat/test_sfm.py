@@ -52,19 +52,21 @@ def helpers_still_running() -> list[str]:
 def test_ring_registers_every_view_with_accurate_rotations(ring, tmp_path):
     # Given 16 photos of a textured scene from known cameras on a circle
     progress: list[float] = []
-    # When SfM runs with one shared camera
-    result = run_sfm(ring.paths, tmp_path, replace(FAST, single_camera=True), progress=progress.append)
+    # When SfM runs with its default grouping (photos without EXIF, all of one size)
+    result = run_sfm(ring.paths, tmp_path, FAST, progress=progress.append)
     # Then every image is registered, and after a similarity alignment the cameras' rotations match
     errors = scenes.model_rotation_errors(ring, result)
     print(
         f"ring: registered {result.registered}/{result.total}, median rotation error {np.median(errors):.3f}°"
     )
     assert result.registered == result.total == 16
+    assert result.cameras == 1  # one shared camera: no EXIF, one size (COLMAP's AUTO made 16)
     assert np.median(errors) < 1.0
     assert result.points > 200 and result.mean_reprojection_error < 1.0
     # And the model handed to training is undistorted pinhole, with its images beside it
     model = pycolmap.Reconstruction(result.model_dir)
     assert {camera.model_name for camera in model.cameras.values()} == {"PINHOLE"}
+    assert len(model.cameras) == 1
     assert len(list(result.images_dir.iterdir())) == 16
     assert set(result.timings) == {"extract", "match", "map", "undistort"}
     # And progress only moves forward, to the end
@@ -80,7 +82,7 @@ def test_sequential_matcher_on_ordered_frames_reruns_over_leftovers(tmp_path):
     assert timed_out.value.code == "sfm_timeout" and not timed_out.value.retryable
     assert time.monotonic() - started < 60  # a hang guard: the limit stops it within ~1 s
     # When SfM runs again in the same workdir with the sequential matcher and a short overlap
-    options = replace(FAST, matcher="sequential", sequential_overlap=3, single_camera=True)
+    options = replace(FAST, matcher="sequential", sequential_overlap=3, cameras="single")
     result = run_sfm(scene.paths, tmp_path / "work", options)
     # Then it matched far fewer pairs than exhaustive would, and still registered every frame
     with pycolmap.Database.open(SfmLayout(tmp_path / "work").database) as db:
@@ -96,7 +98,7 @@ def test_pycolmap_synthetic_dataset_runs_through(tmp_path):
     # Given pycolmap's own synthetic images with the poses it drew
     scene = scenes.synthesize_colmap_scene(tmp_path / "synthetic", count=10)
     # When SfM runs on them
-    result = run_sfm(scene.paths, tmp_path / "work", replace(FAST, single_camera=True))
+    result = run_sfm(scene.paths, tmp_path / "work", replace(FAST, cameras="single"))
     # Then all views are registered at the right rotations
     errors = scenes.model_rotation_errors(scene, result)
     print(f"synthetic: registered {result.registered}/10, median rotation error {np.median(errors):.3f}°")
@@ -199,7 +201,7 @@ def test_sequential_loop_matcher_closes_an_orbit_of_video_frames(tmp_path):
     scene = scenes.render_textured_scene(tmp_path / "frames", count=24, seed=5)
     # When SfM runs with one shared camera, a window of 3 frames and 2 loop candidates per frame
     options = replace(
-        FAST, matcher="sequential_loop", sequential_overlap=3, loop_candidates=2, single_camera=True
+        FAST, matcher="sequential_loop", sequential_overlap=3, loop_candidates=2, cameras="single"
     )
     result = run_sfm(scene.paths, tmp_path / "work", options)
     # Then (nearly) every frame is registered, with one camera, at accurate rotations

@@ -108,6 +108,9 @@ class PreparedImages:
     sizes: list[tuple[int, int]]
     # Input name of each image in `paths`, to name the customer's file in later errors.
     sources: list[str] = field(default_factory=list)
+    # The device each image in `paths` came from (EXIF make, model, focal length), None without EXIF:
+    # SfM groups images into cameras by it (sfm_cameras.py); the metadata itself is not kept.
+    devices: list[str | None] = field(default_factory=list)
 
 
 class _Rejected(Exception):  # noqa: N818 - internal signal, becomes a RejectedImage
@@ -140,7 +143,7 @@ def prepare_images(
             if digest in seen_sha256:
                 result.duplicates.append(path.name)
             else:
-                image = _load_normalised(path, fmt, options)
+                image, device = _load_normalised(path, fmt, options)
                 image_hash = dhash(image)
                 if any((image_hash ^ seen).bit_count() <= NEAR_DUPLICATE_BITS for seen in seen_dhash):
                     result.duplicates.append(path.name)
@@ -152,6 +155,7 @@ def prepare_images(
                     result.paths.append(out)
                     result.sizes.append(image.size)
                     result.sources.append(path.name)
+                    result.devices.append(device)
         except _Rejected as rejected:
             result.rejected.append(RejectedImage(path.name, rejected.code, rejected.reason))
         progress((index + 1) / len(files))
@@ -178,8 +182,9 @@ def _check_file(path: Path) -> tuple[str, str]:
     return file_sha256(path)[1], kind
 
 
-def _load_normalised(path: Path, fmt: str, options: ImageOptions) -> Image.Image:
-    """Decode one photo fully and return it as upright 8-bit sRGB, downscaled to the size cap."""
+def _load_normalised(path: Path, fmt: str, options: ImageOptions) -> tuple[Image.Image, str | None]:
+    """Decode one photo fully and return it as upright 8-bit sRGB, downscaled to the size cap, with
+    its device key (`device_key`)."""
     with path.open("rb") as src:
         decoded = _open_header(src, fmt, options)
         width, height = decoded.size
@@ -193,7 +198,9 @@ def _load_normalised(path: Path, fmt: str, options: ImageOptions) -> Image.Image
         try:
             decoded.load()  # decodes the whole image: truncated or corrupt data raises here
             # Read after load: a PNG's eXIf chunk may follow the pixel data.
-            orientation = decoded.getexif().get(ExifTags.Base.Orientation, 1)
+            exif = decoded.getexif()
+            orientation = exif.get(ExifTags.Base.Orientation, 1)
+            device = device_key(exif)
         except _BAD_DATA as exc:
             raise _Rejected("corrupt_image", f"the image data is truncated or corrupt ({exc})") from None
     image = _to_srgb(decoded)
@@ -201,7 +208,23 @@ def _load_normalised(path: Path, fmt: str, options: ImageOptions) -> Image.Image
         image = image.resize(target, Image.Resampling.LANCZOS)
     if orientation in _UPRIGHT:
         image = image.transpose(_UPRIGHT[orientation])
-    return image
+    return image, device
+
+
+def device_key(exif: Image.Exif) -> str | None:
+    """ "make model focal" of the device that took the photo, from its EXIF; None without a focal
+    length (a zoom lens at an unknown focal length tells nothing about the intrinsics)."""
+    try:
+        focal = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.FocalLength)
+        focal_mm = float(focal) if focal is not None else None
+    except (TypeError, ValueError, ZeroDivisionError, KeyError, OSError):
+        return None
+    if not focal_mm or focal_mm <= 0:
+        return None
+    make, model = (
+        str(exif.get(tag, "")).strip("\x00 ")[:64] for tag in (ExifTags.Base.Make, ExifTags.Base.Model)
+    )
+    return f"{make or '?'} {model or '?'} {focal_mm:.2f}mm"
 
 
 def _open_header(src: BinaryIO, fmt: str, options: ImageOptions) -> ImageFile.ImageFile:

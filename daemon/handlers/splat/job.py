@@ -130,6 +130,7 @@ def normalise_images(
         "used": len(prepared.paths),
         "paths": [p.name for p in prepared.paths],
         "sources": prepared.sources,
+        "devices": prepared.devices,
         "sizes": [list(size) for size in prepared.sizes],
         "duplicates": prepared.duplicates,
         "rejected": [asdict(r) for r in prepared.rejected],
@@ -152,17 +153,19 @@ def reconstruct(
     # RANSAC and the mapper draw from COLMAP's generator: seeded, SfM is reproducible when it runs
     # on one thread (SFM_THREADS=1); with more, bundle adjustment sums in varying order.
     pycolmap.set_random_seed(params.seed)
-    options = SfmOptions(min_registered_ratio=params.min_registered_ratio)
+    options = SfmOptions(min_registered_ratio=params.min_registered_ratio, cameras=params.cameras)
     if video:
-        options = replace(options, single_camera=True, matcher=VIDEO_MATCHER)
+        options = replace(options, cameras="single", matcher=VIDEO_MATCHER)
     threads = ctx.settings.sfm_threads if ctx.settings is not None else 0
     if threads:
         options = replace(options, num_threads=threads)
     paths = [ws.images / name for name in images["paths"]]
-    result = run_sfm(paths, ws.sfm.root, options, progress=ctx.progress)
+    # (a checkpoint of the images stage from before devices were recorded has none: grouped by size)
+    result = run_sfm(paths, ws.sfm.root, options, devices=images.get("devices"), progress=ctx.progress)
     summary = {
         "registered": result.registered,
         "total": result.total,
+        "cameras": result.cameras,
         "points": result.points,
         "mean_reprojection_error_px": round(result.mean_reprojection_error, 4),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..base import STRICT_PARAMS
+from .sfm_cameras import CameraGrouping
 
 Preset = Literal["low", "medium", "high", "best"]
 
@@ -66,6 +67,12 @@ class SplatParams(BaseModel):
 
     min_registered_ratio: float = Field(default=0.5, ge=0, le=1)
     """Fail when structure from motion places fewer than this share of the usable images."""
+
+    cameras: CameraGrouping = "auto"
+    """Which photos share one set of camera intrinsics in structure from motion: "auto" groups them by
+    device (EXIF make, model and focal length) and image size, so photos of one phone share a camera even
+    without EXIF; "single" forces one camera for all; "per_image" solves each photo's own (photos from
+    many devices, or cropped)."""
 
     max_gaussians: int = Field(default=2_000_000, ge=1_000, le=10_000_000)
     """Cap on the model's size: densification stops adding Gaussians beyond it (bounds GPU memory)."""

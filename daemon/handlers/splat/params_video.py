@@ -7,6 +7,8 @@ limits a video must fit. `min_images` counts the frames left after blurred and s
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -33,6 +35,9 @@ class SplatVideoParams(SplatParams):
     max_video_mb: int = Field(default=2048, ge=1, le=65536)
     """Refuse video files larger than this many MiB (the download stops at the limit). The daemon's
     DOWNLOAD_MAX_BYTES caps it further."""
+
+    cameras: Literal["single"] = "single"
+    """Video frames share one camera (one set of intrinsics): the only grouping a video job takes."""
 
     @model_validator(mode="after")
     def _one_rate(self) -> SplatVideoParams:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import JobError
+from .sfm_cameras import camera_groups, image_sizes, import_cameras
 from .sfm_matching import match_features
 from .sfm_options import SfmOptions
 from .sfm_supervisor import STEP_SPANS, Supervisor
@@ -54,6 +55,8 @@ class SfmResult:
     mean_reprojection_error: float
     timings: dict[str, float]
     """Wall seconds per sub-step: extract, match, map, undistort."""
+    cameras: int = 1
+    """Cameras (sets of intrinsics) the images were grouped into (sfm_cameras.py)."""
 
 
 def run_sfm(
@@ -61,10 +64,14 @@ def run_sfm(
     workdir: Path,
     options: SfmOptions | None = None,
     *,
+    devices: Sequence[str | None] | None = None,
     progress: Callable[[float], None] = lambda fraction: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SfmResult:
     """Recover camera poses and a sparse point cloud from `image_paths`, in their given order.
+
+    `devices[i]` is image i's device key (EXIF make/model/focal, or None), for grouping the images into
+    cameras (`options.cameras`, sfm_cameras.py); None: no image had one.
 
     `progress(fraction)` and `should_stop()` are only ever called from the calling thread, at least
     every `POLL_S` seconds (sfm_supervisor.py) while pycolmap works. `should_stop` may raise the
@@ -86,8 +93,11 @@ def run_sfm(
     layout = SfmLayout(workdir)
     layout.reset()
     names = _stage_images(image_paths, layout.images)
+    groups = camera_groups(
+        names, image_sizes(layout.images, names), devices or [None] * len(names), options.cameras
+    )
     supervisor = Supervisor(options.time_limit_s, progress, should_stop)
-    _extract(pycolmap, layout, names, options, supervisor)
+    _extract(pycolmap, layout, names, groups, options, supervisor)
     match_features(pycolmap, layout, names, options, supervisor)
     best = _map(pycolmap, layout, len(names), options, supervisor)
     _check_registered(best.num_reg_images(), len(names), options)
@@ -100,11 +110,13 @@ def run_sfm(
         points=best.num_points3D(),
         mean_reprojection_error=float(best.compute_mean_reprojection_error()),
         timings=dict(supervisor.timings),
+        cameras=len(groups),
     )
     log.info(
-        "sfm: registered %d/%d, %d points, reprojection %.2f px, %s",
+        "sfm: registered %d/%d with %d camera(s), %d points, reprojection %.2f px, %s",
         result.registered,
         result.total,
+        result.cameras,
         result.points,
         result.mean_reprojection_error,
         " ".join(f"{k}={v:.1f}s" for k, v in result.timings.items()),
@@ -127,15 +139,17 @@ def _stage_images(image_paths: Sequence[Path], folder: Path) -> list[str]:
 
 
 def _extract(
-    pycolmap: Any, layout: SfmLayout, names: list[str], options: SfmOptions, sup: Supervisor
+    pycolmap: Any,
+    layout: SfmLayout,
+    names: list[str],
+    groups: list[list[str]],
+    options: SfmOptions,
+    sup: Supervisor,
 ) -> None:
-    camera_mode = pycolmap.CameraMode.SINGLE if options.single_camera else pycolmap.CameraMode.AUTO
     pycolmap.Database.open(layout.database).close()
-    # Images (and so cameras) are registered in one call first: extracting in chunks afterwards
-    # keeps one shared camera in SINGLE mode and AUTO's grouping across chunk boundaries.
-    sup.run(
-        "extract", lambda token: pycolmap.import_images(layout.database, layout.images, camera_mode, names)
-    )
+    # Images (and so cameras) are registered first, one camera per group; extraction in chunks
+    # afterwards keeps them (it only adds features to images the database has).
+    sup.run("extract", lambda token: import_cameras(pycolmap, layout.database, layout.images, groups))
     extraction = pycolmap.FeatureExtractionOptions(
         max_image_size=options.max_image_size,
         num_threads=options.num_threads,
@@ -151,7 +165,6 @@ def _extract(
                 layout.database,
                 layout.images,
                 image_names=chunk,
-                camera_mode=camera_mode,
                 extraction_options=extraction,
                 device=pycolmap.Device.auto,
                 cancellation_token=token,

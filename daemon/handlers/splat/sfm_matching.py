@@ -25,7 +25,7 @@ and 200 would take ~45 CPU-min: larger sets are assumed to be ordered (video fra
 the object), where sequential matching registered all 30 bench views with 56% of the pairs."""
 
 VIDEO_MATCHER: Matcher = "sequential_loop"
-"""Matcher for video frames (with `single_camera=True`), whatever their count. Measured with
+"""Matcher for video frames (with `cameras="single"`), whatever their count. Measured with
 `scripts/bench_sfm.py --video`: a smooth closed orbit around the textured room, default options
 (overlap 10, 5 loop candidates), 2 threads on a shared machine (wall seconds swing with load; CPU
 seconds are steadier). Every run registered every frame, with the first and last frames in the kept

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from .sfm_cameras import CAMERA_GROUPINGS, CameraGrouping
+
 Matcher = Literal["auto", "exhaustive", "sequential", "sequential_loop"]
 MATCHERS: tuple[Matcher, ...] = get_args(Matcher)
 
@@ -55,15 +57,19 @@ class SfmOptions:
     min_registered: int = 3
     # Wall-clock limit for the whole stage (seconds).
     time_limit_s: float = 1800.0
-    # One camera (intrinsics) shared by all images: right for video frames, whose images carry no
-    # EXIF (COLMAP's AUTO mode would then give every frame its own camera).
-    single_camera: bool = False
+    # Which images share a camera (intrinsics): "auto" groups them by device (EXIF make, model, focal)
+    # and size, "single" is one camera for all (video frames), "per_image" one each (sfm_cameras.py).
+    cameras: CameraGrouping = "auto"
     # CPU threads pycolmap may use in every sub-step.
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
         if self.matcher not in MATCHERS:
             raise ValueError(f"unknown matcher {self.matcher!r}: use one of {', '.join(MATCHERS)}")
+        if self.cameras not in CAMERA_GROUPINGS:
+            raise ValueError(
+                f"unknown camera grouping {self.cameras!r}: use one of {', '.join(CAMERA_GROUPINGS)}"
+            )
         if not 0.0 <= self.min_registered_ratio <= 1.0:
             raise ValueError("min_registered_ratio must be within [0, 1]")
         counts = (self.max_image_size, self.max_num_features, self.sequential_overlap, self.num_threads)
