@@ -52,6 +52,7 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	scripts/select_pycolmap.sh $(VENV)   # the CUDA wheel on a GPU host, else the pinned CPU one
 	touch $@
 
 node-deps: scripts/node/node_modules/.package-lock.json

@@ -123,6 +123,8 @@ log "venv"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --no-cache-dir --upgrade pip
 "$VENV/bin/pip" install -q --no-cache-dir -r "$APP_DIR/requirements.txt"
+# SIFT extraction and matching on the GPU: the CUDA 12 build of the pinned pycolmap (same version)
+PYCOLMAP_BUILD=cuda12 "$APP_DIR/scripts/select_pycolmap.sh" "$VENV"
 
 # nvcc must match torch's CUDA major version; the DLAMI ships several toolkits side by side.
 torch_cuda=$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda or "")')

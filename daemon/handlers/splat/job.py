@@ -166,6 +166,7 @@ def reconstruct(
         "registered": result.registered,
         "total": result.total,
         "cameras": result.cameras,
+        "pycolmap": result.pycolmap,
         "points": result.points,
         "mean_reprojection_error_px": round(result.mean_reprojection_error, 4),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,9 @@ class SfmResult:
     """Wall seconds per sub-step: extract, match, map, undistort."""
     cameras: int = 1
     """Cameras (sets of intrinsics) the images were grouped into (sfm_cameras.py)."""
+    pycolmap: dict[str, Any] = field(default_factory=dict)
+    """Which pycolmap build ran: its package (`pycolmap`, or `pycolmap-cuda12` on GPU hosts: see
+    scripts/select_pycolmap.sh), version, and whether it has CUDA (SIFT on the GPU)."""
 
 
 def run_sfm(
@@ -111,6 +114,7 @@ def run_sfm(
         mean_reprojection_error=float(best.compute_mean_reprojection_error()),
         timings=dict(supervisor.timings),
         cameras=len(groups),
+        pycolmap=pycolmap_build(pycolmap),
     )
     log.info(
         "sfm: registered %d/%d with %d camera(s), %d points, reprojection %.2f px, %s",
@@ -122,6 +126,21 @@ def run_sfm(
         " ".join(f"{k}={v:.1f}s" for k, v in result.timings.items()),
     )
     return result
+
+
+def pycolmap_build(pycolmap: Any) -> dict[str, Any]:
+    """The pycolmap distribution that is installed (both wheels import as `pycolmap`)."""
+    from importlib import metadata
+
+    package = "pycolmap"
+    for name in ("pycolmap-cuda12", "pycolmap"):
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        package = name
+        break
+    return {"package": package, "version": pycolmap.__version__, "cuda": bool(pycolmap.has_cuda)}
 
 
 def _stage_images(image_paths: Sequence[Path], folder: Path) -> list[str]:
