@@ -23,6 +23,9 @@ error median / max, and whether the first and last frames ended in the kept mode
     .venv/bin/python scripts/bench_sfm.py                        # 30 views, 1600×1200: ~20 min, 2 cores
     .venv/bin/python scripts/bench_sfm.py --views 12 --size 800x600 --threads 2
     .venv/bin/python scripts/bench_sfm.py --video --frames 48,96 --size 320x240   # ~2 min, 2 cores
+
+`--photos DIR --poses FILE` runs real photos with published poses instead: pycolmap's defaults against
+our stage, side by side (scripts/bench_sfm_real.py says how).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
 import pycolmap  # noqa: E402
@@ -242,6 +246,9 @@ def main() -> None:
     parser.add_argument("--frames", default="48,96", help="--video: frame counts, comma-separated")
     parser.add_argument("--overlap", type=int, default=SfmOptions.sequential_overlap, help="--video")
     parser.add_argument("--loop-candidates", type=int, default=SfmOptions.loop_candidates, help="--video")
+    parser.add_argument("--photos", type=Path, help="a folder of real photos (with --poses)")
+    parser.add_argument("--poses", type=Path, help="their reference: NeRF transforms.json or a COLMAP model")
+    parser.add_argument("--long-side", type=int, default=960, help="--photos: downscale to this long side")
     args = parser.parse_args()
     if not args.verbose:
         pycolmap.logging.minloglevel = 2
@@ -249,6 +256,14 @@ def main() -> None:
     width, height = (int(v) for v in size.lower().split("x"))
     if args.video:
         bench_video(args, (width, height))
+        return
+    if args.photos or args.poses:
+        if not (args.photos and args.poses):
+            parser.error("--photos and --poses go together")
+        from bench_sfm_real import bench_real
+
+        with tempfile.TemporaryDirectory(prefix="bench_sfm_real_") as tmp:
+            bench_real(args.photos, args.poses, args.long_side, args.threads, Path(tmp))
         return
     with tempfile.TemporaryDirectory(prefix="bench_sfm_") as tmp:
         started = time.monotonic()
