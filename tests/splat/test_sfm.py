@@ -18,7 +18,7 @@ pycolmap = pytest.importorskip("pycolmap")
 from daemon.attempt.interrupts import CANCEL_SIGNAL, PREEMPT_SIGNAL, Interrupts  # noqa: E402
 from daemon.errors import JobCanceled, JobError  # noqa: E402
 from daemon.handlers.splat.sfm import run_sfm  # noqa: E402
-from daemon.handlers.splat.sfm_matching import VIDEO_MATCHER  # noqa: E402
+from daemon.handlers.splat.sfm_matching import VIDEO_MATCHER, choose_matcher  # noqa: E402
 from daemon.handlers.splat.sfm_options import MATCHERS, SfmOptions  # noqa: E402
 from daemon.handlers.splat.workspace import SfmLayout  # noqa: E402
 from tests import scenes  # noqa: E402
@@ -234,3 +234,22 @@ def test_matcher_names_are_checked_and_video_has_one():
         SfmOptions(matcher="loop")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         SfmOptions(loop_candidates=-1)
+
+
+def test_auto_matches_exhaustively_up_to_50_images_and_retrieves_pairs_above():
+    assert [choose_matcher(n, FAST) for n in (2, 50, 51, 2000)] == ["exhaustive"] * 2 + ["retrieval"] * 2
+    assert choose_matcher(500, replace(FAST, matcher="sequential")) == "sequential"
+
+
+def test_retrieval_matching_registers_the_ring_with_a_few_pairs_per_image(ring, tmp_path):
+    # Given the ring's 16 photos in shuffled order (retrieval must not rely on the input order)
+    paths = list(ring.paths)
+    order = np.random.default_rng(1).permutation(len(paths))
+    shuffled = [paths[i] for i in order]
+    # When SfM matches each photo with its 5 most similar only
+    result = run_sfm(shuffled, tmp_path, replace(FAST, matcher="retrieval", retrieval_neighbors=5))
+    # Then every photo is registered, from far fewer pairs than exhaustive's 120
+    assert result.registered == result.total == 16
+    with pycolmap.Database.open(tmp_path / "database.db") as db:
+        pairs = db.num_matched_image_pairs()
+    assert 16 * 5 // 2 <= pairs <= 16 * 5

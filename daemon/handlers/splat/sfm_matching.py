@@ -1,6 +1,7 @@
 """Which image pairs structure from motion matches, and matching them: exhaustive for small sets,
-sequential for large ones (assumed ordered), and for video frames sequential plus loop-closure pairs
-retrieved by a bag of words over the capture's own descriptors (pairs.py)."""
+for large ones each image with its most similar images retrieved by a bag of words over the capture's
+own descriptors (pairs.py; any order, linear cost), and for video frames sequential plus loop-closure
+pairs retrieved the same way."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .pairs import Pair, bag_of_words, sequential_loop_pairs, write_pairs
+from .pairs import Pair, bag_of_words, retrieval_pairs, sequential_loop_pairs, write_pairs
 from .sfm_options import Matcher, SfmOptions
 from .sfm_supervisor import STEP_SPANS, Supervisor
 from .workspace import SfmLayout
@@ -18,11 +19,14 @@ log = logging.getLogger(__name__)
 
 AUTO_EXHAUSTIVE_MAX_IMAGES = 50
 """Largest set the "auto" matcher matches exhaustively. Exhaustive matching costs n(n−1)/2 pairs:
-1,225 at 50 images, 4,950 at 100, 19,900 at 200; sequential matching with overlap 10 costs under
-10 per image (~450 at 50, ~1,950 at 200). Measured (scripts/bench_sfm.py, 1024 px, 4,096 features)
-a pair costs ~0.14 CPU-s to match and verify, so 50 images take ~3 CPU-min (~1.5 min on 2 cores)
-and 200 would take ~45 CPU-min: larger sets are assumed to be ordered (video frames, a walk around
-the object), where sequential matching registered all 30 bench views with 56% of the pairs."""
+1,225 at 50 images, 4,950 at 100, 19,900 at 200; measured (scripts/bench_sfm.py, 1024 px, 4,096
+features) a pair costs ~0.14 CPU-s to match and verify, so 50 images take ~3 CPU-min (~1.5 min on 2
+cores) and 200 would take ~45 CPU-min. Above it "auto" retrieves pairs (RETRIEVAL), at most
+`retrieval_neighbors` per image whatever the order the photos came in (sequential matching, the
+earlier choice, assumed a walk in file order and linked nothing else)."""
+
+RETRIEVAL: Matcher = "retrieval"
+"""The "auto" matcher above AUTO_EXHAUSTIVE_MAX_IMAGES images."""
 
 VIDEO_MATCHER: Matcher = "sequential_loop"
 """Matcher for video frames (with `cameras="single"`), whatever their count. Measured with
@@ -62,14 +66,20 @@ A rendered scene is kinder than real footage (no blur, no moving people, no repe
 all three registered everything here; loop closure and cost, not registration, decided."""
 
 
+def choose_matcher(count: int, options: SfmOptions) -> str:
+    """The matcher for `count` images: the options' own, or for "auto" exhaustive up to
+    AUTO_EXHAUSTIVE_MAX_IMAGES images and RETRIEVAL above."""
+    if options.matcher != "auto":
+        return options.matcher
+    return "exhaustive" if count <= AUTO_EXHAUSTIVE_MAX_IMAGES else RETRIEVAL
+
+
 def match_features(
     pycolmap: Any, layout: SfmLayout, names: list[str], options: SfmOptions, sup: Supervisor
 ) -> None:
     """Sub-step `match`: the pairs `options.matcher` chooses ("auto": by the number of images),
     matched and verified into the database."""
-    matcher = options.matcher
-    if matcher == "auto":
-        matcher = "exhaustive" if len(names) <= AUTO_EXHAUSTIVE_MAX_IMAGES else "sequential"
+    matcher = choose_matcher(len(names), options)
     match, pairing = pycolmap.match_exhaustive, {}
     if matcher == "sequential" or (matcher == "sequential_loop" and options.vocab_tree_path is not None):
         # Linear overlap: image i with i+1 … i+overlap. In pycolmap 4.2.1 quadratic_overlap does not
@@ -84,10 +94,10 @@ def match_features(
             sequential.loop_detection = True
             sequential.vocab_tree_path = options.vocab_tree_path
         match, pairing = pycolmap.match_sequential, {"pairing_options": sequential}
-    elif matcher == "sequential_loop":
-        pairs = sup.run("match", lambda token: _video_pairs(pycolmap, layout, names, options))
+    elif matcher in ("sequential_loop", "retrieval"):
+        pairs = sup.run("match", lambda token: _retrieved_pairs(pycolmap, layout, names, matcher, options))
         write_pairs(layout.pairs, names, pairs)
-        log.info("sfm: %d pairs to match (window %d + retrieval)", len(pairs), options.sequential_overlap)
+        log.info("sfm: %d pairs to match (%s)", len(pairs), matcher)
         match = pycolmap.match_image_pairs
         pairing = {"pairing_options": pycolmap.ImportedPairingOptions(match_list_path=layout.pairs)}
     matching = pycolmap.FeatureMatchingOptions(num_threads=options.num_threads)
@@ -105,9 +115,12 @@ def match_features(
     )
 
 
-def _video_pairs(pycolmap: Any, layout: SfmLayout, names: list[str], options: SfmOptions) -> list[Pair]:
-    """The window pairs plus loop-closure candidates retrieved by a bag of words over the SIFT
-    descriptors in the database (pairs.py). Plain numpy, not cancellable: ~1 s per 100 frames."""
+def _retrieved_pairs(
+    pycolmap: Any, layout: SfmLayout, names: list[str], matcher: str, options: SfmOptions
+) -> list[Pair]:
+    """By a bag of words over the SIFT descriptors in the database (pairs.py): for "sequential_loop"
+    the window pairs plus loop-closure candidates, for "retrieval" each image's most similar images.
+    Plain numpy, not cancellable: ~1 s per 100 images."""
     with pycolmap.Database.open(layout.database) as db:
         ids = {image.name: image.image_id for image in db.read_all_images()}
         descriptors = [
@@ -115,8 +128,11 @@ def _video_pairs(pycolmap: Any, layout: SfmLayout, names: list[str], options: Sf
             for name in names
         ]
     signatures = bag_of_words(descriptors)
-    pairs = sequential_loop_pairs(
-        signatures, overlap=options.sequential_overlap, top_k=options.loop_candidates
-    )
+    if matcher == "retrieval":
+        pairs = retrieval_pairs(signatures, min_gap=1, top_k=options.retrieval_neighbors)
+    else:
+        pairs = sequential_loop_pairs(
+            signatures, overlap=options.sequential_overlap, top_k=options.loop_candidates
+        )
     # Images that never reached the database (unreadable) cannot be matched: COLMAP would fail on them.
     return [(i, j) for i, j in pairs if names[i] in ids and names[j] in ids]

@@ -10,7 +10,7 @@ from typing import Literal, get_args
 
 from .sfm_cameras import CAMERA_GROUPINGS, CameraGrouping
 
-Matcher = Literal["auto", "exhaustive", "sequential", "sequential_loop"]
+Matcher = Literal["auto", "exhaustive", "sequential", "sequential_loop", "retrieval"]
 MATCHERS: tuple[Matcher, ...] = get_args(Matcher)
 
 
@@ -36,9 +36,10 @@ class SfmOptions:
     # photos) for 60% more points; 1024 is half the cost but gives a quarter of the points and
     # failed on a sparser set (10 views 36° apart at 640×480: too few registered) that 4096 did.
     max_num_features: int = 4096
-    # Pairing: "auto" = exhaustive up to AUTO_EXHAUSTIVE_MAX_IMAGES images, sequential above;
-    # "sequential_loop" = sequential plus loop-closure pairs (ordered video frames: VIDEO_MATCHER).
-    # Both constants, and the measurements behind them, are in sfm_matching.py.
+    # Pairing: "auto" = exhaustive up to AUTO_EXHAUSTIVE_MAX_IMAGES images, retrieval above;
+    # "sequential_loop" = sequential plus loop-closure pairs (ordered video frames: VIDEO_MATCHER);
+    # "retrieval" = each image with its most similar ones by a bag of words (any order, linear cost).
+    # The constants, and the measurements behind them, are in sfm_matching.py.
     matcher: Matcher = "auto"
     # Sequential matching pairs each image with this many following ones.
     sequential_overlap: int = 10
@@ -48,6 +49,10 @@ class SfmOptions:
     # the margin is for real footage, where retrieval misses more. COLMAP's own budget is similar
     # (50 retrieved images for every 10th frame).
     loop_candidates: int = 5
+    # "retrieval" matches each image with this many most similar images (bag of words, pairs.py):
+    # about 20 per image, the order of what COLMAP's own retrieval matching uses (its default is 50 on
+    # community photo collections, where most candidates fail; a customer's capture is one object).
+    retrieval_neighbors: int = 20
     # COLMAP vocabulary-tree file for "sequential_loop" (COLMAP's own loop detection); None = none
     # available (COLMAP downloads one; these hosts have no network), so we retrieve candidates ourselves.
     vocab_tree_path: Path | None = None
@@ -72,6 +77,9 @@ class SfmOptions:
             )
         if not 0.0 <= self.min_registered_ratio <= 1.0:
             raise ValueError("min_registered_ratio must be within [0, 1]")
-        counts = (self.max_image_size, self.max_num_features, self.sequential_overlap, self.num_threads)
+        counts = (
+            self.max_image_size, self.max_num_features, self.sequential_overlap, self.num_threads,
+            self.retrieval_neighbors,
+        )  # fmt: skip
         if min(counts) < 1 or self.loop_candidates < 0:
             raise ValueError("sizes, counts and threads must be positive")
