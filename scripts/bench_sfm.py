@@ -25,7 +25,8 @@ error median / max, and whether the first and last frames ended in the kept mode
     .venv/bin/python scripts/bench_sfm.py --video --frames 48,96 --size 320x240   # ~2 min, 2 cores
 
 `--photos DIR --poses FILE` runs real photos with published poses instead: pycolmap's defaults against
-our stage, side by side (scripts/bench_sfm_real.py says how).
+our stage, side by side (scripts/bench_sfm_real.py says how). `--scale 50,200,500` reports how the
+stage's cost per photo grows with the count (scripts/bench_sfm_scale.py).
 """
 
 from __future__ import annotations
@@ -249,13 +250,20 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, help="a folder of real photos (with --poses)")
     parser.add_argument("--poses", type=Path, help="their reference: NeRF transforms.json or a COLMAP model")
     parser.add_argument("--long-side", type=int, default=960, help="--photos: downscale to this long side")
+    parser.add_argument("--scale", help="photo counts, e.g. 50,200,500: cost per photo as the count grows")
+    parser.add_argument("--exhaustive-max", type=int, default=200, help="--scale: exhaustive up to this many")
     args = parser.parse_args()
     if not args.verbose:
         pycolmap.logging.minloglevel = 2
-    size = args.size or ("320x240" if args.video else "1600x1200")
+    size = args.size or ("320x240" if args.video or args.scale else "1600x1200")
     width, height = (int(v) for v in size.lower().split("x"))
     if args.video:
         bench_video(args, (width, height))
+        return
+    if args.scale:
+        from bench_sfm_scale import bench_scale
+
+        bench_scale(args, (width, height), render_orbit)
         return
     if args.photos or args.poses:
         if not (args.photos and args.poses):
