@@ -250,6 +250,10 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, help="a folder of real photos (with --poses)")
     parser.add_argument("--poses", type=Path, help="their reference: NeRF transforms.json or a COLMAP model")
     parser.add_argument("--long-side", type=int, default=960, help="--photos: downscale to this long side")
+    parser.add_argument(
+        "--ours", action="append", help="--photos: another row of our stage with SfmOptions changes, e.g. "
+        "max_num_features=2048,matcher=retrieval (repeatable)"
+    )  # fmt: skip
     parser.add_argument("--scale", help="photo counts, e.g. 50,200,500: cost per photo as the count grows")
     parser.add_argument("--exhaustive-max", type=int, default=200, help="--scale: exhaustive up to this many")
     args = parser.parse_args()
@@ -271,7 +275,7 @@ def main() -> None:
         from bench_sfm_real import bench_real
 
         with tempfile.TemporaryDirectory(prefix="bench_sfm_real_") as tmp:
-            bench_real(args.photos, args.poses, args.long_side, args.threads, Path(tmp))
+            bench_real(args.photos, args.poses, args.long_side, args.threads, Path(tmp), args.ours)
         return
     with tempfile.TemporaryDirectory(prefix="bench_sfm_") as tmp:
         started = time.monotonic()

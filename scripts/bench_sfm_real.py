@@ -132,9 +132,10 @@ def run_defaults(paths: list[Path], workdir: Path, threads: int) -> dict[str, An
     }
 
 
-def run_ours(paths: list[Path], workdir: Path, threads: int) -> dict[str, Any]:
+def run_ours(paths: list[Path], workdir: Path, threads: int, **changes: Any) -> dict[str, Any]:
+    options = SfmOptions(num_threads=threads, time_limit_s=3600, **changes)
     try:
-        result = run_sfm(paths, workdir, SfmOptions(num_threads=threads, time_limit_s=3600))
+        result = run_sfm(paths, workdir, options)
     except JobError as error:
         return {"error": error.code, "timings": {}, "registered": 0, "rotations": {}}
     # The mapped model before undistortion keeps the photos' own names (`<index>_<name>`)
@@ -148,7 +149,18 @@ def run_ours(paths: list[Path], workdir: Path, threads: int) -> dict[str, Any]:
     }
 
 
-def bench_real(photos: Path, poses: Path, long_side: int, threads: int, tmp: Path) -> None:
+def parse_variant(text: str) -> dict[str, Any]:
+    """ "max_num_features=2048,matcher=retrieval" → SfmOptions changes (ints where they parse)."""
+    changes: dict[str, Any] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        changes[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return changes
+
+
+def bench_real(
+    photos: Path, poses: Path, long_side: int, threads: int, tmp: Path, variants: list[str] | None = None
+) -> None:
     paths = downscale(photos, tmp / "photos", long_side)
     with Image.open(paths[0]) as first:
         size = "×".join(str(v) for v in first.size)
@@ -156,12 +168,14 @@ def bench_real(photos: Path, poses: Path, long_side: int, threads: int, tmp: Pat
     print(f"{len(paths)} photos at {size} (long side {long_side}), {len(reference)} reference poses, "
           f"{threads} threads", flush=True)  # fmt: skip
     rows = []
-    for label, run in (
-        ("pycolmap defaults (one camera, exhaustive)", run_defaults),
-        ("our sfm stage", run_ours),
-    ):
+    runs: list[tuple[str, Callable[..., dict[str, Any]], dict[str, Any]]] = [
+        ("pycolmap defaults (one camera, exhaustive)", run_defaults, {}),
+        ("our sfm stage", run_ours, {}),
+    ]
+    runs += [(f"ours, {variant}", run_ours, parse_variant(variant)) for variant in variants or []]
+    for index, (label, run, changes) in enumerate(runs):
         started = time.monotonic()
-        row = run(paths, tmp / label.split()[0], threads)
+        row = run(paths, tmp / f"run{index}", threads, **changes)
         row["wall"] = time.monotonic() - started
         errors = pairwise_rotation_errors(row["rotations"], reference)
         row["rot"] = (float(np.median(errors)), float(np.percentile(errors, 90))) if errors.size else None
@@ -188,7 +202,9 @@ def print_real_table(rows: list[tuple[str, dict[str, Any]]], total: int) -> None
         cells = [label, *(f"{t.get(step, 0.0):.1f}" for step in ("extract", "match", "map")), f"{core:.1f}",
                  undistort, f"{row['registered']}/{total}", row.get("cameras", "–"), rot]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
-    if len(rows) == 2 and rows[0][1]["timings"] and rows[1][1]["timings"]:
-        base = sum(rows[0][1]["timings"].get(s, 0.0) for s in ("extract", "match", "map"))
-        ours = sum(rows[1][1]["timings"].get(s, 0.0) for s in ("extract", "match", "map"))
-        print(f"\nour stage / pycolmap defaults (extract+match+map): {ours / base:.2f}×")
+    base = sum(rows[0][1]["timings"].get(s, 0.0) for s in ("extract", "match", "map"))
+    print()
+    for label, row in rows[1:]:
+        if row["timings"] and base:
+            ours = sum(row["timings"].get(s, 0.0) for s in ("extract", "match", "map"))
+            print(f"{label} / pycolmap defaults (extract+match+map): {ours / base:.2f}×")
