@@ -1,5 +1,6 @@
 """Cameras as they are: photos of one device share one set of intrinsics in SfM, grouped by the device
-their EXIF names and by size; the images stage reads the device before it drops the metadata."""
+their EXIF names and by size; the images stage reads the device (and the capture time: a walk in input
+order is matched along it) before it drops the metadata."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import pycolmap
 import pytest
 from PIL import ExifTags, Image
 
-from daemon.handlers.splat.inputs import ImageOptions, device_key, prepare_images
+from daemon.handlers.splat.inputs import ImageOptions, device_key, prepare_images, taken_at
 from daemon.handlers.splat.sfm_cameras import camera_groups, image_sizes, import_cameras
+from daemon.handlers.splat.sfm_matching import choose_matcher, is_ordered_walk
+from daemon.handlers.splat.sfm_options import SfmOptions
 from tests.splat.test_inputs import encode, scene
 
 NAMES = ["a", "b", "c", "d", "e"]
@@ -126,3 +129,58 @@ def test_the_database_gets_one_camera_per_group(tmp_path, grouping, cameras):
         camera_of = {image.name: image.camera_id for image in db.read_all_images()}
     for group in groups:
         assert len({camera_of[name] for name in group}) == 1
+
+
+@pytest.mark.parametrize(
+    ("sources", "taken", "ordered"),
+    [
+        (["IMG_0001.jpg", "IMG_0002.jpg", "IMG_0010.jpg"], None, True),  # numbered as shot, gaps allowed
+        (["0001.jpg", "0003.jpg", "0002.jpg"], None, False),
+        (["front.jpg", "back.jpg", "side.jpg"], None, False),  # no numbers: nothing to go by
+        (["IMG_0001.jpg", "IMG_0002.jpg"], None, False),  # two photos are no walk
+        # capture times win over names when every photo has one
+        (
+            ["c.jpg", "a.jpg", "b.jpg"],
+            ["2026:12:01 10:00:00", "2026:12:01 10:00:05", "2026:12:01 10:01:00"],
+            True,
+        ),
+        (
+            ["1.jpg", "2.jpg", "3.jpg"],
+            ["2026:12:01 10:00:05", "2026:12:01 10:00:00", "2026:12:01 10:01:00"],
+            False,
+        ),
+        (["1.jpg", "2.jpg", "3.jpg"], ["2026:12:01 10:00:00"] * 3, False),  # a burst: says nothing
+        (["1.jpg", "2.jpg", "3.jpg"], ["2026:12:01 10:00:00", None, "2026:12:01 10:01:00"], True),  # names
+    ],
+)
+def test_photos_taken_in_input_order_are_a_walk(sources, taken, ordered):
+    assert is_ordered_walk(sources, taken) is ordered
+
+
+def test_a_walk_is_matched_along_its_order_and_other_sets_by_their_size():
+    walk = SfmOptions(ordered=True)
+    assert [choose_matcher(n, walk) for n in (10, 500)] == ["sequential_loop", "sequential_loop"]
+    assert [choose_matcher(n, SfmOptions()) for n in (10, 500)] == ["exhaustive", "retrieval"]
+
+
+@pytest.mark.parametrize(
+    ("when", "subsec", "taken"),
+    [
+        ("2026:12:01 10:00:05", None, "2026:12:01 10:00:05"),
+        ("2026:12:01 10:00:05", "250", "2026:12:01 10:00:05.250"),
+        ("garbage", None, None),
+        (None, None, None),
+    ],
+)
+def test_the_capture_time_comes_from_the_exif(tmp_path, when, subsec, taken):
+    image = scene(2)
+    exif = image.getexif()
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    if when is not None:
+        details[ExifTags.Base.DateTimeOriginal] = when
+    if subsec is not None:
+        details[ExifTags.Base.SubsecTimeOriginal] = subsec
+    path = tmp_path / "p.jpg"
+    path.write_bytes(encode(image, exif=exif.tobytes()))
+    with Image.open(path) as decoded:
+        assert taken_at(decoded.getexif()) == taken

@@ -111,6 +111,9 @@ class PreparedImages:
     # The device each image in `paths` came from (EXIF make, model, focal length), None without EXIF:
     # SfM groups images into cameras by it (sfm_cameras.py); the metadata itself is not kept.
     devices: list[str | None] = field(default_factory=list)
+    # When each image in `paths` was taken (EXIF DateTimeOriginal, "YYYY:MM:DD HH:MM:SS[.fff]"), None
+    # without: photos taken in input order are a walk, matched along it (sfm_matching.py).
+    taken: list[str | None] = field(default_factory=list)
 
 
 class _Rejected(Exception):  # noqa: N818 - internal signal, becomes a RejectedImage
@@ -143,7 +146,7 @@ def prepare_images(
             if digest in seen_sha256:
                 result.duplicates.append(path.name)
             else:
-                image, device = _load_normalised(path, fmt, options)
+                image, device, taken = _load_normalised(path, fmt, options)
                 image_hash = dhash(image)
                 if any((image_hash ^ seen).bit_count() <= NEAR_DUPLICATE_BITS for seen in seen_dhash):
                     result.duplicates.append(path.name)
@@ -156,6 +159,7 @@ def prepare_images(
                     result.sizes.append(image.size)
                     result.sources.append(path.name)
                     result.devices.append(device)
+                    result.taken.append(taken)
         except _Rejected as rejected:
             result.rejected.append(RejectedImage(path.name, rejected.code, rejected.reason))
         progress((index + 1) / len(files))
@@ -182,9 +186,11 @@ def _check_file(path: Path) -> tuple[str, str]:
     return file_sha256(path)[1], kind
 
 
-def _load_normalised(path: Path, fmt: str, options: ImageOptions) -> tuple[Image.Image, str | None]:
+def _load_normalised(
+    path: Path, fmt: str, options: ImageOptions
+) -> tuple[Image.Image, str | None, str | None]:
     """Decode one photo fully and return it as upright 8-bit sRGB, downscaled to the size cap, with
-    its device key (`device_key`)."""
+    its device key (`device_key`) and when it was taken (`taken_at`)."""
     with path.open("rb") as src:
         decoded = _open_header(src, fmt, options)
         width, height = decoded.size
@@ -200,7 +206,7 @@ def _load_normalised(path: Path, fmt: str, options: ImageOptions) -> tuple[Image
             # Read after load: a PNG's eXIf chunk may follow the pixel data.
             exif = decoded.getexif()
             orientation = exif.get(ExifTags.Base.Orientation, 1)
-            device = device_key(exif)
+            device, taken = device_key(exif), taken_at(exif)
         except _BAD_DATA as exc:
             raise _Rejected("corrupt_image", f"the image data is truncated or corrupt ({exc})") from None
     image = _to_srgb(decoded)
@@ -208,7 +214,21 @@ def _load_normalised(path: Path, fmt: str, options: ImageOptions) -> tuple[Image
         image = image.resize(target, Image.Resampling.LANCZOS)
     if orientation in _UPRIGHT:
         image = image.transpose(_UPRIGHT[orientation])
-    return image, device
+    return image, device, taken
+
+
+def taken_at(exif: Image.Exif) -> str | None:
+    """EXIF DateTimeOriginal (with SubSecTimeOriginal when given), as written: it sorts in time order."""
+    try:
+        details = exif.get_ifd(ExifTags.IFD.Exif)
+        when = details.get(ExifTags.Base.DateTimeOriginal)
+        subsec = details.get(ExifTags.Base.SubsecTimeOriginal)
+    except (KeyError, OSError, TypeError, ValueError):
+        return None
+    if not isinstance(when, str) or len(when.strip("\x00 ")) != 19:
+        return None
+    fraction = str(subsec).strip("\x00 ") if subsec is not None else ""
+    return when.strip("\x00 ") + (f".{fraction}" if fraction.isdigit() else "")
 
 
 def device_key(exif: Image.Exif) -> str | None:

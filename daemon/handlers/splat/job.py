@@ -32,7 +32,7 @@ from .params_video import SplatVideoParams
 from .report import save_curves, save_preview
 from .scene import Scene, load_scene
 from .sfm import run_sfm
-from .sfm_matching import VIDEO_MATCHER
+from .sfm_matching import VIDEO_MATCHER, is_ordered_walk
 from .sfm_options import SfmOptions
 from .train import Camera
 from .train_stage import eval_views, memory_guard, train, trainer_with_model
@@ -131,6 +131,7 @@ def normalise_images(
         "paths": [p.name for p in prepared.paths],
         "sources": prepared.sources,
         "devices": prepared.devices,
+        "taken": prepared.taken,
         "sizes": [list(size) for size in prepared.sizes],
         "duplicates": prepared.duplicates,
         "rejected": [asdict(r) for r in prepared.rejected],
@@ -153,7 +154,11 @@ def reconstruct(
     # RANSAC and the mapper draw from COLMAP's generator: seeded, SfM is reproducible when it runs
     # on one thread (SFM_THREADS=1); with more, bundle adjustment sums in varying order.
     pycolmap.set_random_seed(params.seed)
-    options = SfmOptions(min_registered_ratio=params.min_registered_ratio, cameras=params.cameras)
+    options = SfmOptions(
+        min_registered_ratio=params.min_registered_ratio,
+        cameras=params.cameras,
+        ordered=is_ordered_walk(images["sources"], images.get("taken")),
+    )
     if video:
         options = replace(options, cameras="single", matcher=VIDEO_MATCHER)
     threads = ctx.settings.sfm_threads if ctx.settings is not None else 0
@@ -166,6 +171,7 @@ def reconstruct(
         "registered": result.registered,
         "total": result.total,
         "cameras": result.cameras,
+        "matcher": result.matcher,
         "pycolmap": result.pycolmap,
         "points": result.points,
         "mean_reprojection_error_px": round(result.mean_reprojection_error, 4),

@@ -57,6 +57,8 @@ class SfmResult:
     """Wall seconds per sub-step: extract, match, map, undistort."""
     cameras: int = 1
     """Cameras (sets of intrinsics) the images were grouped into (sfm_cameras.py)."""
+    matcher: str = ""
+    """The matcher that chose the pairs (sfm_matching.py's choose_matcher for "auto")."""
     pycolmap: dict[str, Any] = field(default_factory=dict)
     """Which pycolmap build ran: its package (`pycolmap`, or `pycolmap-cuda12` on GPU hosts: see
     scripts/select_pycolmap.sh), version, and whether it has CUDA (SIFT on the GPU)."""
@@ -101,7 +103,7 @@ def run_sfm(
     )
     supervisor = Supervisor(options.time_limit_s, progress, should_stop)
     _extract(pycolmap, layout, names, groups, options, supervisor)
-    match_features(pycolmap, layout, names, options, supervisor)
+    matcher = match_features(pycolmap, layout, names, options, supervisor)
     best = _map(pycolmap, layout, len(names), options, supervisor)
     _check_registered(best.num_reg_images(), len(names), options)
     model_dir = _undistort(pycolmap, layout, options, supervisor)
@@ -114,6 +116,7 @@ def run_sfm(
         mean_reprojection_error=float(best.compute_mean_reprojection_error()),
         timings=dict(supervisor.timings),
         cameras=len(groups),
+        matcher=matcher,
         pycolmap=pycolmap_build(pycolmap),
     )
     log.info(

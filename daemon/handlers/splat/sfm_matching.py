@@ -6,6 +6,9 @@ pairs retrieved the same way."""
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,16 +70,38 @@ all three registered everything here; loop closure and cost, not registration, d
 
 
 def choose_matcher(count: int, options: SfmOptions) -> str:
-    """The matcher for `count` images: the options' own, or for "auto" exhaustive up to
-    AUTO_EXHAUSTIVE_MAX_IMAGES images and RETRIEVAL above."""
+    """The matcher for `count` images: the options' own, or for "auto" sequential_loop for photos taken
+    in their input order (`options.ordered`: a walk around the object, like a video's frames), else
+    exhaustive up to AUTO_EXHAUSTIVE_MAX_IMAGES images and RETRIEVAL above."""
     if options.matcher != "auto":
         return options.matcher
+    if options.ordered:
+        return "sequential_loop"
     return "exhaustive" if count <= AUTO_EXHAUSTIVE_MAX_IMAGES else RETRIEVAL
+
+
+def is_ordered_walk(sources: Sequence[str], taken: Sequence[str | None] | None = None) -> bool:
+    """Whether photos came in the order they were taken: their capture times (EXIF, all known) never
+    go back, or, without them, the numbers in their file names only go up (IMG_0001, IMG_0002, … as
+    phones and cameras number their shots). Three photos at least; equal times throughout say nothing."""
+    if len(sources) < 3:
+        return False
+    if taken and all(taken):
+        times = [str(t) for t in taken]
+        return all(a <= b for a, b in zip(times, times[1:], strict=False)) and times[0] != times[-1]
+    numbers = [_last_number(Path(source).stem) for source in sources]
+    known = [n for n in numbers if n is not None]
+    return len(known) == len(numbers) and all(a < b for a, b in zip(known, known[1:], strict=False))
+
+
+def _last_number(stem: str) -> int | None:
+    found = re.findall(r"\d+", stem)
+    return int(found[-1]) if found else None
 
 
 def match_features(
     pycolmap: Any, layout: SfmLayout, names: list[str], options: SfmOptions, sup: Supervisor
-) -> None:
+) -> str:
     """Sub-step `match`: the pairs `options.matcher` chooses ("auto": by the number of images),
     matched and verified into the database."""
     matcher = choose_matcher(len(names), options)
@@ -113,6 +138,7 @@ def match_features(
         ),
         span=STEP_SPANS["match"],
     )
+    return matcher
 
 
 def _retrieved_pairs(

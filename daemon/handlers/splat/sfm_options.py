@@ -53,6 +53,9 @@ class SfmOptions:
     # about 20 per image, the order of what COLMAP's own retrieval matching uses (its default is 50 on
     # community photo collections, where most candidates fail; a customer's capture is one object).
     retrieval_neighbors: int = 20
+    # The images are a walk in input order (capture times or numbered file names: sfm_matching.py's
+    # is_ordered_walk): "auto" then matches along the sequence with loop closure, as for video frames.
+    ordered: bool = False
     # COLMAP vocabulary-tree file for "sequential_loop" (COLMAP's own loop detection); None = none
     # available (COLMAP downloads one; these hosts have no network), so we retrieve candidates ourselves.
     vocab_tree_path: Path | None = None
