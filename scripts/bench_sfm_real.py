@@ -38,6 +38,7 @@ from PIL import Image, ImageOps
 
 from daemon.errors import JobError
 from daemon.handlers.splat.sfm import run_sfm
+from daemon.handlers.splat.sfm_matching import is_ordered_walk
 from daemon.handlers.splat.sfm_options import SfmOptions
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -133,6 +134,8 @@ def run_defaults(paths: list[Path], workdir: Path, threads: int) -> dict[str, An
 
 
 def run_ours(paths: list[Path], workdir: Path, threads: int, **changes: Any) -> dict[str, Any]:
+    # As the splat job sets it: photos numbered as shot are a walk (sfm_matching.is_ordered_walk)
+    changes.setdefault("ordered", is_ordered_walk([p.name for p in paths]))
     options = SfmOptions(num_threads=threads, time_limit_s=3600, **changes)
     try:
         result = run_sfm(paths, workdir, options)
@@ -145,6 +148,7 @@ def run_ours(paths: list[Path], workdir: Path, threads: int, **changes: Any) -> 
         "timings": dict(result.timings),
         "registered": result.registered,
         "cameras": result.cameras,
+        "matcher": result.matcher,
         "rotations": model_rotations(best, lambda name: name.split("_", 1)[1]),
     }
 
@@ -187,7 +191,10 @@ def bench_real(
 
 def _brief(row: dict[str, Any]) -> str:
     timings = " ".join(f"{k}={v:.1f}s" for k, v in row["timings"].items())
-    return f"{timings} registered={row['registered']} cameras={row.get('cameras')} {row.get('error', '')}"
+    extra = f"matcher={row['matcher']} " if row.get("matcher") else ""
+    return (
+        f"{timings} registered={row['registered']} cameras={row.get('cameras')} {extra}{row.get('error', '')}"
+    )
 
 
 def print_real_table(rows: list[tuple[str, dict[str, Any]]], total: int) -> None:
