@@ -26,15 +26,33 @@ class SfmOptions:
     | 1024    | 1024     | exhaustive | 74    | 4.4k   | 0.0147       |
     | 1024    | 8192     | exhaustive | 246   | 28.8k  | 0.0023       |
     | 1024    | 4096     | sequential | 132   | 17.5k  | 0.0070       |
+
+    On real photos (`bench_sfm.py --photos`: instant-ngp's fox, 50 phone photos at 540×960 without
+    EXIF, numbered as shot so matched as a walk; 2 threads, a quiet machine; wall seconds of extract +
+    match + map, each row the range over 3-4 runs; pairwise rotation error against the published poses):
+
+    | run                             | s          | × defaults | registered | rot median / p90 °          |
+    | pycolmap defaults (1 camera)    | 61.9-64.2  | 1          | 50/50      | 0.225-0.229 / 0.456-0.470   |
+    | ours, SIFT 1024 px, 4096 feat.  | 45.0-47.5  | 0.72-0.74  | 50/50      | 0.228-0.238 / 0.461-0.469   |
+    | ours, 800 px                    | 36.6       | 0.58       | 50/50      | 0.217 / 0.436               |
+    | ours, 720 px (the default)      | 29.8-31.4  | 0.48-0.50  | 50/50      | 0.229-0.233 / 0.474-0.498   |
+    | ours, 720 px, 2048 features     | 30.4-34.5  | 0.47-0.55  | 50/50      | 0.212-0.216 / 0.444-0.453   |
+    | ours, 640 px                    | 24.6       | 0.39       | 50/50      | 0.255 / 0.501               |
+
+    (Before photos shared cameras (sfm_cameras.py) and walks were matched along their order, our
+    stage took 0.95× the defaults' time there, mapping 50 cameras.)
     """
 
-    # Longest image side (px) SIFT sees; larger photos are downscaled for extraction only. 1024:
-    # extraction costs 1.8 CPU-s per photo against 2.9 at 1600 for the same registrations and
-    # points (SIFT's first octave already doubles the image); 640 loses a fifth of the points.
-    max_image_size: int = 1024
+    # Longest image side (px) SIFT sees; larger photos are downscaled for extraction only (SIFT's
+    # first octave doubles the image again). 720: on the real photos above, half pycolmap's default
+    # time with every photo registered and the median rotation error within 0.005° of the defaults'
+    # (1024 took 0.72×, 640 was 0.03° worse); on the rendered 1600×1200 set 720 registered 12/12 as
+    # 1024 did, and sparse sets (10 views 36° apart) are unaffected below 720 px.
+    max_image_size: int = 720
     # Most SIFT features kept per image. 4096: 8192 doubles matching and mapping (+95 CPU-s on 30
-    # photos) for 60% more points; 1024 is half the cost but gives a quarter of the points and
-    # failed on a sparser set (10 views 36° apart at 640×480: too few registered) that 4096 did.
+    # photos) for 60% more points; 2048 was as fast and more accurate on the real photos above but
+    # registered only 6 of a sparse set's 10 views (36° apart at 640×480), which 4096 registers in
+    # full; 1024 is half the cost but gives a quarter of the points and failed on that set too.
     max_num_features: int = 4096
     # Pairing: "auto" = exhaustive up to AUTO_EXHAUSTIVE_MAX_IMAGES images, retrieval above;
     # "sequential_loop" = sequential plus loop-closure pairs (ordered video frames: VIDEO_MATCHER);
