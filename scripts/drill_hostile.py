@@ -247,6 +247,8 @@ class Drill:
         self.enqueue(self.spec("victim", OWNER_A, [{"s3_key": f"uploads/{OWNER_A}/a.jpg"}],
                                callback_url=self.receiver.url))  # fmt: skip
         victim = self.ended("victim")
+        # (rq records the job finished after its row says completed: a push before that is overwritten)
+        self.wait("victim finished in rq", lambda: self.redis.hget("rq:job:victim", "status") == b"finished")
         outputs = s3.list_objects_v2(Bucket=self.bucket, Prefix="jobs/victim/")["Contents"]
         thief = self.spec("thief", OWNER_B, [{"s3_key": f"uploads/{OWNER_A}/a.jpg"}])
         try:

@@ -90,6 +90,23 @@ def test_finish_keeps_an_item_replaced_meanwhile(outbox):
 # -- rows: merge and fencing --------------------------------------------------------------------------
 
 
+def test_released_items_come_back_in_the_order_they_were_claimed(outbox):
+    # Given callbacks queued in an order their ids do not sort in, claimed for a lane that was busy
+    for n, webhook_id in enumerate(["msg_c", "msg_a", "msg_b"]):
+        outbox.put_callback(callback_data(n), webhook_id=webhook_id)
+        time.sleep(0.002)  # (distinct due times, as separate events have)
+    claimed = outbox.claim_due()
+    assert [i.item_id for i in claimed] == ["callback:msg_c", "callback:msg_a", "callback:msg_b"]
+
+    # When they are given back for the next round
+    outbox.release(claimed, after_s=0)
+
+    # Then they come back due, untried, in the same order
+    again = outbox.claim_due(now=time.time() + 1)
+    assert [i.item_id for i in again] == [i.item_id for i in claimed]
+    assert all(i.tries == 0 for i in again)
+
+
 def test_put_row_merges_fields_of_the_same_attempt(outbox):
     # Given a row waiting in the outbox
     outbox.put_row({"id": "job-1", "attempt": 1, "status": "running", "stage": "fetch", "progress": 10})

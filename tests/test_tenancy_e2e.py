@@ -46,6 +46,8 @@ def test_another_tenants_job_id_and_keys_are_refused_and_the_victim_is_untouched
     enqueue_cli(env, s3_spec("victim", OWNER_A, key_a, hook))
     worker = start_worker(env)
     webhook_receiver.wait_for(lambda e: e.type == "job.completed", timeout=60)
+    # (rq records the job finished after its callback is queued: a push before that is overwritten)
+    wait_until(lambda: redis.hget("rq:job:victim", "status") == b"finished", timeout=60)
     (victim_row,) = jobs_rows(id="victim")
     victim_outputs = s3.list_objects_v2(Bucket=bucket, Prefix="jobs/victim/")["Contents"]
 

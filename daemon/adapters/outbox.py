@@ -239,8 +239,11 @@ class Outbox:
 
     def release(self, items: list[OutboxItem], after_s: float) -> None:
         """Give claimed items back, due again in `after_s` (their lane is busy): no try is counted."""
+        # Microseconds apart, in the order given (claim order): equal scores would come back sorted by
+        # id, and a lane's callbacks must keep their order.
+        due = time.time() + after_s
         if items:
-            self.redis.zadd(DUE_KEY, {item.item_id: time.time() + after_s for item in items}, xx=True)
+            self.redis.zadd(DUE_KEY, {item.item_id: due + i * 1e-6 for i, item in enumerate(items)}, xx=True)
 
     def pending(self) -> int:
         return int(self.redis.zcard(DUE_KEY))
