@@ -7,21 +7,28 @@ a temporary folder, as a customer's upload would reach SfM after the images stag
 - **pycolmap defaults**: `extract_features` (one shared camera, `CameraMode.SINGLE`, as the issue's
   reference run), `match_exhaustive`, `incremental_mapping`, every option at pycolmap's default;
 - **our stage**: `run_sfm` with the daemon's `SfmOptions` defaults (cameras grouped by device and size,
-  SIFT at most 1024 px and 4,096 features, exhaustive up to 50 photos), undistortion shown apart.
+  SIFT at most 720 px and 4,096 features, numbered photos matched as a walk, principal points refined
+  last), undistortion shown apart; `--ours KEY=VALUE,...` adds rows with other `SfmOptions`.
 
 Per run: wall seconds of extract, match and map (and undistort for ours) on `--threads` threads, the
 total, registered/total, and the **pairwise rotation error** against the reference: for every pair of
 registered photos, the angle between the estimated and the reference relative rotation (no alignment
 needed; median and p90 over pairs). The reference is a NeRF `transforms.json` (camera-to-world, OpenGL
-axes) or a COLMAP model folder (cameras/images/points3D .bin or .txt). Timings are one run each on a
+axes), a COLMAP model folder (cameras/images/points3D .bin or .txt) or a folder of Strecha `.camera`
+files. Timings are one run each on a
 shared machine: compare ratios, and repeat before trusting a close call.
 
-A public set that fits: instant-ngp's `data/nerf/fox` (50 phone photos of 1080×1920 without EXIF, with
-`transforms.json`; github.com/NVlabs/instant-ngp, NVIDIA Source Code License-NC: research and evaluation
-only, so it is read where it lies and never committed here).
+Public sets that fit, read where they lie and never committed here (neither licence allows it):
+
+- instant-ngp's `data/nerf/fox` (50 phone photos of 1080×1920 without EXIF, with `transforms.json`;
+  github.com/NVlabs/instant-ngp, NVIDIA Source Code License-NC: research and evaluation only);
+- Strecha et al.'s calibration benchmark (CVPR 2008: fountain-P11, Herz-Jesus-P25, castle-P30,
+  entry-P10, 3072×2048, laser-scanned ground truth in `gt_dense_cameras/`), as kept by
+  github.com/openMVG/SfM_quality_evaluation (`Benchmarking_Camera_Calibration_2008/`; research use).
 
     .venv/bin/python scripts/bench_sfm.py --photos ~/instant-ngp/data/nerf/fox/images \\
         --poses ~/instant-ngp/data/nerf/fox/transforms.json
+    .venv/bin/python scripts/bench_sfm.py --photos $SET/images --poses $SET/gt_dense_cameras
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from daemon.errors import JobError
 from daemon.handlers.splat.sfm import run_sfm
 from daemon.handlers.splat.sfm_matching import is_ordered_walk
 from daemon.handlers.splat.sfm_options import SfmOptions
+from daemon.handlers.splat.workspace import SfmLayout
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 OPENGL_TO_COLMAP = np.diag([1.0, -1.0, -1.0])
@@ -48,6 +56,8 @@ OPENGL_TO_COLMAP = np.diag([1.0, -1.0, -1.0])
 
 def reference_rotations(poses: Path) -> dict[str, np.ndarray]:
     """World-to-camera rotations (COLMAP axes) of the reference, by photo file name."""
+    if poses.is_dir() and any(poses.glob("*.camera")):
+        return strecha_rotations(poses)
     if poses.is_dir():
         model = pycolmap.Reconstruction(poses)
         return {
@@ -60,6 +70,17 @@ def reference_rotations(poses: Path) -> dict[str, np.ndarray]:
     for frame in frames:
         c2w = np.asarray(frame["transform_matrix"], dtype=float)[:3, :3] @ OPENGL_TO_COLMAP
         rotations[Path(frame["file_path"]).name] = c2w.T
+    return rotations
+
+
+def strecha_rotations(folder: Path) -> dict[str, np.ndarray]:
+    """Strecha et al.'s `<photo>.camera` files (CVPR 2008; openMVG's SfM_quality_evaluation): K (3
+    rows), distortion (1), R (3: camera-to-world), the camera centre (1) and the image size (1)."""
+    rotations = {}
+    for path in sorted(folder.glob("*.camera")):
+        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        c2w = np.asarray(rows[4:7], dtype=float)
+        rotations[path.name.removesuffix(".camera")] = c2w.T
     return rotations
 
 
@@ -141,14 +162,16 @@ def run_ours(paths: list[Path], workdir: Path, threads: int, **changes: Any) -> 
         result = run_sfm(paths, workdir, options)
     except JobError as error:
         return {"error": error.code, "timings": {}, "registered": 0, "rotations": {}}
-    # The mapped model before undistortion keeps the photos' own names (`<index>_<name>`)
-    sparse = sorted((workdir / "sparse").iterdir())
-    best = max((pycolmap.Reconstruction(d) for d in sparse), key=lambda m: m.num_reg_images())
+    # The kept model before undistortion (principal points refined, if they were) has the photos' own
+    # names (`<index>_<name>`)
+    best = pycolmap.Reconstruction(SfmLayout(workdir).best)
     return {
         "timings": dict(result.timings),
         "registered": result.registered,
         "cameras": result.cameras,
         "matcher": result.matcher,
+        "principal_point": result.principal_point,
+        "camera_check": result.camera_check,
         "rotations": model_rotations(best, lambda name: name.split("_", 1)[1]),
     }
 
@@ -158,7 +181,11 @@ def parse_variant(text: str) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
-        changes[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+        value = value.strip()
+        try:
+            changes[key.strip()] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            changes[key.strip()] = value
     return changes
 
 
@@ -191,7 +218,11 @@ def bench_real(
 
 def _brief(row: dict[str, Any]) -> str:
     timings = " ".join(f"{k}={v:.1f}s" for k, v in row["timings"].items())
-    extra = f"matcher={row['matcher']} " if row.get("matcher") else ""
+    extra = (
+        f"matcher={row['matcher']} pp={row['principal_point']} check={row['camera_check']} "
+        if row.get("matcher")
+        else ""
+    )
     return (
         f"{timings} registered={row['registered']} cameras={row.get('cameras')} {extra}{row.get('error', '')}"
     )

@@ -187,14 +187,17 @@ def render_textured_scene(
     texture_size: int = 512,
     supersample: int = 2,
     bilinear: bool = False,
+    principal_offset: tuple[float, float] = (0.0, 0.0),
 ) -> Scene:
     """Render `count` JPEG views of the textured room from cameras on an arc; return the known poses
     and pinhole intrinsics. Deterministic for a given seed; `supersample`² rays per pixel anti-alias
     the texture (aliasing would make features flicker between views); `bilinear` smooths textures
-    seen closer than one texel per pixel (large renders), at some cost in speed."""
+    seen closer than one texel per pixel (large renders), at some cost in speed; `principal_offset`
+    (px, x right and y down) moves the principal point off the image centre, as real lenses sit."""
     width, height = size
     focal = (width / 2) / np.tan(np.deg2rad(fov_deg) / 2)
-    scene = Scene([], width, height, focal, focal, width / 2, height / 2)
+    dx, dy = principal_offset
+    scene = Scene([], width, height, focal, focal, width / 2 + dx, height / 2 + dy)
     s = supersample
     K_fine = np.diag([s, s, 1.0]) @ scene.K
     atlas = texture_atlas(textures, seed, texture_size)

@@ -61,6 +61,7 @@ def test_ring_registers_every_view_with_accurate_rotations(ring, tmp_path):
     )
     assert result.registered == result.total == 16
     assert result.cameras == 1  # one shared camera: no EXIF, one size (COLMAP's AUTO made 16)
+    assert result.camera_check == "consistent"  # ... and the check after mapping agreed
     assert result.pycolmap == {"package": "pycolmap", "version": pycolmap.__version__, "cuda": False}
     assert np.median(errors) < 1.0
     assert result.points > 200 and result.mean_reprojection_error < 1.0

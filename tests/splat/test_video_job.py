@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from daemon.handlers.splat.sfm_refine import OUTCOMES
 from tests import videos
 from tests.fixtures_daemon import enqueue_cli, wait_until
 
@@ -129,6 +130,7 @@ def test_video_jobs_bad_videos_fail_each_with_its_code_then_a_phone_video_comple
     assert not set(chosen) & set(BLURRED), chosen
     # and SfM placed most frames with one shared camera
     assert manifest["sfm"]["registered"] >= 24, manifest["sfm"]
+    assert manifest["sfm"]["principal_point"] in OUTCOMES  # refined or why not (test_sfm_refine.py)
     assert set(manifest["timings_s"]) == {"download", "frames", "sfm", "train", "evaluate", "export"}
     assert manifest["metrics"]["psnr"] > manifest["metrics"]["initial_psnr"] + 2.0, manifest["metrics"]
 

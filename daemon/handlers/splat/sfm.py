@@ -3,7 +3,9 @@
 One stage function, `run_sfm`, with typed options (sfm_options.py) and result and no knowledge of
 Redis, S3 or Supabase. Its sub-steps, each a pycolmap 4.2.1 call: extract SIFT features → match
 (exhaustive, sequential, or sequential plus retrieved loop-closure pairs for video: sfm_matching.py,
-pairs.py) → incremental mapping (the largest model wins) → undistort to PINHOLE.
+pairs.py) → incremental mapping (the largest model wins; photos that share a camera by size alone
+checked to be one camera: sfm_camera_check.py; principal points refined last: sfm_refine.py) →
+undistort to PINHOLE.
 
 Every pycolmap call runs in a helper thread while the calling thread waits in short slices
 (sfm_supervisor.py), so a stop, a time limit or the daemon's signals cancel it within a fraction of
@@ -23,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import JobError
-from .sfm_cameras import camera_groups, image_sizes, import_cameras
+from .sfm_camera_check import check_size_only_cameras
+from .sfm_cameras import camera_groups, image_sizes, import_cameras, size_only
 from .sfm_matching import match_features
 from .sfm_options import SfmOptions
+from .sfm_refine import refine_principal_points
 from .sfm_supervisor import STEP_SPANS, Supervisor
 from .workspace import SfmLayout
 
@@ -56,9 +60,16 @@ class SfmResult:
     timings: dict[str, float]
     """Wall seconds per sub-step: extract, match, map, undistort."""
     cameras: int = 1
-    """Cameras (sets of intrinsics) the images were grouped into (sfm_cameras.py)."""
+    """Cameras (sets of intrinsics) the images were grouped into (sfm_cameras.py), or that the
+    registered ones have after the camera check split a group."""
+    camera_check: str = ""
+    """Whether photos grouped by size alone proved to share intrinsics (sfm_camera_check.py):
+    "consistent", "split" or "skipped"."""
     matcher: str = ""
     """The matcher that chose the pairs (sfm_matching.py's choose_matcher for "auto")."""
+    principal_point: str = ""
+    """Whether mapping's last bundle adjustment freed the principal points: "refined", or why not
+    (sfm_refine.py's `Refinement.outcome`)."""
     pycolmap: dict[str, Any] = field(default_factory=dict)
     """Which pycolmap build ran: its package (`pycolmap`, or `pycolmap-cuda12` on GPU hosts: see
     scripts/select_pycolmap.sh), version, and whether it has CUDA (SIFT on the GPU)."""
@@ -98,13 +109,19 @@ def run_sfm(
     layout = SfmLayout(workdir)
     layout.reset()
     names = _stage_images(image_paths, layout.images)
-    groups = camera_groups(
-        names, image_sizes(layout.images, names), devices or [None] * len(names), options.cameras
-    )
+    devices = devices or [None] * len(names)
+    groups = camera_groups(names, image_sizes(layout.images, names), devices, options.cameras)
     supervisor = Supervisor(options.time_limit_s, progress, should_stop)
     _extract(pycolmap, layout, names, groups, options, supervisor)
     matcher = match_features(pycolmap, layout, names, options, supervisor)
-    best = _map(pycolmap, layout, len(names), options, supervisor)
+    best, camera_check, principal_point = _map(
+        pycolmap,
+        layout,
+        len(names),
+        options,
+        supervisor,
+        size_only(groups, dict(zip(names, devices, strict=True)), options.cameras),
+    )
     _check_registered(best.num_reg_images(), len(names), options)
     model_dir = _undistort(pycolmap, layout, options, supervisor)
     result = SfmResult(
@@ -115,8 +132,10 @@ def run_sfm(
         points=best.num_points3D(),
         mean_reprojection_error=float(best.compute_mean_reprojection_error()),
         timings=dict(supervisor.timings),
-        cameras=len(groups),
+        cameras=best.num_cameras() if camera_check == "split" else len(groups),
+        camera_check=camera_check,
         matcher=matcher,
+        principal_point=principal_point,
         pycolmap=pycolmap_build(pycolmap),
     )
     log.info(
@@ -212,8 +231,16 @@ def _check_features(pycolmap: Any, layout: SfmLayout, total: int) -> None:
         )
 
 
-def _map(pycolmap: Any, layout: SfmLayout, count: int, options: SfmOptions, sup: Supervisor) -> Any:
-    mapping = pycolmap.IncrementalPipelineOptions(num_threads=options.num_threads)
+def _map(
+    pycolmap: Any, layout: SfmLayout, count: int, options: SfmOptions, sup: Supervisor, size_only: set[str]
+) -> tuple[Any, str, str]:
+    """The largest model, its cameras checked (sfm_camera_check.py) and its principal points refined
+    when they can be (sfm_refine.py), written to `layout.best`; and the two outcomes."""
+    mapping = pycolmap.IncrementalPipelineOptions(
+        num_threads=options.num_threads,
+        ba_global_frames_ratio=options.ba_global_ratio,
+        ba_global_points_ratio=options.ba_global_ratio,
+    )
     registered = [0]
 
     def next_image() -> None:  # runs in the helper thread, under the GIL: keep it trivial
@@ -240,8 +267,10 @@ def _map(pycolmap: Any, layout: SfmLayout, count: int, options: SfmOptions, sup:
             code="sfm_failed",
         )
     best = max(models.values(), key=lambda model: model.num_reg_images())
+    best, check = check_size_only_cameras(pycolmap, best, size_only, sup)
+    best, refinement = refine_principal_points(pycolmap, best, options, sup)
     best.write(_mkdir(layout.best))
-    return best
+    return best, check.outcome, refinement.outcome
 
 
 def _check_registered(registered: int, total: int, options: SfmOptions) -> None:

@@ -40,6 +40,21 @@ def camera_groups(
     return list(groups.values())
 
 
+def size_only(
+    groups: Sequence[Sequence[str]], devices_of: dict[str, str | None], grouping: CameraGrouping
+) -> set[str]:
+    """The photos that share a camera by their size alone (auto grouping, no device known, two or
+    more in the group): the ones sfm_camera_check.py checks after mapping."""
+    if grouping != "auto":
+        return set()
+    return {
+        name
+        for group in groups
+        if len(group) > 1 and all(devices_of[n] is None for n in group)
+        for name in group
+    }
+
+
 def image_sizes(folder: Path, names: Sequence[str]) -> list[tuple[int, int]]:
     """(width, height) of each image, from its header only."""
     from PIL import Image  # (this module's names are also read by the params, in the worker parent)

@@ -32,27 +32,36 @@ class SfmOptions:
     match + map, each row the range over 3-4 runs; pairwise rotation error against the published poses):
 
     | run                             | s          | × defaults | registered | rot median / p90 °          |
-    | pycolmap defaults (1 camera)    | 61.9-64.2  | 1          | 50/50      | 0.225-0.229 / 0.456-0.470   |
+    | pycolmap defaults (1 camera)    | 61.9-67.8  | 1          | 50/50      | 0.225-0.229 / 0.452-0.470   |
     | ours, SIFT 1024 px, 4096 feat.  | 45.0-47.5  | 0.72-0.74  | 50/50      | 0.228-0.238 / 0.461-0.469   |
     | ours, 800 px                    | 36.6       | 0.58       | 50/50      | 0.217 / 0.436               |
-    | ours, 720 px (the default)      | 29.8-31.4  | 0.48-0.50  | 50/50      | 0.229-0.233 / 0.474-0.498   |
-    | ours, 720 px, 2048 features     | 30.4-34.5  | 0.47-0.55  | 50/50      | 0.212-0.216 / 0.444-0.453   |
+    | ours, 720 px, centred pp        | 29.8-33.6  | 0.47-0.51  | 50/50      | 0.228-0.234 / 0.469-0.498   |
+    | ours, 720 px, 2048 features     | 30.4-34.5  | 0.47-0.55  | 50/50      | 0.210-0.216 / 0.444-0.453   |
+    | ours, 720 px, 3072 features     | 32.0       | 0.49       | 50/50      | 0.234 / 0.473               |
     | ours, 640 px                    | 24.6       | 0.39       | 50/50      | 0.255 / 0.501               |
+    | ours: 720 px, pp refined (the defaults) | 32.6 | 0.48     | 50/50      | 0.209 / 0.325               |
 
-    (Before photos shared cameras (sfm_cameras.py) and walks were matched along their order, our
-    stage took 0.95× the defaults' time there, mapping 50 cameras.)
+    The principal point refined last (sfm_refine.py, with its table on Strecha's laser-scanned sets,
+    where it cut the error 2-4×) is what brings the error below the defaults'. Measured and not
+    taken: the mapper's `ba_global_frames_ratio`/`ba_global_points_ratio` at 1.4 (COLMAP: 1.1) saved
+    0-25% of mapping (at most 8% of the stage) for ±0.02° (castle-P30's median 15% worse), and 25
+    global iterations (COLMAP: 50) nothing measurable. (Before photos shared cameras (sfm_cameras.py)
+    and walks were matched along their order, our stage took 0.95× the defaults' time there, mapping
+    50 cameras.)
     """
 
     # Longest image side (px) SIFT sees; larger photos are downscaled for extraction only (SIFT's
     # first octave doubles the image again). 720: on the real photos above, half pycolmap's default
-    # time with every photo registered and the median rotation error within 0.005° of the defaults'
-    # (1024 took 0.72×, 640 was 0.03° worse); on the rendered 1600×1200 set 720 registered 12/12 as
-    # 1024 did, and sparse sets (10 views 36° apart) are unaffected below 720 px.
+    # time with every photo registered, the median rotation error within 0.005° of the defaults' with
+    # the principal point held at the centre and 0.02° below it refined (1024 took 0.72×, 640 was
+    # 0.03° worse); on the rendered 1600×1200 set 720 registered 12/12 as 1024 did, and sparse sets
+    # (10 views 36° apart) are unaffected below 720 px.
     max_image_size: int = 720
     # Most SIFT features kept per image. 4096: 8192 doubles matching and mapping (+95 CPU-s on 30
-    # photos) for 60% more points; 2048 was as fast and more accurate on the real photos above but
-    # registered only 6 of a sparse set's 10 views (36° apart at 640×480), which 4096 registers in
-    # full; 1024 is half the cost but gives a quarter of the points and failed on that set too.
+    # photos) for 60% more points; 2048 was as fast and 0.02° better on the fox above (3072 was not:
+    # noise of which features are kept) but registered only 6 of a sparse set's 10 views (36° apart
+    # at 640×480), which 4096 registers in full; 1024 is half the cost but gives a quarter of the
+    # points and failed on that set too.
     max_num_features: int = 4096
     # Pairing: "auto" = exhaustive up to AUTO_EXHAUSTIVE_MAX_IMAGES images, retrieval above;
     # "sequential_loop" = sequential plus loop-closure pairs (ordered video frames: VIDEO_MATCHER);
@@ -86,6 +95,13 @@ class SfmOptions:
     # Which images share a camera (intrinsics): "auto" groups them by device (EXIF make, model, focal)
     # and size, "single" is one camera for all (video frames), "per_image" one each (sfm_cameras.py).
     cameras: CameraGrouping = "auto"
+    # Mapping ends with a bundle adjustment that frees each camera's principal point when every camera
+    # has at least this many registered photos (sfm_refine.py, with its table: on real photos the
+    # median rotation error fell by 10-75% for 0.1-1.1 s; 10 is the smallest set measured); 0 = never.
+    principal_point_min_images: int = 10
+    # Incremental mapping adjusts the whole model each time the registered photos (or points) grow by
+    # this factor (COLMAP's ba_global_frames_ratio and ba_global_points_ratio, 1.1 by default).
+    ba_global_ratio: float = 1.1
     # CPU threads pycolmap may use in every sub-step.
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
@@ -96,11 +112,13 @@ class SfmOptions:
             raise ValueError(
                 f"unknown camera grouping {self.cameras!r}: use one of {', '.join(CAMERA_GROUPINGS)}"
             )
+        if self.ba_global_ratio <= 1.0:
+            raise ValueError("ba_global_ratio must be above 1")
         if not 0.0 <= self.min_registered_ratio <= 1.0:
             raise ValueError("min_registered_ratio must be within [0, 1]")
         counts = (
             self.max_image_size, self.max_num_features, self.sequential_overlap, self.num_threads,
             self.retrieval_neighbors,
         )  # fmt: skip
-        if min(counts) < 1 or self.loop_candidates < 0:
+        if min(counts) < 1 or min(self.loop_candidates, self.principal_point_min_images) < 0:
             raise ValueError("sizes, counts and threads must be positive")
