@@ -53,13 +53,13 @@ def test_an_off_centre_principal_point_is_found_and_the_cameras_straighten(off_c
     # Then the default run freed the principal point last, and the run with the step off did not
     assert refined.principal_point == "refined" and centred.principal_point == "disabled"
     assert refined.registered == centred.registered == 16
-    # And the mapped camera's principal point is the lens's, to about a pixel (the undistorted
-    # model that training reads keeps it)
+    # And the mapped camera's principal point is the lens's within 2.5 px (16 small views pin it to
+    # about ±2 px, measured; the centre is 11 px away), and the undistorted model training reads keeps it
     mapped = the_camera(pycolmap.Reconstruction(SfmLayout(root / "refined").best))
-    assert mapped.principal_point_x == pytest.approx(scene.cx, abs=1.5)
-    assert mapped.principal_point_y == pytest.approx(scene.cy, abs=1.5)
+    assert mapped.principal_point_x == pytest.approx(scene.cx, abs=2.5)
+    assert mapped.principal_point_y == pytest.approx(scene.cy, abs=2.5)
     undistorted = the_camera(pycolmap.Reconstruction(refined.model_dir))
-    assert (undistorted.principal_point_x - undistorted.width / 2) == pytest.approx(OFFSET[0], abs=2.0)
+    assert (undistorted.principal_point_x - undistorted.width / 2) == pytest.approx(OFFSET[0], abs=3.0)
     # And its cameras' rotations are several times closer to the truth than with the centre assumed
     err_refined = np.median(scenes.model_rotation_errors(scene, refined))
     err_centred = np.median(scenes.model_rotation_errors(scene, centred))

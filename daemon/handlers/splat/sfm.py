@@ -194,7 +194,9 @@ def _extract(
     extraction = pycolmap.FeatureExtractionOptions(
         max_image_size=options.max_image_size,
         num_threads=options.num_threads,
-        sift=pycolmap.SiftExtractionOptions(max_num_features=options.max_num_features),
+        sift=pycolmap.SiftExtractionOptions(
+            max_num_features=options.max_num_features, first_octave=options.first_octave
+        ),
     )
     size = max(MIN_CHUNK, math.ceil(len(names) / EXTRACT_CHUNKS))
     chunks = [names[i : i + size] for i in range(0, len(names), size)]

@@ -39,7 +39,9 @@ class SfmOptions:
     | ours, 720 px, 2048 features     | 30.4-34.5  | 0.47-0.55  | 50/50      | 0.210-0.216 / 0.444-0.453   |
     | ours, 720 px, 3072 features     | 32.0       | 0.49       | 50/50      | 0.234 / 0.473               |
     | ours, 640 px                    | 24.6       | 0.39       | 50/50      | 0.255 / 0.501               |
-    | ours: 720 px, pp refined (the defaults) | 32.6 | 0.48     | 50/50      | 0.209 / 0.325               |
+    | ours: the defaults (720 px,     | 32.3-35.4  | 0.51-0.53  | 50/50      | 0.201-0.214 / 0.316-0.344   |
+    |   camera check, pp refined)     |            |            |            |                             |
+    | the defaults, first_octave=0    | 12.6       | 0.19       | 50/50      | 0.164 / 0.273               |
 
     The principal point refined last (sfm_refine.py, with its table on Strecha's laser-scanned sets,
     where it cut the error 2-4×) is what brings the error below the defaults'. Measured and not
@@ -52,7 +54,7 @@ class SfmOptions:
 
     # Longest image side (px) SIFT sees; larger photos are downscaled for extraction only (SIFT's
     # first octave doubles the image again). 720: on the real photos above, half pycolmap's default
-    # time with every photo registered, the median rotation error within 0.005° of the defaults' with
+    # time (0.47-0.51×; 0.51-0.53× with the camera check and refinement) with every photo registered, the median rotation error within 0.005° of the defaults' with
     # the principal point held at the centre and 0.02° below it refined (1024 took 0.72×, 640 was
     # 0.03° worse); on the rendered 1600×1200 set 720 registered 12/12 as 1024 did, and sparse sets
     # (10 views 36° apart) are unaffected below 720 px.
@@ -63,6 +65,20 @@ class SfmOptions:
     # at 640×480), which 4096 registers in full; 1024 is half the cost but gives a quarter of the
     # points and failed on that set too.
     max_num_features: int = 4096
+    # SIFT's first octave: -1 (COLMAP's default) doubles the image before the pyramid, 0 does not.
+    # Measured with the other defaults (bench_sfm.py --photos, median / p90 rotation error °, time ×
+    # pycolmap's defaults): 0 is 3-5× faster everywhere and registered every photo of the five real
+    # sets, but is more accurate only on the phone photos; the finest, doubled octave pays on sharp
+    # ones, and pycolmap's own synthetic 640×480 set (sparse patches) builds no model without it:
+    #   fox (50 phone photos)        -1: 0.201-0.214 / 0.316-0.344, 0.51-0.53×   0: 0.164 / 0.273, 0.19×
+    #   Strecha fountain-P11 (11)    -1: 0.100 / 0.183, 0.67×                    0: 0.250 / 0.491, 0.18×
+    #   Strecha entry-P10 (10)       -1: 0.110 / 0.185, 0.82×                    0: 0.137 / 0.237, 0.30×
+    #   Strecha Herz-Jesu-P25 (25)   -1: 0.058 / 0.120, 0.67×                    0: 0.105 / 0.213, 0.18×
+    #   Strecha castle-P30 (30)      -1: 0.143 / 0.523, 0.57×                    0: 0.199 / 0.374, 0.13×
+    #   rendered ring (16, 800×600)  -1: 0.058°, 11.5 s                          0: 0.076°, 3.6 s
+    # So -1 stays the default until 0 can fall back to it (a capture that does not register in full
+    # at 0 is extracted again at -1): issue 14's next step.
+    first_octave: int = -1
     # Pairing: "auto" = exhaustive up to AUTO_EXHAUSTIVE_MAX_IMAGES images, retrieval above;
     # "sequential_loop" = sequential plus loop-closure pairs (ordered video frames: VIDEO_MATCHER);
     # "retrieval" = each image with its most similar ones by a bag of words (any order, linear cost).
