@@ -56,8 +56,9 @@ class SfmOptions:
     # first octave doubles the image again). 720: on the real photos above, half pycolmap's default
     # time (0.47-0.51×; 0.51-0.53× with the camera check and refinement) with every photo
     # registered, the median rotation error within 0.005° of the defaults' with the principal point
-    # held at the centre and 0.02° below it refined (1024 took 0.72×, 640 was 0.03° worse); on the rendered 1600×1200 set 720 registered 12/12 as 1024 did, and sparse sets
-    # (10 views 36° apart) are unaffected below 720 px.
+    # held at the centre and 0.02° below it refined (1024 took 0.72×, 640 was 0.03° worse); on the
+    # rendered 1600×1200 set 720 registered 12/12 as 1024 did, and sparse sets (10 views 36° apart)
+    # are unaffected below 720 px.
     max_image_size: int = 720
     # Most SIFT features kept per image. 4096: 8192 doubles matching and mapping (+95 CPU-s on 30
     # photos) for 60% more points; 2048 was as fast and 0.02° better on the fox above (3072 was not:
