@@ -78,7 +78,7 @@ class SfmOptions:
     #   Strecha castle-P30 (30)      -1: 0.143 / 0.523, 0.57×                    0: 0.199 / 0.374, 0.13×
     #   rendered ring (16, 800×600)  -1: 0.058°, 11.5 s                          0: 0.076°, 3.6 s
     # So -1 stays the default until 0 can fall back to it (a capture that does not register in full
-    # at 0 is extracted again at -1): issue 14's next step.
+    # at 0 extracted again at -1) and sharp photos can keep it (issue 14's next step).
     first_octave: int = -1
     # Pairing: "auto" = exhaustive up to AUTO_EXHAUSTIVE_MAX_IMAGES images, retrieval above;
     # "sequential_loop" = sequential plus loop-closure pairs (ordered video frames: VIDEO_MATCHER);
