@@ -26,12 +26,7 @@ from tests import scenes  # noqa: E402
 FAST = SfmOptions(max_image_size=640, max_num_features=2048, num_threads=2, time_limit_s=300)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quiet_colmap():
-    level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 2  # COLMAP logs every image at INFO
-    yield
-    pycolmap.logging.minloglevel = level
+pytestmark = pytest.mark.usefixtures("quiet_colmap")  # tests/splat/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ FOV_DEG = {"a": 60.0, "b": 45.0}
 """Two devices writing the same 320×240: focal lengths 277 and 386 px."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quiet_colmap():
-    level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 2
-    yield
-    pycolmap.logging.minloglevel = level
+pytestmark = pytest.mark.usefixtures("quiet_colmap")  # tests/splat/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ OFFSET = (9.0, -7.0)
 stands far above the SfM's own error)."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quiet_colmap():
-    level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 2
-    yield
-    pycolmap.logging.minloglevel = level
+pytestmark = pytest.mark.usefixtures("quiet_colmap")  # tests/splat/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .sfm_refine import bundle_adjust
 from .sfm_supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,4 @@ def _adjust(
     options = pycolmap.BundleAdjustmentOptions(print_summary=False, refine_extra_params=extra_params)
     if iterations is not None:
         options.ceres.solver_options.max_num_iterations = iterations
-    level = pycolmap.logging.minloglevel
-    try:
-        sup.run("map", lambda token: pycolmap.bundle_adjustment(model, options, cancellation_token=token))
-    finally:
-        pycolmap.logging.minloglevel = level  # bundle_adjustment resets it to INFO (sfm_refine.py)
+    bundle_adjust(pycolmap, model, options, sup)

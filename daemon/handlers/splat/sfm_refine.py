@@ -76,13 +76,7 @@ def refine_principal_points(
         return model, Refinement("few_images")
     refined = pycolmap.Reconstruction(model)
     ba = pycolmap.BundleAdjustmentOptions(refine_principal_point=True, print_summary=False)
-    level = pycolmap.logging.minloglevel
-    try:
-        sup.run("map", lambda token: pycolmap.bundle_adjustment(refined, ba, cancellation_token=token))
-    finally:
-        # pycolmap 4.2.1's bundle_adjustment leaves COLMAP's log level at INFO, whatever it was
-        # (measured): the undistorter's line per photo would flood the journal
-        pycolmap.logging.minloglevel = level
+    bundle_adjust(pycolmap, refined, ba, sup)
     shift, shift_px = _largest_shift(model, refined)
     before = model.compute_mean_reprojection_error()
     after = refined.compute_mean_reprojection_error()
@@ -97,6 +91,17 @@ def refine_principal_points(
         outcome.outcome, shift_px, before, after,
     )  # fmt: skip
     return (refined if outcome.outcome == "refined" else model), outcome
+
+
+def bundle_adjust(pycolmap: Any, model: Any, options: Any, sup: Supervisor) -> None:
+    """A global bundle adjustment of `model` under `sup` (as part of the map step), COLMAP's log
+    level kept: pycolmap 4.2.1's bundle_adjustment leaves it at INFO, whatever it was (measured), and
+    the undistorter's line per photo would flood the journal."""
+    level = pycolmap.logging.minloglevel
+    try:
+        sup.run("map", lambda token: pycolmap.bundle_adjustment(model, options, cancellation_token=token))
+    finally:
+        pycolmap.logging.minloglevel = level
 
 
 def _largest_shift(model: Any, refined: Any) -> tuple[float, float]:
