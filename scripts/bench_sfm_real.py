@@ -172,16 +172,21 @@ def run_ours(paths: list[Path], workdir: Path, threads: int, **changes: Any) -> 
         "matcher": result.matcher,
         "principal_point": result.principal_point,
         "camera_check": result.camera_check,
+        "sift": result.sift,
         "rotations": model_rotations(best, lambda name: name.split("_", 1)[1]),
     }
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """ "max_num_features=2048,matcher=retrieval" → SfmOptions changes (ints where they parse)."""
+    """ "max_num_features=2048,matcher=retrieval" → SfmOptions changes (ints where they parse;
+    "None" is None: first_octave=None is the auto octave)."""
     changes: dict[str, Any] = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
         value = value.strip()
+        if value == "None":
+            changes[key.strip()] = None
+            continue
         try:
             changes[key.strip()] = int(value) if value.lstrip("-").isdigit() else float(value)
         except ValueError:
@@ -220,6 +225,7 @@ def _brief(row: dict[str, Any]) -> str:
     timings = " ".join(f"{k}={v:.1f}s" for k, v in row["timings"].items())
     extra = (
         f"matcher={row['matcher']} pp={row['principal_point']} check={row['camera_check']} "
+        f"sift={row['sift']} "
         if row.get("matcher")
         else ""
     )

@@ -148,3 +148,13 @@ def test_a_video_jobs_frames_come_back_from_a_checkpoint_without_the_video(tmp_p
     assert again == chosen
     for name in chosen["paths"]:
         assert (second.images / name).read_bytes() == (first.images / name).read_bytes()
+
+
+def test_video_frames_take_the_auto_sift_octave_and_photos_the_doubled_one():
+    images = {"sources": ["b.jpg", "a.jpg", "c.jpg"]}  # not numbered as shot: not a walk
+    photos = job.sfm_options(images, SplatParams(), video=False, threads=0)
+    frames = job.sfm_options(images, SplatParams(), video=True, threads=3)
+    assert (photos.first_octave, photos.matcher, photos.cameras) == (-1, "auto", "auto")
+    assert not photos.ordered
+    assert (frames.first_octave, frames.matcher, frames.cameras) == (None, "sequential_loop", "single")
+    assert frames.num_threads == 3 and photos.num_threads >= 1

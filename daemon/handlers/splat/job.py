@@ -140,6 +140,20 @@ def normalise_images(
     return summary
 
 
+def sfm_options(images: dict[str, Any], params: SplatParams, *, video: bool, threads: int) -> SfmOptions:
+    """The SfM options of a job: its params, photos in input order as a walk when they were taken
+    so, and video frames as one camera, matched along the sequence, SIFT's octave by the auto rule
+    (undoubled on compressed, noisy frames: sfm_options.first_octave). `threads` 0: all cores."""
+    options = SfmOptions(
+        min_registered_ratio=params.min_registered_ratio,
+        cameras=params.cameras,
+        ordered=is_ordered_walk(images["sources"], images.get("taken")),
+    )
+    if video:
+        options = replace(options, cameras="single", matcher=VIDEO_MATCHER, first_octave=None)
+    return replace(options, num_threads=threads) if threads else options
+
+
 def reconstruct(
     ws: Workspace, images: dict[str, Any], params: SplatParams, ctx: Context, *, video: bool = False
 ) -> dict[str, Any]:
@@ -154,16 +168,8 @@ def reconstruct(
     # RANSAC and the mapper draw from COLMAP's generator: seeded, SfM is reproducible when it runs
     # on one thread (SFM_THREADS=1); with more, bundle adjustment sums in varying order.
     pycolmap.set_random_seed(params.seed)
-    options = SfmOptions(
-        min_registered_ratio=params.min_registered_ratio,
-        cameras=params.cameras,
-        ordered=is_ordered_walk(images["sources"], images.get("taken")),
-    )
-    if video:
-        options = replace(options, cameras="single", matcher=VIDEO_MATCHER)
     threads = ctx.settings.sfm_threads if ctx.settings is not None else 0
-    if threads:
-        options = replace(options, num_threads=threads)
+    options = sfm_options(images, params, video=video, threads=threads)
     paths = [ws.images / name for name in images["paths"]]
     # (a checkpoint of the images stage from before devices were recorded has none: grouped by size)
     result = run_sfm(paths, ws.sfm.root, options, devices=images.get("devices"), progress=ctx.progress)
@@ -174,6 +180,7 @@ def reconstruct(
         "camera_check": result.camera_check,
         "matcher": result.matcher,
         "principal_point": result.principal_point,
+        "sift": result.sift,
         "pycolmap": result.pycolmap,
         "points": result.points,
         "mean_reprojection_error_px": round(result.mean_reprojection_error, 4),

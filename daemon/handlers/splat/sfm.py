@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ...errors import JobError
 from .sfm_camera_check import check_size_only_cameras
 from .sfm_cameras import camera_groups, image_sizes, import_cameras, size_only
 from .sfm_matching import match_features
-from .sfm_options import SfmOptions
+from .sfm_options import SfmOptions, sift_scale
 from .sfm_refine import refine_principal_points
 from .sfm_supervisor import STEP_SPANS, Supervisor
 from .workspace import SfmLayout
@@ -70,9 +70,39 @@ class SfmResult:
     principal_point: str = ""
     """Whether mapping's last bundle adjustment freed the principal points: "refined", or why not
     (sfm_refine.py's `Refinement.outcome`)."""
+    sift: dict[str, Any] = field(default_factory=dict)
+    """The scale SIFT ran at: `first_octave`, `max_image_size` (sfm_options.sift_scale) and, when the
+    capture was extracted again with the doubled octave, `fallback` (why) and `kept` (which pass)."""
     pycolmap: dict[str, Any] = field(default_factory=dict)
     """Which pycolmap build ran: its package (`pycolmap`, or `pycolmap-cuda12` on GPU hosts: see
     scripts/select_pycolmap.sh), version, and whether it has CUDA (SIFT on the GPU)."""
+
+
+FALL_BACK_CODES = ("sfm_no_features", "sfm_failed")
+"""Failures of the undoubled octave that the doubled one may cure (small or soft photos)."""
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What every pass over extract → match → map works on."""
+
+    pycolmap: Any
+    layout: SfmLayout
+    names: list[str]
+    groups: list[list[str]]
+    size_only: set[str]
+    sup: Supervisor
+
+
+@dataclass(frozen=True)
+class _Mapped:
+    """A pass's kept model (in memory) and how it was made."""
+
+    model: Any
+    camera_check: str
+    principal_point: str
+    matcher: str
+    sift: dict[str, Any]
 
 
 def run_sfm(
@@ -110,18 +140,16 @@ def run_sfm(
     layout.reset()
     names = _stage_images(image_paths, layout.images)
     devices = devices or [None] * len(names)
-    groups = camera_groups(names, image_sizes(layout.images, names), devices, options.cameras)
+    sizes = image_sizes(layout.images, names)
+    groups = camera_groups(names, sizes, devices, options.cameras)
     supervisor = Supervisor(options.time_limit_s, progress, should_stop)
-    _extract(pycolmap, layout, names, groups, options, supervisor)
-    matcher = match_features(pycolmap, layout, names, options, supervisor)
-    best, camera_check, principal_point = _map(
-        pycolmap,
-        layout,
-        len(names),
-        options,
-        supervisor,
-        size_only(groups, dict(zip(names, devices, strict=True)), options.cameras),
-    )
+    pass_ = _Pass(
+        pycolmap, layout, names, groups,
+        size_only(groups, dict(zip(names, devices, strict=True)), options.cameras), supervisor,
+    )  # fmt: skip
+    mapped = _sparse_model(pass_, options, _median([max(size) for size in sizes]))
+    best = mapped.model
+    best.write(_mkdir(layout.best))
     _check_registered(best.num_reg_images(), len(names), options)
     model_dir = _undistort(pycolmap, layout, options, supervisor)
     result = SfmResult(
@@ -132,10 +160,11 @@ def run_sfm(
         points=best.num_points3D(),
         mean_reprojection_error=float(best.compute_mean_reprojection_error()),
         timings=dict(supervisor.timings),
-        cameras=best.num_cameras() if camera_check == "split" else len(groups),
-        camera_check=camera_check,
-        matcher=matcher,
-        principal_point=principal_point,
+        cameras=best.num_cameras() if mapped.camera_check == "split" else len(groups),
+        camera_check=mapped.camera_check,
+        matcher=mapped.matcher,
+        principal_point=mapped.principal_point,
+        sift=mapped.sift,
         pycolmap=pycolmap_build(pycolmap),
     )
     log.info(
@@ -233,11 +262,52 @@ def _check_features(pycolmap: Any, layout: SfmLayout, total: int) -> None:
         )
 
 
-def _map(
-    pycolmap: Any, layout: SfmLayout, count: int, options: SfmOptions, sup: Supervisor, size_only: set[str]
-) -> tuple[Any, str, str]:
+def _sparse_model(pass_: _Pass, options: SfmOptions, long_side: int) -> _Mapped:
+    """Extract, match and map at the scale `sift_scale` picks; when that is the undoubled octave of
+    the auto rule and the capture did not register in full, once more with the doubled octave, and
+    the model that registered more is kept (the second on a tie: the doubled octave is the more
+    accurate on sharp photos)."""
+    octave, sift_px = sift_scale(long_side, options)
+    can_fall_back = options.first_octave is None and octave == 0
+    first: _Mapped | None = None
+    try:
+        done = _mapped(pass_, replace(options, first_octave=octave, max_image_size=sift_px))
+    except JobError as exc:
+        if not can_fall_back or exc.code not in FALL_BACK_CODES:
+            raise
+        why = exc.code
+    else:
+        registered = done.model.num_reg_images()
+        if not can_fall_back or registered == len(pass_.names):
+            return done
+        first, why = done, f"registered {registered}/{len(pass_.names)}"
+    log.info("sfm: %s with SIFT's first octave 0; extracting again at -1 (doubled)", why)
+    pass_.layout.reset_features()
+    pass_.sup.rebase()
+    try:
+        second = _mapped(pass_, replace(options, first_octave=-1))
+    except JobError as exc:
+        if first is None or exc.code not in FALL_BACK_CODES:
+            raise
+        return replace(first, sift={**first.sift, "fallback": why, "kept": "first"})
+    keep_first = first is not None and first.model.num_reg_images() > second.model.num_reg_images()
+    kept = first if first is not None and keep_first else second
+    return replace(kept, sift={**kept.sift, "fallback": why, "kept": "first" if keep_first else "second"})
+
+
+def _mapped(pass_: _Pass, options: SfmOptions) -> _Mapped:
+    """One pass of extract → match → map at `options`' SIFT scale."""
+    _extract(pass_.pycolmap, pass_.layout, pass_.names, pass_.groups, options, pass_.sup)
+    matcher = match_features(pass_.pycolmap, pass_.layout, pass_.names, options, pass_.sup)
+    model, check, refinement = _map(pass_, options)
+    sift = {"first_octave": options.first_octave, "max_image_size": options.max_image_size}
+    return _Mapped(model, check, refinement, matcher, sift)
+
+
+def _map(pass_: _Pass, options: SfmOptions) -> tuple[Any, str, str]:
     """The largest model, its cameras checked (sfm_camera_check.py) and its principal points refined
-    when they can be (sfm_refine.py), written to `layout.best`; and the two outcomes."""
+    when they can be (sfm_refine.py); and the two outcomes."""
+    pycolmap, layout, sup = pass_.pycolmap, pass_.layout, pass_.sup
     mapping = pycolmap.IncrementalPipelineOptions(
         num_threads=options.num_threads,
         ba_global_frames_ratio=options.ba_global_ratio,
@@ -260,7 +330,7 @@ def _map(
         ),
         span=STEP_SPANS["map"],
         # The initial pair registers two images before the first callback.
-        done_fraction=lambda: min(1.0, (registered[0] + 2) / count),
+        done_fraction=lambda: min(1.0, (registered[0] + 2) / len(pass_.names)),
     )
     if not models:
         raise JobError(
@@ -269,9 +339,8 @@ def _map(
             code="sfm_failed",
         )
     best = max(models.values(), key=lambda model: model.num_reg_images())
-    best, check = check_size_only_cameras(pycolmap, best, size_only, sup)
+    best, check = check_size_only_cameras(pycolmap, best, pass_.size_only, sup)
     best, refinement = refine_principal_points(pycolmap, best, options, sup)
-    best.write(_mkdir(layout.best))
     return best, check.outcome, refinement.outcome
 
 

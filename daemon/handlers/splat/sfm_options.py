@@ -39,17 +39,21 @@ class SfmOptions:
     | ours, 720 px, 2048 features     | 30.4-34.5  | 0.47-0.55  | 50/50      | 0.210-0.216 / 0.444-0.453   |
     | ours, 720 px, 3072 features     | 32.0       | 0.49       | 50/50      | 0.234 / 0.473               |
     | ours, 640 px                    | 24.6       | 0.39       | 50/50      | 0.255 / 0.501               |
-    | ours: the defaults (720 px,     | 32.3-35.4  | 0.51-0.53  | 50/50      | 0.201-0.214 / 0.316-0.344   |
-    |   camera check, pp refined)     |            |            |            |                             |
-    | the defaults, first_octave=0    | 12.6       | 0.19       | 50/50      | 0.164 / 0.273               |
+    | 720 px, camera check, pp refined| 32.3-35.4  | 0.51-0.53  | 50/50      | 0.201-0.214 / 0.316-0.344   |
+    | ours: the defaults (as above,   | 25.4       | 0.45-0.46  | 50/50      | 0.206-0.217 / 0.319-0.339   |
+    |   overlap 8, global BA at 1.25) |            |            |            |                             |
+    | the defaults, auto octave       | 11.6-12.1  | 0.21-0.22  | 50/50      | 0.140-0.149 / 0.269         |
+    |   (SIFT undoubled, 960 px)      |            |            |            |                             |
 
     The principal point refined last (sfm_refine.py, with its table on Strecha's laser-scanned sets,
-    where it cut the error 2-4×) is what brings the error below the defaults'. Measured and not
-    taken: the mapper's `ba_global_frames_ratio`/`ba_global_points_ratio` at 1.4 (COLMAP: 1.1) saved
-    0-25% of mapping (at most 8% of the stage) for ±0.02° (castle-P30's median 15% worse), and 25
-    global iterations (COLMAP: 50) nothing measurable. (Before photos shared cameras (sfm_cameras.py)
-    and walks were matched along their order, our stage took 0.95× the defaults' time there, mapping
-    50 cameras.)
+    where it cut the error 2-4×) is what brings the error below the defaults'; a shorter sequential
+    window and fewer global adjustments (below) bring the time under half. Measured and not taken:
+    the global adjustments at 1.4 (castle-P30's median 15% worse), 25 global iterations (COLMAP:
+    50: nothing measurable), and 2048 features (as fast on a walk: matching a walk is not
+    quadratic). Strecha's four sets at 960×640 with these defaults: 0.50-0.78× the defaults' time,
+    every photo registered, median error 0.065-0.137° against their 0.204-0.464°. (Before photos
+    shared cameras (sfm_cameras.py) and walks were matched along their order, our stage took 0.95×
+    the defaults' time there, mapping 50 cameras.)
     """
 
     # Longest image side (px) SIFT sees; larger photos are downscaled for extraction only (SIFT's
@@ -66,27 +70,34 @@ class SfmOptions:
     # at 640×480), which 4096 registers in full; 1024 is half the cost but gives a quarter of the
     # points and failed on that set too.
     max_num_features: int = 4096
-    # SIFT's first octave: -1 (COLMAP's default) doubles the image before the pyramid, 0 does not.
-    # Measured with the other defaults (bench_sfm.py --photos, median / p90 rotation error °, time ×
-    # pycolmap's defaults): 0 is 3-5× faster everywhere and registered every photo of the five real
-    # sets, but is more accurate only on the phone photos; the finest, doubled octave pays on sharp
-    # ones, and pycolmap's own synthetic 640×480 set (sparse patches) builds no model without it:
-    #   fox (50 phone photos)        -1: 0.201-0.214 / 0.316-0.344, 0.51-0.53×   0: 0.164 / 0.273, 0.19×
-    #   Strecha fountain-P11 (11)    -1: 0.100 / 0.183, 0.67×                    0: 0.250 / 0.491, 0.18×
-    #   Strecha entry-P10 (10)       -1: 0.110 / 0.185, 0.82×                    0: 0.137 / 0.237, 0.30×
-    #   Strecha Herz-Jesu-P25 (25)   -1: 0.058 / 0.120, 0.67×                    0: 0.105 / 0.213, 0.18×
-    #   Strecha castle-P30 (30)      -1: 0.143 / 0.523, 0.57×                    0: 0.199 / 0.374, 0.13×
-    #   rendered ring (16, 800×600)  -1: 0.058°, 11.5 s                          0: 0.076°, 3.6 s
-    # So -1 stays the default until 0 can fall back to it (a capture that does not register in full
-    # at 0 extracted again at -1) and sharp photos can keep it (issue 14's next step).
-    first_octave: int = -1
+    # SIFT's first octave: -1 (COLMAP's default) doubles the image before the pyramid, 0 does not;
+    # None is the auto rule (sift_scale below): photos larger than max_image_size seen undoubled at
+    # their own size up to twice it, and a capture that does not register in full that way
+    # extracted again at -1, the pass that registered more kept (sfm.py). Measured with the other
+    # defaults (bench_sfm.py --photos at 960 px long side; median / p90 rotation error °, time ×
+    # pycolmap's defaults; "auto" = 0 at 960 px here):
+    #   fox (50 frames of a phone video)  -1: 0.200-0.219 / 0.317-0.341, 0.51×
+    #                                     auto: 0.162-0.164 / 0.266-0.283, 0.24-0.26×
+    #   Strecha fountain-P11 (11 photos)  -1: 0.098 / 0.180, 0.65×              auto: 0.300 / 0.584, 0.27×
+    #   Strecha entry-P10 (10)            -1: 0.061 / 0.088, 0.77×              auto: 0.277 / 0.494, 0.37×
+    #   Strecha Herz-Jesus-P25 (25)       -1: 0.060 / 0.123, 0.62×              auto: 0.060 / 0.109, 0.23×
+    #   Strecha castle-P30 (30)           -1: 0.142 / 0.441, 0.57×              auto: 0.230 / 0.643, 0.21×
+    #   fountain, Gaussian blur 0.8 px    -1: 0.060 / 0.097                     auto: 0.399 / 0.834
+    #   fountain, noise σ 5 + JPEG q 40   -1: 0.170 / 0.361                     auto: 0.177 / 0.343
+    # The undoubled octave is 2.5-4× faster but more accurate only on the video frames, and noise
+    # and compression (not blur) are what bring it level: so -1 for photos, and auto for video
+    # frames (job.py), which are compressed and noisy as the fox's are. (Rendered scenes and
+    # pycolmap's synthetic set register in part or not at all undoubled: the fall-back's tests.)
+    first_octave: int | None = -1
     # Pairing: "auto" = exhaustive up to AUTO_EXHAUSTIVE_MAX_IMAGES images, retrieval above;
     # "sequential_loop" = sequential plus loop-closure pairs (ordered video frames: VIDEO_MATCHER);
     # "retrieval" = each image with its most similar ones by a bag of words (any order, linear cost).
     # The constants, and the measurements behind them, are in sfm_matching.py.
     matcher: Matcher = "auto"
-    # Sequential matching pairs each image with this many following ones.
-    sequential_overlap: int = 10
+    # Sequential matching pairs each image with this many following ones. 8: on the fox (a walk)
+    # 10, 8, 7 and 6 registered 50/50 within 0.02° of each other, matching in 10.3, 9.2, 8.4 and
+    # 7.7 s; 8 keeps a margin for walks with larger steps (COLMAP's default is 10).
+    sequential_overlap: int = 8
     # "sequential_loop" adds, per image, this many retrieved loop-closure candidates beyond the window.
     # 5: on the bench's 96-frame orbit (320×240) 1, 2, 3 and 5 all closed the loop (rotations within
     # 0.1°; ~90% of candidates verified) and 5 cost 7% more CPU than 1 (1,283 pairs against 993);
@@ -118,7 +129,9 @@ class SfmOptions:
     principal_point_min_images: int = 10
     # Incremental mapping adjusts the whole model each time the registered photos (or points) grow by
     # this factor (COLMAP's ba_global_frames_ratio and ba_global_points_ratio, 1.1 by default).
-    ba_global_ratio: float = 1.1
+    # 1.25: mapping the fox took 7.3 s instead of 9.2 for the same error (0.206° / 0.205°), and
+    # Strecha's sets in the table above; 1.4 was 15% less accurate on castle-P30.
+    ba_global_ratio: float = 1.25
     # CPU threads pycolmap may use in every sub-step.
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
 
@@ -129,6 +142,8 @@ class SfmOptions:
             raise ValueError(
                 f"unknown camera grouping {self.cameras!r}: use one of {', '.join(CAMERA_GROUPINGS)}"
             )
+        if self.first_octave is not None and self.first_octave < -1:
+            raise ValueError("first_octave must be -1 (doubled), 0 or above, or None (auto)")
         if self.ba_global_ratio <= 1.0:
             raise ValueError("ba_global_ratio must be above 1")
         if not 0.0 <= self.min_registered_ratio <= 1.0:
@@ -139,3 +154,13 @@ class SfmOptions:
         )  # fmt: skip
         if min(counts) < 1 or min(self.loop_candidates, self.principal_point_min_images) < 0:
             raise ValueError("sizes, counts and threads must be positive")
+
+
+def sift_scale(long_side: int, options: SfmOptions) -> tuple[int, int]:
+    """(first_octave, max_image_size) for SIFT on photos whose (median) longest side is `long_side`:
+    the options' own when they set `first_octave`, else the auto rule of its comment."""
+    if options.first_octave is not None:
+        return options.first_octave, options.max_image_size
+    if long_side <= options.max_image_size:
+        return -1, options.max_image_size
+    return 0, min(long_side, 2 * options.max_image_size)

@@ -40,9 +40,21 @@ class Supervisor:
     ) -> None:
         self.time_limit_s = time_limit_s
         self.deadline = time.monotonic() + time_limit_s
-        self.progress = progress
+        self._report = progress
         self.should_stop = should_stop
         self.timings: dict[str, float] = {}
+        self._base = 0.0  # progress already reported by an earlier pass (rebase)
+        self._reported = 0.0
+
+    def progress(self, fraction: float) -> None:
+        """Report `fraction` of the current pass, which runs from where the last rebase left off."""
+        self._reported = self._base + (1.0 - self._base) * fraction
+        self._report(self._reported)
+
+    def rebase(self) -> None:
+        """Start another pass over the sub-steps (sfm.py's fall-back) in the share not yet reported,
+        so progress never moves back."""
+        self._base = self._reported
 
     def run(
         self,

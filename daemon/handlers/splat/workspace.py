@@ -76,6 +76,13 @@ class SfmLayout:
         self.images.mkdir(parents=True)
         self.sparse.mkdir()
 
+    def reset_features(self) -> None:
+        """Remove the features, matches and models, keeping the images: for another pass (sfm.py)."""
+        shutil.rmtree(self.sparse, ignore_errors=True)
+        self.database.unlink(missing_ok=True)
+        self.pairs.unlink(missing_ok=True)
+        self.sparse.mkdir()
+
 
 @dataclass(frozen=True)
 class Workspace:
