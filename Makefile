@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server postgresql ffmpeg nodejs npm systemd shellcheck
+APT_PACKAGES := redis-server postgresql ffmpeg nodejs npm systemd shellcheck chromium
 STAMP := $(VENV)/.installed
 # The AWS CLI that the ops scripts call (on an instance: the AMI's, or user-data's pip install), run by
 # the tests against moto. Its own venv: awscli pins an older botocore than our boto3.
@@ -39,6 +39,7 @@ system-deps:
 	command -v node >/dev/null || missing="$$missing nodejs npm"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -55,7 +56,7 @@ $(STAMP): requirements.txt
 	scripts/select_pycolmap.sh $(VENV)   # the CUDA wheel on a GPU host, else the pinned CPU one
 	touch $@
 
-node-deps: scripts/node/node_modules/.package-lock.json
+node-deps: scripts/node/node_modules/.package-lock.json daemon/js/node_modules/.package-lock.json
 
 tools: $(TOOLS)/bin/aws
 
@@ -66,6 +67,11 @@ $(TOOLS)/bin/aws: Makefile
 
 scripts/node/node_modules/.package-lock.json: scripts/node/package.json scripts/node/package-lock.json
 	cd scripts/node && npm ci --no-audit --no-fund --loglevel=error
+
+# The daemon's Node tools (mesh kind) with, as dev dependencies, the browser clients the tests use;
+# hosts install it with --omit=dev (ops/launch-template).
+daemon/js/node_modules/.package-lock.json: daemon/js/package.json daemon/js/package-lock.json
+	cd daemon/js && npm ci --no-audit --no-fund --loglevel=error
 
 schema: venv
 	$(PY) -m daemon schema > schema/job-spec.v1.json

@@ -1,0 +1,100 @@
+"""The mesh kind's Node tools (daemon/js/mesh.mjs: glTF Transform, the Khronos validator), one command
+per child process, under a wall-clock limit and a V8 heap cap.
+
+A child is its own process group, so a hung tool and anything it started are killed together at the
+limit, or when the job is interrupted (a cancel or a spot notice raises in this thread while it waits).
+The tool's own verdicts come back as error codes; a crash, a heap exhausted or a limit passed are
+mapped here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import InputError, JobError
+
+JS_DIR = Path(__file__).resolve().parents[2] / "js"
+"""daemon/js: the tools and their node_modules (`make node-deps`; hosts run `npm ci --omit=dev`)."""
+
+INPUT_ERRORS = frozenset({"corrupt_model", "unsupported_format", "empty_model", "model_too_large"})
+"""Codes the tool returns about the model itself: the customer's input, never retried."""
+
+V8_OUT_OF_MEMORY = "JavaScript heap out of memory"
+
+
+@dataclass(frozen=True)
+class ToolLimits:
+    time_s: float = 600.0
+    """Wall-clock seconds one command may take."""
+    heap_mb: int = 4096
+    """V8's old-space cap (--max-old-space-size); the process as a whole stays under the worker's
+    MemoryMax= (ops/systemd)."""
+
+
+def node_binary() -> str:
+    found = shutil.which("node")
+    if found is None:
+        raise JobError("node is not on this host's PATH (the mesh kind needs Node ≥ 20)", code="tool_missing")
+    return found
+
+
+def run_tool(command: str, args: dict[str, Any], limits: ToolLimits = ToolLimits()) -> dict[str, Any]:
+    """`node mesh.mjs <command> <args>` → its JSON result. Raises InputError for the tool's verdicts
+    on the model, JobError(code="mesh_tool_timeout") past the limit, JobError(code="mesh_tool_failed")
+    for anything else it did."""
+    argv = [node_binary(), f"--max-old-space-size={limits.heap_mb}", str(JS_DIR / "mesh.mjs"), command]
+    child = subprocess.Popen(  # noqa: S603 - a fixed program; args travel as one JSON argument
+        [*argv, json.dumps(args)],
+        cwd=JS_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = child.communicate(timeout=limits.time_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(child)
+        raise JobError(
+            f"the mesh tool's {command} took longer than {limits.time_s:.0f} s and was stopped",
+            code="mesh_tool_timeout",
+        ) from None
+    finally:
+        if child.returncode is None:  # leaving with an interrupt: never leave the tool running
+            _kill_group(child)
+    return _verdict(command, child.returncode, stdout, stderr, limits)
+
+
+def _verdict(command: str, status: int, stdout: bytes, stderr: bytes, limits: ToolLimits) -> dict[str, Any]:
+    text = stdout.decode(errors="replace").strip()
+    if status in (0, 2) and text:
+        result = json.loads(text.splitlines()[-1])
+        if status == 0:
+            return dict(result)
+        code, message = str(result.get("error")), str(result.get("message"))
+        if code in INPUT_ERRORS:
+            raise InputError(message, code=code)
+        raise JobError(f"the mesh tool's {command} failed: {message}", code="mesh_tool_failed")
+    detail = stderr.decode(errors="replace").strip()
+    if V8_OUT_OF_MEMORY in detail:
+        raise InputError(
+            f"the model needs more than the {limits.heap_mb} MB the mesh tools may use ({command})",
+            code="model_too_large",
+        )
+    raise JobError(
+        f"the mesh tool's {command} failed (status {status}): {detail[-500:] or 'no output'}",
+        code="mesh_tool_failed",
+    )
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is already gone
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()

@@ -1,0 +1,145 @@
+// The mesh kind's glTF tools (daemon/handlers/mesh/tools.py runs this): one command per process,
+// `node mesh.mjs <command> '<json args>'`, one JSON object on stdout.
+//
+// Failures the caller can name are `{"error": code, "message": …}` on stdout with exit status 2;
+// anything else (a crash, V8 out of memory) is a non-zero status with stderr, which the caller
+// reports as the tool's failure. Nothing here reads a URI outside the file it is given: GLBs only
+// (the read stage packs every input into one), so no external resource is ever fetched.
+
+import { readFile } from "node:fs/promises";
+import { NodeIO, getBounds } from "@gltf-transform/core";
+import { ALL_EXTENSIONS } from "@gltf-transform/extensions";
+import draco3d from "draco3dgltf";
+import { MeshoptDecoder, MeshoptEncoder } from "meshoptimizer";
+import validator from "gltf-validator";
+
+class ToolError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
+
+async function io() {
+  await MeshoptDecoder.ready;
+  await MeshoptEncoder.ready;
+  return new NodeIO()
+    .setAllowNetwork(false)
+    .registerExtensions(ALL_EXTENSIONS)
+    .registerDependencies({
+      "draco3d.decoder": await draco3d.createDecoderModule(),
+      "draco3d.encoder": await draco3d.createEncoderModule(),
+      "meshopt.decoder": MeshoptDecoder,
+      "meshopt.encoder": MeshoptEncoder,
+    });
+}
+
+async function readGlb(path) {
+  try {
+    return await (await io()).readBinary(new Uint8Array(await readFile(path)));
+  } catch (error) {
+    throw new ToolError("corrupt_model", `not a readable GLB: ${error.message}`);
+  }
+}
+
+// The Khronos validator's verdict; external resources are refused, never fetched.
+async function validate({ path, max_messages = 20 }) {
+  const report = await validator.validateBytes(new Uint8Array(await readFile(path)), {
+    maxIssues: 1000,
+    externalResourceFunction: (uri) => Promise.reject(`external resource ${uri} not allowed`),
+  });
+  const issues = report.issues;
+  return {
+    errors: issues.numErrors,
+    warnings: issues.numWarnings,
+    infos: issues.numInfos,
+    hints: issues.numHints,
+    truncated: issues.truncated,
+    // the worst first: errors, then warnings, infos, hints
+    messages: [...issues.messages].sort((a, b) => a.severity - b.severity).slice(0, max_messages).map((m) => ({
+      code: m.code,
+      severity: ["error", "warning", "info", "hint"][m.severity] ?? String(m.severity),
+      pointer: m.pointer,
+      message: m.message,
+    })),
+  };
+}
+
+function primitiveCounts(prim) {
+  const position = prim.getAttribute("POSITION");
+  const vertices = position ? position.getCount() : 0;
+  const indices = prim.getIndices();
+  const elements = indices ? indices.getCount() : vertices;
+  const mode = prim.getMode();
+  // 4 TRIANGLES, 5 TRIANGLE_STRIP, 6 TRIANGLE_FAN; points and lines draw no triangles
+  const triangles = mode === 4 ? Math.floor(elements / 3) : mode === 5 || mode === 6 ? Math.max(0, elements - 2) : 0;
+  return { vertices, triangles };
+}
+
+// What a model holds, as the manifest's `analysis` reports it (sizes from the image headers).
+async function analyze({ path }) {
+  const document = await readGlb(path);
+  const root = document.getRoot();
+  let vertices = 0;
+  let triangles = 0;
+  let primitives = 0;
+  // Instanced meshes draw once per node: count what is drawn, as a viewer does
+  for (const node of root.listNodes()) {
+    const mesh = node.getMesh();
+    if (!mesh) continue;
+    for (const prim of mesh.listPrimitives()) {
+      const counts = primitiveCounts(prim);
+      vertices += counts.vertices;
+      triangles += counts.triangles;
+      primitives += 1;
+    }
+  }
+  const textures = root.listTextures().map((texture) => {
+    const size = texture.getSize();
+    return {
+      name: texture.getName() || texture.getURI() || null,
+      mime_type: texture.getMimeType(),
+      width: size ? size[0] : null,
+      height: size ? size[1] : null,
+      bytes: texture.getImage() ? texture.getImage().byteLength : 0,
+    };
+  });
+  const scene = root.getDefaultScene() ?? root.listScenes()[0];
+  const bounds = scene ? getBounds(scene) : null;
+  const finite = bounds && [...bounds.min, ...bounds.max].every(Number.isFinite);
+  return {
+    vertices,
+    triangles,
+    primitives,
+    meshes: root.listMeshes().length,
+    nodes: root.listNodes().length,
+    materials: root.listMaterials().length,
+    animations: root.listAnimations().length,
+    extensions_used: root.listExtensionsUsed().map((e) => e.extensionName).sort(),
+    textures,
+    texture_bytes: textures.reduce((sum, t) => sum + t.bytes, 0),
+    bounds: finite && triangles + vertices > 0 ? { min: bounds.min, max: bounds.max } : null,
+  };
+}
+
+const COMMANDS = { validate, analyze };
+
+async function main() {
+  const [command, args] = process.argv.slice(2);
+  const run = COMMANDS[command];
+  if (!run) {
+    process.stderr.write(`unknown command ${command}: use one of ${Object.keys(COMMANDS).join(", ")}\n`);
+    process.exit(64);
+  }
+  try {
+    process.stdout.write(JSON.stringify(await run(JSON.parse(args ?? "{}"))) + "\n");
+  } catch (error) {
+    if (error instanceof ToolError) {
+      process.stdout.write(JSON.stringify({ error: error.code, message: error.message }) + "\n");
+      process.exit(2);
+    }
+    throw error;
+  }
+}
+
+await main();

@@ -1,0 +1,123 @@
+"""The mesh kind's Node tools through tools.run_tool: their verdicts on real generated models, and the
+limits (time, heap, an interrupt) enforced on a real node process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+import trimesh
+
+from daemon.errors import InputError, JobError
+from daemon.handlers.mesh import tools
+from daemon.handlers.mesh.tools import ToolLimits, run_tool
+from tests import meshes
+
+
+@pytest.fixture(scope="module")
+def sphere(tmp_path_factory) -> Path:
+    return meshes.textured_sphere(tmp_path_factory.mktemp("models") / "sphere.glb", segments=32)
+
+
+def test_analyze_counts_what_a_viewer_draws(sphere):
+    analysis = run_tool("analyze", {"path": str(sphere)})
+    written = trimesh.load(sphere, force="mesh")  # what trimesh wrote, read back by trimesh
+    assert (analysis["primitives"], analysis["materials"]) == (1, 1)
+    assert analysis["triangles"] == len(written.faces)
+    assert analysis["vertices"] == len(written.vertices)
+    [texture] = analysis["textures"]
+    assert (texture["mime_type"], texture["width"], texture["height"]) == ("image/png", 256, 256)
+    assert analysis["texture_bytes"] == texture["bytes"] > 0
+    low, high = analysis["bounds"]["min"], analysis["bounds"]["max"]
+    assert low == pytest.approx([-0.5] * 3, abs=0.01) and high == pytest.approx([0.5] * 3, abs=0.01)
+
+
+def test_the_validator_passes_a_good_model_and_names_what_breaks_a_bad_one(sphere, tmp_path):
+    assert run_tool("validate", {"path": str(sphere)})["errors"] == 0
+    broken = meshes.truncated(sphere, tmp_path / "broken.glb", keep=sphere.stat().st_size // 2)
+    report = run_tool("validate", {"path": str(broken)})
+    assert report["errors"] >= 1 and report["messages"][0]["severity"] == "error"
+    with pytest.raises(InputError) as refused:
+        run_tool("analyze", {"path": str(broken)})
+    assert refused.value.code == "corrupt_model" and not refused.value.retryable
+
+
+@pytest.fixture
+def fake_tool(tmp_path, monkeypatch):
+    """A stand-in mesh.mjs, to make node hang, exhaust its heap or crash on purpose."""
+
+    def install(source: str) -> Path:
+        (tmp_path / "mesh.mjs").write_text(textwrap.dedent(source))
+        monkeypatch.setattr(tools, "JS_DIR", tmp_path)
+        return tmp_path
+
+    return install
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+HANGS_WITH_A_CHILD = """
+    import { spawn } from "node:child_process";
+    import { writeFileSync } from "node:fs";
+    const child = spawn("sleep", ["1000"], { stdio: "ignore" });
+    writeFileSync(new URL("child.pid", import.meta.url), String(child.pid));
+    setInterval(() => {}, 1000);
+"""
+
+
+def test_a_hung_tool_is_killed_with_its_children_at_the_limit(fake_tool):
+    folder = fake_tool(HANGS_WITH_A_CHILD)
+    with pytest.raises(JobError) as stopped:
+        run_tool("analyze", {}, ToolLimits(time_s=2))
+    assert stopped.value.code == "mesh_tool_timeout" and "2 s" in stopped.value.message
+    assert not _alive(int((folder / "child.pid").read_text()))
+
+
+class Interrupted(BaseException):
+    """As the daemon's JobInterrupted: raised in this thread by a signal handler."""
+
+
+def test_an_interrupt_while_waiting_kills_the_tool(fake_tool):
+    folder = fake_tool(HANGS_WITH_A_CHILD)
+
+    def interrupt(signum, frame):
+        if (folder / "child.pid").exists():  # the tool is up: interrupt the wait
+            raise Interrupted
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.1)
+    try:
+        with pytest.raises(Interrupted):
+            run_tool("analyze", {}, ToolLimits(time_s=600))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not _alive(int((folder / "child.pid").read_text()))
+
+
+def test_an_exhausted_heap_is_a_model_too_large(fake_tool):
+    fake_tool("""
+        const hoard = [];
+        for (;;) hoard.push(new Array(100000).fill(hoard.length));
+    """)
+    with pytest.raises(InputError) as refused:
+        run_tool("analyze", {}, ToolLimits(heap_mb=64))
+    assert refused.value.code == "model_too_large" and "64 MB" in refused.value.message
+
+
+def test_a_crash_is_the_tools_failure_with_its_message(fake_tool):
+    fake_tool('throw new Error("boom from the tool");')
+    with pytest.raises(JobError) as failed:
+        run_tool("analyze", {})
+    assert failed.value.code == "mesh_tool_failed" and "boom from the tool" in failed.value.message
+    assert not isinstance(failed.value, InputError)
