@@ -117,6 +117,43 @@ def sniff_video(head: bytes) -> str | None:
     return None
 
 
+MODEL_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"glTF", "glb"),
+    (b"PK\x03\x04", "zip"),  # a .gltf with its files, or an OBJ with its MTL and textures
+    (b"ply\n", "ply"),
+    (b"ply\r\n", "ply"),
+    (b"Kaydara FBX Binary", "fbx"),
+    (b"; FBX", "fbx"),  # ASCII FBX
+)
+"""Leading bytes of the 3D model containers the mesh kind reads, with its name for each."""
+
+OBJ_STATEMENTS = ("v ", "vt ", "vn ", "f ", "o ", "g ", "s ", "mtllib ", "usemtl ")
+
+
+def sniff_model(head: bytes, size: int) -> str | None:
+    """The model format from a file's first bytes and its size: "glb", "zip", "ply", "fbx", "gltf"
+    (JSON with an `asset`), "stl" (ASCII, or binary whose triangle count matches `size`), "obj" (text
+    of OBJ statements), or None. Pass at least 1 KiB."""
+    for magic, name in MODEL_SIGNATURES:
+        if head.startswith(magic):
+            return name
+    if len(head) >= 84 and 84 + 50 * int.from_bytes(head[80:84], "little") == size:
+        return "stl"  # binary STL: an 80-byte header (which may itself say "solid"), then the count
+    text = _as_text(head)
+    if text is None:
+        return None
+    stripped = text.lstrip()
+    if stripped.startswith("{") and '"asset"' in text:
+        return "gltf"
+    if stripped.startswith("solid") and "facet" in text:
+        return "stl"
+    lines = [line.strip() for line in text.splitlines()[:-1] if line.strip()]  # the last may be cut
+    statements = [line for line in lines if not line.startswith("#")]
+    if statements and all(line.startswith(OBJ_STATEMENTS) for line in statements[:20]):
+        return "obj"
+    return None
+
+
 def sniff_media_type(head: bytes) -> str:
     """The media type `inspect` reports for a file; application/octet-stream when unknown."""
     if _is_iso_bmff(head):

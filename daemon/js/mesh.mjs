@@ -3,12 +3,13 @@
 //
 // Failures the caller can name are `{"error": code, "message": …}` on stdout with exit status 2;
 // anything else (a crash, V8 out of memory) is a non-zero status with stderr, which the caller
-// reports as the tool's failure. Nothing here reads a URI outside the file it is given: GLBs only
-// (the read stage packs every input into one), so no external resource is ever fetched.
+// reports as the tool's failure. Nothing is fetched (setAllowNetwork(false)); the one command that
+// reads files a model names, pack, gets a .gltf whose URIs the caller confined to its folder.
 
 import { readFile } from "node:fs/promises";
 import { NodeIO, getBounds } from "@gltf-transform/core";
 import { ALL_EXTENSIONS } from "@gltf-transform/extensions";
+import { unpartition } from "@gltf-transform/functions";
 import draco3d from "draco3dgltf";
 import { MeshoptDecoder, MeshoptEncoder } from "meshoptimizer";
 import validator from "gltf-validator";
@@ -122,7 +123,20 @@ async function analyze({ path }) {
   };
 }
 
-const COMMANDS = { validate, analyze };
+// A .gltf and the files it names (already confined to its folder by the caller) → one GLB.
+async function pack({ path, out }) {
+  let document;
+  try {
+    document = await (await io()).read(path);
+  } catch (error) {
+    throw new ToolError("corrupt_model", `not a readable glTF: ${error.message}`);
+  }
+  await document.transform(unpartition()); // a GLB holds one buffer; a .gltf may name several
+  await (await io()).write(out, document);
+  return { out };
+}
+
+const COMMANDS = { validate, analyze, pack };
 
 async function main() {
   const [command, args] = process.argv.slice(2);
