@@ -10,6 +10,7 @@ from daemon.handlers.sniff import (
     describe_content,
     sniff_image,
     sniff_media_type,
+    sniff_model,
     sniff_video,
 )
 
@@ -91,3 +92,16 @@ def test_a_named_brand_is_an_image_or_a_video_never_both(brand):
 )
 def test_a_declared_media_type_is_checked_against_the_first_bytes(declared, head, agrees):
     assert content_agrees(declared, head) is agrees
+
+
+def test_models_are_told_by_their_bytes_including_a_binary_stl_whose_header_says_solid():
+    binary_stl = b"solid exported by a CAD tool".ljust(80, b" ") + (2).to_bytes(4, "little") + bytes(100)
+    assert sniff_model(binary_stl, 84 + 2 * 50) == "stl"
+    assert sniff_model(b"solid cube\n  facet normal 0 0 1\n", 40) == "stl"
+    assert sniff_model(b"# exported\nmtllib a.mtl\no cube\nv 0 0 0\nv 1 0 0\nf 1 2 3\n", 60) == "obj"
+    assert sniff_model(b'{"asset": {"version": "2.0"}, "meshes": []}', 50) == "gltf"
+    assert sniff_model(b"glTF\x02\x00\x00\x00", 1000) == "glb"
+    assert sniff_model(b"ply\nformat ascii 1.0\n", 100) == "ply"
+    assert sniff_model(b"Kaydara FBX Binary  \x00", 1000) == "fbx"
+    assert sniff_model(b"hello world, this is a note\nnot a model\n", 50) is None
+    assert sniff_model(b'{"type": "FeatureCollection"}', 30) is None  # JSON, not glTF
