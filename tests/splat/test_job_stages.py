@@ -29,7 +29,7 @@ def test_stage_records_mark_finished_stages_and_can_be_forgotten(tmp_path):
     assert ws.finished("images") == {"used": 3}
     assert ws.finished("sfm") is None and ws.finished("train") is None
     assert not list((tmp_path / "stages").glob(".*"))  # no temp files left behind
-    with pytest.raises(ValueError, match="unknown splat stage"):
+    with pytest.raises(ValueError, match="unknown stage .bake.: one of download, frames"):
         ws.record("bake", {})
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import pickle
 import shutil
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..base import Context
-from .workspace import STAGE_ORDER, Workspace
+from ..stages import restore_checkpoint, save_checkpoint
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -42,48 +42,25 @@ def stage_folders(ws: Workspace, stage: str) -> tuple[Path, ...]:
 
 def restore(ctx: Context, ws: Workspace) -> bool:
     """Bring back the newest checkpoint of the job into `ws`; False if there is none."""
-    if ctx.checkpoints is None:
+    others = restore_checkpoint(ctx, ws.records)
+    if others is None:
         return False
-    restored = ctx.checkpoints.restore(ws.root / ".restore")
-    if restored is None:
-        return False
-    for name, path in restored.files.items():
-        if name.endswith(".tar"):
-            with tarfile.open(path) as tar:
-                tar.extractall(ws.root, filter="data")
-            path.unlink()
-        elif name == MODEL:
+    for name, path in others.items():
+        if name == MODEL:
             ws.model.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(path, ws.model)
         elif name == TRAIN_STATE:
             state_path(ws).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(path, state_path(ws))
-    for stage, record in restored.records.items():
-        ws.record(stage, record)
-    done = [s for s in STAGE_ORDER if s in restored.records]
-    log.info("restored stages %s from attempt %d", ", ".join(done) or "none", restored.attempt)
     return True
-
-
-def _records(ws: Workspace) -> dict[str, Any]:
-    return {stage: rec for stage in STAGE_ORDER if (rec := ws.finished(stage)) is not None}
 
 
 def save_stage(ctx: Context, ws: Workspace, stage: str) -> None:
     """Checkpoint the outputs of `stage`, which just finished."""
-    if ctx.checkpoints is None:
-        return
-    if folders := stage_folders(ws, stage):
-        tar_path = ws.root / f".{stage}.tar"
-        with tarfile.open(tar_path, "w") as tar:
-            for folder in folders:
-                tar.add(folder, arcname=folder.relative_to(ws.root).as_posix())
-        ctx.checkpoints.add(f"{stage}.tar", tar_path)
-        tar_path.unlink()
-    elif stage == "train":
-        ctx.checkpoints.add(MODEL, ws.model)
-        ctx.checkpoints.entries.pop(TRAIN_STATE, None)
-    ctx.checkpoints.commit(_records(ws))
+    if stage == "train":  # the trained model supersedes the state of training in progress
+        save_checkpoint(ctx, ws.records, stage, files={MODEL: ws.model}, drop=(TRAIN_STATE,))
+    else:
+        save_checkpoint(ctx, ws.records, stage, folders=stage_folders(ws, stage))
 
 
 def save_training(ctx: Context, ws: Workspace, progress: dict[str, Any]) -> None:
@@ -93,7 +70,7 @@ def save_training(ctx: Context, ws: Workspace, progress: dict[str, Any]) -> None
     torch.save(progress, path)
     if ctx.checkpoints is not None:
         ctx.checkpoints.add(TRAIN_STATE, path)
-        ctx.checkpoints.commit(_records(ws))
+        ctx.checkpoints.commit(ws.records.all())
         log.info("training checkpoint at step %d", progress["trainer"]["step"])
 
 

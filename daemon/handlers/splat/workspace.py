@@ -1,21 +1,19 @@
 """The splat job's work folder: where each stage keeps its files, and which stages have finished.
 
-A stage that finishes writes a small JSON record of what it produced (`stages/<name>.json`, atomically)
-after its files are complete. A later run over the same folder (`run-local --workdir`, and the resume
-of the recovery issue, which restores the folder from S3) skips every stage that has a record and
-reads its results from the record instead. A stage without a record is redone from scratch.
+A stage that finishes records what it produced (handlers/stages.py: `stages/<name>.json`); a later run
+over the same folder (`run-local --workdir`, or an attempt restored from a checkpoint) skips every
+stage that has a record and reads its results from the record instead.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..stages import StageRecords
 
 log = logging.getLogger(__name__)
 
@@ -113,39 +111,19 @@ class Workspace:
     def outputs(self) -> Path:
         return self.root / "outputs"
 
-    def _record_path(self, stage: str) -> Path:
-        if stage not in STAGE_ORDER:
-            raise ValueError(f"unknown splat stage {stage!r}")
-        return self.root / "stages" / f"{stage}.json"
+    @property
+    def records(self) -> StageRecords:
+        """Which stages finished in this folder (handlers/stages.py)."""
+        return StageRecords(self.root, STAGE_ORDER)
 
     def finished(self, stage: str) -> dict[str, Any] | None:
-        """The record of `stage` if it finished in this folder before, else None."""
-        try:
-            return dict(json.loads(self._record_path(stage).read_text()))
-        except FileNotFoundError:
-            return None
+        return self.records.finished(stage)
 
     def reused(self, stage: str) -> dict[str, Any] | None:
-        """`finished(stage)`, saying in the log that an earlier run's results are reused."""
-        done = self.finished(stage)
-        if done is not None:
-            log.info("%s finished in an earlier run over this folder: reusing its results", stage)
-        return done
+        return self.records.reused(stage)
 
     def record(self, stage: str, summary: dict[str, Any]) -> None:
-        """Mark `stage` finished with `summary` (JSON); call only once its files are complete."""
-        path = self._record_path(stage)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stage}-")
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(summary, out, indent=2, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self.records.record(stage, summary)
 
     def forget_from(self, stage: str) -> None:
-        """Drop the records of `stage` and every later one (their inputs changed)."""
-        for later in STAGE_ORDER[STAGE_ORDER.index(stage) :]:
-            self._record_path(later).unlink(missing_ok=True)
+        self.records.forget_from(stage)
