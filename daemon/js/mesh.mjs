@@ -7,11 +7,22 @@
 // reads files a model names, pack, gets a .gltf whose URIs the caller confined to its folder.
 
 import { readFile } from "node:fs/promises";
-import { NodeIO, getBounds } from "@gltf-transform/core";
+import { Logger, NodeIO, getBounds } from "@gltf-transform/core";
 import { ALL_EXTENSIONS } from "@gltf-transform/extensions";
-import { unpartition } from "@gltf-transform/functions";
+import {
+  dedup,
+  draco,
+  meshopt,
+  prune,
+  resample,
+  simplify,
+  textureCompress,
+  unpartition,
+  weld,
+} from "@gltf-transform/functions";
+import sharp from "sharp";
 import draco3d from "draco3dgltf";
-import { MeshoptDecoder, MeshoptEncoder } from "meshoptimizer";
+import { MeshoptDecoder, MeshoptEncoder, MeshoptSimplifier } from "meshoptimizer";
 import validator from "gltf-validator";
 
 class ToolError extends Error {
@@ -21,10 +32,15 @@ class ToolError extends Error {
   }
 }
 
+// Warnings and errors only, and on stderr: stdout carries the one JSON result
+const QUIET = new Logger(Logger.Verbosity.WARN);
+console.info = console.debug = console.log = (...args) => process.stderr.write(args.join(" ") + "\n");
+
 async function io() {
   await MeshoptDecoder.ready;
   await MeshoptEncoder.ready;
   return new NodeIO()
+    .setLogger(QUIET)
     .setAllowNetwork(false)
     .registerExtensions(ALL_EXTENSIONS)
     .registerDependencies({
@@ -37,7 +53,7 @@ async function io() {
 
 async function readGlb(path) {
   try {
-    return await (await io()).readBinary(new Uint8Array(await readFile(path)));
+    return (await (await io()).readBinary(new Uint8Array(await readFile(path)))).setLogger(QUIET);
   } catch (error) {
     throw new ToolError("corrupt_model", `not a readable GLB: ${error.message}`);
   }
@@ -127,7 +143,7 @@ async function analyze({ path }) {
 async function pack({ path, out }) {
   let document;
   try {
-    document = await (await io()).read(path);
+    document = (await (await io()).read(path)).setLogger(QUIET);
   } catch (error) {
     throw new ToolError("corrupt_model", `not a readable glTF: ${error.message}`);
   }
@@ -136,7 +152,65 @@ async function pack({ path, out }) {
   return { out };
 }
 
-const COMMANDS = { validate, analyze, pack };
+// Lossless clean-up, then textures to at most max_texture_size (long side), re-encoded as WebP
+// unless `texture_format` is "keep". The caller has checked every texture's pixel count against its
+// cap from the headers, so sharp never decodes an image it was not meant to.
+async function clean({ path, out, max_texture_size = 2048, texture_format = "webp" }) {
+  const document = await readGlb(path);
+  await document.transform(
+    dedup(),
+    prune(),
+    weld(),
+    resample(),
+    textureCompress({
+      encoder: sharp,
+      targetFormat: texture_format === "keep" ? undefined : texture_format,
+      resize: [max_texture_size, max_texture_size],
+    }),
+  );
+  await (await io()).write(out, document);
+  return summary(document);
+}
+
+// meshoptimizer's simplifier towards `ratio` of the triangles, unbounded by error (the caller measures
+// the error it made), then what the simplification left unused pruned.
+async function lod({ path, out, ratio }) {
+  const document = await readGlb(path);
+  await MeshoptSimplifier.ready;
+  await document.transform(weld(), simplify({ simplifier: MeshoptSimplifier, ratio, error: 1 }), prune());
+  await (await io()).write(out, document);
+  return summary(document);
+}
+
+// Geometry compression: Draco (level 0-10 as gltf-pipeline's compressionLevel: encode speed 10 - level)
+// or meshopt (EXT_meshopt_compression, with quantization), or none.
+async function compress({ path, out, method, level = 7 }) {
+  const document = await readGlb(path);
+  if (method === "draco") {
+    await document.transform(draco({ method: "edgebreaker", encodeSpeed: 10 - level, decodeSpeed: 10 - level }));
+  } else if (method === "meshopt") {
+    await document.transform(meshopt({ encoder: MeshoptEncoder, level: "high" }));
+  } else if (method !== "none") {
+    throw new ToolError("invalid_params", `unknown compression ${method}`);
+  }
+  await (await io()).write(out, document);
+  return summary(document);
+}
+
+function summary(document) {
+  let triangles = 0;
+  let vertices = 0;
+  for (const node of document.getRoot().listNodes()) {
+    for (const prim of node.getMesh()?.listPrimitives() ?? []) {
+      const counts = primitiveCounts(prim);
+      triangles += counts.triangles;
+      vertices += counts.vertices;
+    }
+  }
+  return { triangles, vertices };
+}
+
+const COMMANDS = { validate, analyze, pack, clean, lod, compress };
 
 async function main() {
   const [command, args] = process.argv.slice(2);
@@ -146,7 +220,8 @@ async function main() {
     process.exit(64);
   }
   try {
-    process.stdout.write(JSON.stringify(await run(JSON.parse(args ?? "{}"))) + "\n");
+    const result = await run(JSON.parse(args ?? "{}"));
+    process.stdout.write(JSON.stringify(result) + "\n");
   } catch (error) {
     if (error instanceof ToolError) {
       process.stdout.write(JSON.stringify({ error: error.code, message: error.message }) + "\n");
