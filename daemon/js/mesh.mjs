@@ -21,6 +21,7 @@ import {
   weld,
 } from "@gltf-transform/functions";
 import sharp from "sharp";
+import { renderThumbnail } from "./render.mjs";
 import draco3d from "draco3dgltf";
 import { MeshoptDecoder, MeshoptEncoder, MeshoptSimplifier } from "meshoptimizer";
 import validator from "gltf-validator";
@@ -210,7 +211,14 @@ function summary(document) {
   return { triangles, vertices };
 }
 
-const COMMANDS = { validate, analyze, pack, clean, lod, compress };
+// The model drawn from a 3/4 view (render.mjs); a model the page could not draw is the tool's verdict.
+async function thumbnail(args) {
+  const outcome = await renderThumbnail(args);
+  if (!outcome.ok) throw new ToolError("render_failed", `the thumbnail could not be drawn: ${outcome.error}`);
+  return outcome;
+}
+
+const COMMANDS = { validate, analyze, pack, clean, lod, compress, thumbnail };
 
 async function main() {
   const [command, args] = process.argv.slice(2);

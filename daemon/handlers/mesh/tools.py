@@ -24,7 +24,9 @@ from ...errors import InputError, JobError
 JS_DIR = Path(__file__).resolve().parents[2] / "js"
 """daemon/js: the tools and their node_modules (`make node-deps`; hosts run `npm ci --omit=dev`)."""
 
-INPUT_ERRORS = frozenset({"corrupt_model", "unsupported_format", "empty_model", "model_too_large"})
+INPUT_ERRORS = frozenset(
+    {"corrupt_model", "unsupported_format", "empty_model", "model_too_large", "render_failed"}
+)
 """Codes the tool returns about the model itself: the customer's input, never retried."""
 
 V8_OUT_OF_MEMORY = "JavaScript heap out of memory"
