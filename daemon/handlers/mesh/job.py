@@ -1,0 +1,155 @@
+"""The mesh job's stages: download → read → analyze → optimize → lods → thumbnail → export.
+
+Each stage works in its own folder under the work folder and is recorded and checkpointed when it
+finishes (handlers/stages.py), so an attempt after a spot notice resumes at the first unfinished one.
+The heavy lifting is glTF Transform's (tools.py → daemon/js/mesh.mjs) and trimesh's (geometry.py);
+this module decides what runs on which file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...errors import InputError, JobError
+from ..base import Context
+from ..stages import StageRecords, restore_checkpoint, run_stage
+from .geometry import geometry_report, load_mesh, surface_error
+from .params import MeshParams
+from .read import read_model
+from .tools import run_tool
+
+STAGES = ("download", "read", "analyze", "optimize", "lods", "thumbnail", "export")
+PREVIEW_MIN_TRIANGLES = 200
+GLB = "model/gltf-binary"
+
+
+def run(ctx: Context) -> None:
+    params: MeshParams = ctx.params
+    root = ctx.workdir
+    records = StageRecords(root, STAGES)
+    restore_checkpoint(ctx, records)
+
+    def stage(name: str, work: Callable[[], dict[str, Any]], *, folder: bool = True) -> dict[str, Any]:
+        """`name` run once (its folder `root/name` checkpointed with its record), or its record."""
+        with ctx.stage(name):
+            return run_stage(ctx, records, name, work, folders=(root / name,) if folder else ())
+
+    with ctx.stage("download"):  # the upload is needed only until the read stage has finished
+        upload = None if records.finished("read") else ctx.fetch_inputs()[0]
+    read = stage("read", lambda: _read(upload, root / "read"))
+    source = root / "read" / "source.glb"
+    analysis = stage("analyze", lambda: _analyze(source, read["name"], params), folder=False)
+    optimized = stage("optimize", lambda: _optimize(source, root / "optimize", params))
+    lods = stage("lods", lambda: _lods(root, params, ctx))
+    thumbnail = stage("thumbnail", lambda: _thumbnail(root, params))
+    with ctx.stage("export"):
+        manifest = {
+            "job_id": ctx.job_id, "kind": "mesh", "attempt": ctx.attempt, "source": read,
+            "analysis": analysis, "optimized": optimized, "lods": lods, "thumbnail": thumbnail,
+            "timings_s": dict(ctx.timings),
+        }  # fmt: skip
+        _export(ctx, root, manifest)
+
+
+def _read(upload: Path | None, folder: Path) -> dict[str, Any]:
+    if upload is None:  # (read's record exists whenever the download was skipped)
+        raise RuntimeError("the read stage runs only after a download")
+    model = read_model(upload, folder)
+    return {"name": upload.name, "format": model.source_format, "zipped": model.zipped,
+            "warnings": model.warnings, "bytes": upload.stat().st_size}  # fmt: skip
+
+
+def _analyze(source: Path, name: str, params: MeshParams) -> dict[str, Any]:
+    counts = run_tool("analyze", {"path": str(source)})
+    for texture in counts["textures"]:
+        pixels = (texture["width"] or 0) * (texture["height"] or 0)
+        if pixels > params.max_texture_pixels:
+            raise InputError(
+                f"{name}: a texture of {texture['width']}×{texture['height']} pixels, over the "
+                f"{params.max_texture_pixels} pixel cap (max_texture_pixels)",
+                code="texture_too_large",
+            )
+    report = run_tool("validate", {"path": str(source)})
+    geometry = geometry_report(load_mesh(source), name)
+    return {**counts, **geometry, "validator": report}
+
+
+def _optimize(source: Path, folder: Path, params: MeshParams) -> dict[str, Any]:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    cleaned = folder / "clean.glb"
+    clean = {"path": str(source), "out": str(cleaned), "max_texture_size": params.max_texture_size,
+             "texture_format": params.texture_format}  # fmt: skip
+    run_tool("clean", clean)
+    counts = _compress(cleaned, folder / "model.glb", params)
+    return {**counts, "bytes": (folder / "model.glb").stat().st_size, "compression": params.compression}
+
+
+def _compress(path: Path, out: Path, params: MeshParams) -> dict[str, Any]:
+    args = {"path": str(path), "out": str(out), "method": params.compression, "level": params.draco_level}
+    return run_tool("compress", args)
+
+
+def lod_triangles(target: float, vertices: int, triangles: int) -> int:
+    """Triangles a level keeps: a share of the triangles (target ≤ 1), or a vertex count turned into
+    triangles at the model's own ratio (a closed mesh has about twice as many triangles as vertices)."""
+    wanted = target * triangles if target <= 1 else target * triangles / max(vertices, 1)
+    return min(triangles, max(1, math.floor(wanted)))
+
+
+def _lods(root: Path, params: MeshParams, ctx: Context) -> dict[str, Any]:
+    folder = root / "lods"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    cleaned = root / "optimize" / "clean.glb"
+    reference = load_mesh(cleaned)
+    triangles, vertices = len(reference.faces), len(reference.vertices)
+    preview = max(PREVIEW_MIN_TRIANGLES, math.floor(params.preview_ratio * triangles))
+    levels = [
+        (f"model_lod{i}", lod_triangles(t, vertices, triangles)) for i, t in enumerate(params.lod_targets)
+    ]
+    levels.append(("preview", min(triangles, preview)))
+    chain = []
+    for index, (name, keep) in enumerate(levels):
+        simplified = folder / f"{name}.raw.glb"
+        counts = run_tool("lod", {"path": str(cleaned), "out": str(simplified), "ratio": keep / triangles})
+        error = surface_error(reference, load_mesh(simplified))
+        _compress(simplified, folder / f"{name}.glb", params)
+        simplified.unlink()
+        chain.append({"name": f"{name}.glb", "target_triangles": keep, **counts,
+                      "bytes": (folder / f"{name}.glb").stat().st_size,
+                      **{k: round(v, 6) for k, v in error.items()}})  # fmt: skip
+        ctx.progress((index + 1) / len(levels))
+    return {"levels": chain, "error_unit": "fraction of the bounding-box diagonal"}
+
+
+def _thumbnail(root: Path, params: MeshParams) -> dict[str, Any]:
+    folder = root / "thumbnail"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    args = {"path": str(root / "optimize" / "model.glb"), "png": str(folder / "thumbnail.png"),
+            "webp": str(folder / "thumbnail.webp"), "size": params.thumbnail_size}  # fmt: skip
+    drawn = run_tool("thumbnail", args)
+    return {"size": drawn["size"], "triangles_drawn": drawn["triangles"]}
+
+
+def _export(ctx: Context, root: Path, manifest: dict[str, Any]) -> None:
+    outputs = {"model.glb": root / "optimize" / "model.glb"}
+    outputs |= {level["name"]: root / "lods" / level["name"] for level in manifest["lods"]["levels"]}
+    for name, path in outputs.items():  # nothing leaves that a viewer would reject
+        report = run_tool("validate", {"path": str(path)})
+        if report["errors"]:
+            raise JobError(f"{name} failed glTF validation: {report['messages'][:3]}", code="invalid_output")
+    for name, path in outputs.items():
+        ctx.put_output(name, path, GLB)
+    ctx.put_output("thumbnail.png", root / "thumbnail" / "thumbnail.png", "image/png")
+    ctx.put_output("thumbnail.webp", root / "thumbnail" / "thumbnail.webp", "image/webp")
+    path = root / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    ctx.put_output("manifest.json", path, "application/json")
+    ctx.result = manifest

@@ -1,0 +1,69 @@
+"""The mesh kind's stages end to end in `run-local` (a real download from a loopback file server, the
+Node tools, trimesh and Chromium): every output present and valid, the LOD chain within 5% of its
+targets with errors growing along it; a rerun over the kept folder resumes after the finished stages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from daemon.handlers.mesh.tools import run_tool
+from tests import meshes
+from tests.fixtures_daemon import ROOT
+
+OUTPUTS = {"manifest.json", "model.glb", "model_lod0.glb", "model_lod1.glb", "preview.glb", "thumbnail.png",
+           "thumbnail.webp"}  # fmt: skip
+
+
+def run_local(env: dict, spec: dict, *args: str) -> tuple[dict, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "run-local", json.dumps(spec), *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return json.loads(done.stdout), done.stderr
+
+
+def test_a_textured_model_becomes_compressed_lods_and_a_thumbnail_and_resumes(
+    daemon_env, file_server, tmp_path
+):
+    # Given a textured sphere (a 1024 px texture) served over HTTP, and a kept work folder
+    glb = meshes.textured_sphere(tmp_path / "sphere.glb", segments=48, texture_size=1024)
+    url = file_server.add("mesh-sphere.glb", glb.read_bytes())
+    env = {**daemon_env, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    spec = {"spec_version": 1, "job_id": "mesh-local-1", "kind": "mesh", "inputs": [{"url": url}],
+            "params": {"lod_targets": [0.5, 0.1], "max_texture_size": 512}}  # fmt: skip
+    work, out = tmp_path / "kept", tmp_path / "out"
+    # When it runs until the LODs are made, then again over the same folder to the end
+    ended, _ = run_local(env, spec, "--workdir", str(work), "--until", "lods")
+    assert ended["status"] == "stopped" and ended["after_stage"] == "lods"
+    ended, logs = run_local(env, spec, "--workdir", str(work), "--out", str(out))
+    # Then the second run reused the finished stages and made the rest
+    assert ended["status"] == "completed", logs[-3000:]
+    for stage in ("read", "analyze", "optimize", "lods"):
+        assert f"{stage} finished in an earlier run over this folder" in logs
+    folder = out / "mesh-local-1"
+    assert {p.name for p in folder.iterdir()} == OUTPUTS
+    manifest = json.loads((folder / "manifest.json").read_text())
+    # And the analysis says what the model is
+    analysis = manifest["analysis"]
+    assert analysis["watertight"] and analysis["validator"]["errors"] == 0
+    assert analysis["textures"][0]["width"] == 1024 and analysis["unit_warning"] is None
+    # And every GLB passes the validator, Draco-compressed with its texture at most 512 px in WebP
+    for name in OUTPUTS - {"manifest.json", "thumbnail.png", "thumbnail.webp"}:
+        assert run_tool("validate", {"path": str(folder / name)})["errors"] == 0, name
+        facts = run_tool("analyze", {"path": str(folder / name)})
+        assert "KHR_draco_mesh_compression" in facts["extensions_used"], name
+        assert [(t["mime_type"], t["width"] <= 512) for t in facts["textures"]] == [("image/webp", True)]
+    # And the LOD chain meets its targets, its error growing along it
+    triangles = manifest["optimized"]["triangles"]
+    levels = manifest["lods"]["levels"]
+    assert [level["name"] for level in levels] == ["model_lod0.glb", "model_lod1.glb", "preview.glb"]
+    for level, share in zip(levels[:2], (0.5, 0.1), strict=True):
+        assert level["triangles"] == pytest.approx(share * triangles, rel=0.05)
+    assert levels[2]["triangles"] == pytest.approx(200, rel=0.05)  # 0.1% of 9k is below the floor
+    errors = [level["hausdorff"] for level in levels]
+    assert errors == sorted(errors) and errors[0] > 0
+    assert manifest["thumbnail"]["size"] == 512 and manifest["thumbnail"]["triangles_drawn"] > 0
