@@ -175,10 +175,12 @@ async function clean({ path, out, max_texture_size = 2048, texture_format = "web
 
 // meshoptimizer's simplifier towards `ratio` of the triangles, unbounded by error (the caller measures
 // the error it made), then what the simplification left unused pruned.
-async function lod({ path, out, ratio }) {
+// `max_texture_size`, when given, downscales the textures with it (a coarse level needs no fine texture).
+async function lod({ path, out, ratio, max_texture_size = null }) {
   const document = await readGlb(path);
   await MeshoptSimplifier.ready;
-  await document.transform(weld(), simplify({ simplifier: MeshoptSimplifier, ratio, error: 1 }), prune());
+  const textures = max_texture_size ? [textureCompress({ encoder: sharp, resize: [max_texture_size, max_texture_size] })] : [];
+  await document.transform(weld(), simplify({ simplifier: MeshoptSimplifier, ratio, error: 1 }), prune(), ...textures);
   await (await io()).write(out, document);
   return summary(document);
 }

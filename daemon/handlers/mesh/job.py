@@ -25,6 +25,7 @@ from .tools import run_tool
 
 STAGES = ("download", "read", "analyze", "optimize", "lods", "thumbnail", "export")
 PREVIEW_MIN_TRIANGLES = 200
+PREVIEW_TEXTURE_SIZE = 256
 GLB = "model/gltf-binary"
 
 
@@ -102,6 +103,16 @@ def lod_triangles(target: float, vertices: int, triangles: int) -> int:
     return min(triangles, max(1, math.floor(wanted)))
 
 
+def lod_texture_size(index: int, name: str, params: MeshParams) -> int | None:
+    """The texture cap of a level: the finest keeps the optimised model's, each next one half the
+    one before (not below PREVIEW_TEXTURE_SIZE), the preview PREVIEW_TEXTURE_SIZE; None: unchanged."""
+    if name == "preview":
+        return min(PREVIEW_TEXTURE_SIZE, params.max_texture_size)
+    if index == 0:
+        return None
+    return max(PREVIEW_TEXTURE_SIZE, params.max_texture_size >> index)
+
+
 def _lods(root: Path, params: MeshParams, ctx: Context) -> dict[str, Any]:
     folder = root / "lods"
     shutil.rmtree(folder, ignore_errors=True)
@@ -117,7 +128,9 @@ def _lods(root: Path, params: MeshParams, ctx: Context) -> dict[str, Any]:
     chain = []
     for index, (name, keep) in enumerate(levels):
         simplified = folder / f"{name}.raw.glb"
-        counts = run_tool("lod", {"path": str(cleaned), "out": str(simplified), "ratio": keep / triangles})
+        args = {"path": str(cleaned), "out": str(simplified), "ratio": keep / triangles,
+                "max_texture_size": lod_texture_size(index, name, params)}  # fmt: skip
+        counts = run_tool("lod", args)
         error = surface_error(reference, load_mesh(simplified))
         _compress(simplified, folder / f"{name}.glb", params)
         simplified.unlink()
