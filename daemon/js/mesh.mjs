@@ -193,12 +193,19 @@ async function compress({ path, out, method, level = 7 }) {
     await document.transform(draco({ method: "edgebreaker", encodeSpeed: 10 - level, decodeSpeed: 10 - level }));
   } else if (method === "meshopt") {
     await document.transform(meshopt({ encoder: MeshoptEncoder, level: "high" }));
-  } else if (method !== "none") {
+  } else if (method === "none") {
+    // a compressed input stays compressed on write while its extension is in use: drop it
+    for (const extension of document.getRoot().listExtensionsUsed()) {
+      if (COMPRESSION_EXTENSIONS.has(extension.extensionName)) extension.dispose();
+    }
+  } else {
     throw new ToolError("invalid_params", `unknown compression ${method}`);
   }
   await (await io()).write(out, document);
   return summary(document);
 }
+
+const COMPRESSION_EXTENSIONS = new Set(["KHR_draco_mesh_compression", "EXT_meshopt_compression"]);
 
 function summary(document) {
   let triangles = 0;
