@@ -284,6 +284,15 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         worker.stop()
 
 
+def run_local(env: dict[str, str], spec: dict[str, Any], *args: str) -> tuple[dict[str, Any], str]:
+    """`python -m daemon run-local SPEC ARGS…`: what it printed (JSON) and its log."""
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "run-local", json.dumps(spec), *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return json.loads(done.stdout), done.stderr
+
+
 def enqueue_cli(env: dict[str, str], spec: dict[str, Any]) -> None:
     """Enqueue `spec` as an operator does, with `python -m daemon enqueue`; fail with its stderr."""
     done = subprocess.run(

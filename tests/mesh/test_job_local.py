@@ -5,25 +5,15 @@ targets with errors growing along it; a rerun over the kept folder resumes after
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from daemon.handlers.mesh.tools import run_tool
 from tests import meshes
-from tests.fixtures_daemon import ROOT
+from tests.fixtures_daemon import run_local
 
 OUTPUTS = {"manifest.json", "model.glb", "model_lod0.glb", "model_lod1.glb", "preview.glb", "thumbnail.png",
            "thumbnail.webp"}  # fmt: skip
-
-
-def run_local(env: dict, spec: dict, *args: str) -> tuple[dict, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "daemon", "run-local", json.dumps(spec), *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    return json.loads(done.stdout), done.stderr
 
 
 def test_a_textured_model_becomes_compressed_lods_and_a_thumbnail_and_resumes(

@@ -9,8 +9,6 @@ images stage; 120 training steps. Measured: 11 of 16 views register, held-out PS
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import pytest
 from daemon.handlers.splat.export import ply_property_names, read_ply
 from daemon.handlers.splat.workspace import Workspace
 from tests import scenes
-from tests.fixtures_daemon import ROOT, enqueue_cli, sample_jpeg, wait_until
+from tests.fixtures_daemon import enqueue_cli, run_local, sample_jpeg, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -125,14 +123,6 @@ def test_splat_jobs_through_the_worker_bad_photos_fail_then_a_scene_completes(
         logs.index(f"stage={s} daemon.attempt.context: stage started") for s in ("sfm", "train", "export")
     ]
     assert starts == sorted(starts) and "step 120/120" in logs
-
-
-def run_local(env: dict, spec: dict, *args: str) -> tuple[dict, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "daemon", "run-local", json.dumps(spec), *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    return json.loads(done.stdout), done.stderr
 
 
 def test_run_local_stops_after_sfm_and_a_rerun_skips_the_finished_stages(daemon_env, ring_urls, tmp_path):
