@@ -3,6 +3,7 @@ started with `python -m daemon worker` exactly as systemd starts them."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,6 +18,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +208,12 @@ class WorkerProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
+        """Stop the worker and everything it started. A horse lives in a process group of its own (rq's
+        setpgrp), so killing the worker alone could leave it running into the next test's Redis."""
+        family: list[psutil.Process] = []
         if self.proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                family = psutil.Process(self.proc.pid).children(recursive=True)
             self.proc.send_signal(signal.SIGINT)
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -214,6 +221,10 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        for child in family:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(family, timeout=5)
         self._log.close()
 
 

@@ -617,3 +617,22 @@ def test_the_running_drainer_never_makes_a_lane_wait_for_a_busy_one(redis_url, w
         finally:
             drainer.stop()
     assert held.requests == 1
+
+
+def test_a_stopping_worker_delivers_what_is_due_before_it_exits(redis_url, webhook_receiver, tmp_path):
+    # Given a callback queued by the job just before its worker leaves (a spot notice's job.requeued),
+    # and a drainer whose next round would be a minute away
+    settings = load_settings({
+        "REDIS_URL": redis_url, "DAEMON_ENV_FILE": str(tmp_path / "absent.env"),
+        "CALLBACK_SECRET": webhook_receiver.secret, "URL_ALLOW_NETWORKS": "127.0.0.1/32",
+        "OUTBOX_POLL_INTERVAL_S": "60",
+    })  # fmt: skip
+    runtime = Runtime(settings)
+    event = make_event(webhook_receiver.url + "/hook", type="job.requeued", seq=3)
+    runtime.outbox.put_callback({"url": event.url, "body": event.body.decode(), "type": event.type,
+                                 "job_id": event.job_id}, webhook_id="msg_last")  # fmt: skip
+    # When the worker stops its drainer
+    OutboxDrainer(runtime).stop()
+    # Then the callback went out in that last round, not a lease later from another worker
+    assert [e.webhook_id for e in webhook_receiver.events] == ["msg_last"]
+    assert runtime.outbox.pending() == 0

@@ -46,7 +46,7 @@ def test_redis_is_private_and_starts_empty(redis_server: RedisServer, redis_url:
     assert redis_server.port != 6379
     assert redis_url == f"redis://127.0.0.1:{redis_server.port}/0"
     with redis.Redis.from_url(redis_url) as client:
-        assert client.dbsize() == 0
+        assert client.dbsize() == 0, f"left by an earlier test: {sorted(client.keys('*'))[:20]}"
         client.set("left-behind", "1")  # the next test's redis_url must not see this
 
 

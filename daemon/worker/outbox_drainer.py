@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from urllib.parse import urlsplit
 
 from ..adapters.callbacks import CallbackEvent, backoff_delay
@@ -22,6 +23,9 @@ from ..adapters.rows import RowWriteError
 from ..adapters.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+FLUSH_S = 5.0
+"""How long a stopping worker spends delivering what is due before it exits (a spot notice leaves 2 min)."""
 
 MAX_LANES = 8
 """Lanes delivered at once; more busy hosts than this wait their turn (their items stay due)."""
@@ -46,10 +50,26 @@ class OutboxDrainer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0, flush_s: float = FLUSH_S) -> None:
+        """Stop polling, then give what is due one last round before the worker exits.
+
+        The job's last callback (`job.requeued` after a spot notice) is queued by the horse just before
+        the worker leaves; without this round it would wait out its lease and reach the customer after
+        the next attempt's callbacks. Whatever is still in flight at `flush_s` is left to its lease."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        deadline = time.monotonic() + flush_s
+        self._join_lanes(deadline)
+        try:
+            self.dispatch_once()
+        except Exception as exc:  # Redis away: the items stay in the outbox for another worker
+            log.warning("outbox not flushed: %s", exc)
+        self._join_lanes(deadline)
+
+    def _join_lanes(self, deadline: float) -> None:
+        for lane in list(self._busy.values()):
+            lane.join(max(0.0, deadline - time.monotonic()))
 
     def sinks(self) -> dict[str, Sink]:
         sinks: dict[str, Sink] = {"row": self.write_row}
