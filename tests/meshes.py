@@ -68,3 +68,24 @@ def obj_files(mesh: trimesh.Trimesh, *, with_texture: bool = True) -> dict[str, 
     if not with_texture:
         files = {name: data for name, data in files.items() if not name.endswith(".png")}
     return files
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header declares `width`×`height` and whose pixels are missing: what a reader sees
+    before it decodes anything (a 16k×16k texture without the 768 MB it would take to make one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def gltf_with_texture_file(mesh: trimesh.Trimesh, png: bytes) -> dict[str, bytes]:
+    """`gltf_files(mesh)` with its texture moved out of the buffers into `texture.png`, holding `png`."""
+    files = gltf_files(mesh)
+    document = json.loads(files["model.gltf"])
+    document["images"] = [{"uri": "texture.png", "mimeType": "image/png"}]
+    return {**files, "model.gltf": json.dumps(document).encode(), "texture.png": png}

@@ -394,3 +394,114 @@ def test_a_refused_request_keeps_what_is_valid_on_its_own(raw, salvaged):
 def test_a_request_without_a_valid_job_id_is_not_salvaged(raw):
     assert salvage(raw) is None
     assert Identity.salvage(raw) is None
+
+
+# --- Seed 003: the model worker's BullMQ job data -----------------------------------------------------
+
+SEED_003_OPTIONS = {"dracoCompression": 7, "generateLOD": True, "targetVertices": [1000000, 100000, 10000]}
+"""optimizeGLB's options with its own defaults, as its callers pass them."""
+
+
+def accept_mesh(raw: dict[str, Any]) -> JobSpec[Any]:
+    from daemon.handlers.mesh.params import MeshParams
+
+    assert looks_legacy(raw)
+    return parse_spec(translate_legacy(raw), kinds={**KINDS, "mesh": MeshParams})
+
+
+def test_seed_003_model_job_translates_to_a_mesh_job():
+    # Given the job data the model worker's queue carried, with optimizeGLB's options
+    raw = {"jobId": "job-42", "sourceUrl": "https://cdn.example/u/scan.glb?sig=1", "sourceFormat": "glb",
+           "options": SEED_003_OPTIONS}  # fmt: skip
+    # When translated and parsed
+    spec = accept_mesh(raw)
+    # Then it is a mesh job under that id, its options as our params
+    assert (spec.job_id, spec.kind, spec.metadata) == ("job-42", "mesh", {"jobId": "job-42"})
+    assert [(i.url, i.name) for i in spec.inputs] == [("https://cdn.example/u/scan.glb?sig=1", "scan.glb")]
+    assert spec.params.draco_level == 7 and spec.params.lod_targets == [1e6, 1e5, 1e4]
+    assert spec.params.compression == "draco"
+
+
+@pytest.mark.parametrize(
+    ("url", "source_format", "name"),
+    [
+        ("https://a.example/download", "obj", "download.obj"),  # the declared format names it
+        ("https://a.example/files/chair.zip", "gltf", "chair.zip"),  # a zipped glTF stays a zip
+        ("https://a.example/m/part.STL", "stl", "part.STL"),
+        ("https://a.example/m/scan.bin", "PLY", "scan.ply"),
+    ],
+)
+def test_seed_003_upload_names_carry_a_model_format(url, source_format, name):
+    spec = accept_mesh({"jobId": "j", "sourceUrl": url, "sourceFormat": source_format})
+    assert [i.name for i in spec.inputs] == [name]
+    assert spec.params.lod_targets == [1e6, 1e5, 1e4]  # no options: our defaults, the seed's own
+
+
+def test_seed_003_without_lods_keeps_only_the_preview():
+    spec = accept_mesh({"jobId": "j", "sourceUrl": "https://a.example/m.glb", "sourceFormat": "glb",
+                        "options": {"generateLOD": False, "dracoCompression": 10}})  # fmt: skip
+    assert spec.params.lod_targets == [] and spec.params.draco_level == 10
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "fragment"),
+    [
+        ({"jobId": "j", "sourceFormat": "glb"}, "missing_field", "sourceUrl: missing field"),
+        ({"sourceUrl": "https://a.example/m.glb", "sourceFormat": "glb"}, "missing_field", "jobId: missing"),
+        ({"jobId": "j", "sourceUrl": "https://a.example/m.glb"}, "missing_field", "sourceFormat: missing"),
+        (
+            {"jobId": "j", "sourceUrl": "https://a.example/m.glb", "sourceFormat": 3},
+            "wrong_type",
+            "sourceFormat: expected string, got integer",
+        ),
+        (
+            {"jobId": "j", "sourceUrl": "https://a.example/s.laz", "sourceFormat": "laz"},
+            "unsupported_format",
+            "sourceFormat: 'laz' is not a model format this worker takes (one of glb, gltf",
+        ),
+        (
+            {"jobId": "j", "sourceUrl": "file:///etc/passwd", "sourceFormat": "glb"},
+            "invalid_url",
+            "sourceUrl: URL scheme",
+        ),
+        (
+            {"jobId": "j", "sourceUrl": "https://a.example/m.glb", "sourceFormat": "glb",
+             "options": {"dracoCompresion": 7}},
+            "unknown_field",
+            "options.dracoCompresion: unknown field (did you mean 'dracoCompression'?)",
+        ),
+        (
+            {"jobId": "j", "sourceUrl": "https://a.example/m.glb", "sourceFormat": "glb",
+             "options": {"generateLOD": "no"}},
+            "wrong_type",
+            "options.generateLOD: expected boolean, got string",
+        ),
+        (
+            {"jobId": "j", "sourceUrl": "https://a.example/m.glb", "sourceFormat": "glb", "priority": 1},
+            "unknown_field",
+            "priority: unknown field",
+        ),
+        (
+            {"jobId": "a b", "sourceUrl": "https://a.example/m.glb", "sourceFormat": "glb"},
+            "invalid_job_id",
+            "jobId: cannot be the job id",
+        ),
+    ],
+)  # fmt: skip
+def test_malformed_seed_003_job_is_refused_by_name(raw, code, fragment):
+    with pytest.raises(SpecError) as caught:
+        translate_legacy(raw)
+    assert caught.value.code == code and fragment in caught.value.message, caught.value.message
+
+
+def test_seed_003_options_are_checked_by_the_mesh_params():
+    raw = {"jobId": "j", "sourceUrl": "https://a.example/m.glb", "sourceFormat": "glb",
+           "options": {"dracoCompression": 11}}  # fmt: skip
+    with pytest.raises(SpecError) as caught:
+        accept_mesh(raw)
+    assert caught.value.code == "invalid_params" and "params.draco_level" in caught.value.message
+
+
+def test_a_refused_seed_003_job_is_salvaged_under_its_job_id():
+    assert salvage({"jobId": "job-7", "sourceUrl": 5}) == Salvaged("job-7", "unknown", None, "standard",
+                                                                   {"jobId": "job-7"})  # fmt: skip

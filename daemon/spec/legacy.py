@@ -5,6 +5,8 @@ Existing clients switch to this daemon without changes. The shapes (seeds 000-00
     RunPod wrapper   {"input": {...}} around either shape below (RunPod handed handlers job["input"])
     photos (000/001) project_id, image_urls, upload_url, webhook_url, params; 000 also top-level iterations
     video  (002)     video_url, scene_id, params {iterations, fps}
+    model  (003)     jobId, sourceUrl, sourceFormat, options {dracoCompression, generateLOD, targetVertices}
+                     (the BullMQ worker's job.data; mesh formats only so far)
 
 `translate_legacy` returns a plain dict that still goes through `parse_spec`: this module only renames,
 it never decides what is valid, except where an error would otherwise name a field the client never
@@ -34,8 +36,20 @@ PHOTO_FIELDS = ("project_id", "image_urls", "iterations", "upload_url", "webhook
 VIDEO_FIELDS = ("scene_id", "video_url", "params")
 """Every field the video worker (seed 002) read."""
 
-ID_FIELDS = ("project_id", "scene_id")
-"""The legacy fields that carry the job id: the photo workers' project, the video worker's scene."""
+MODEL_FIELDS = ("jobId", "sourceUrl", "sourceFormat", "options")
+"""Every field of seed 003's model-processing job data."""
+
+MESH_OPTIONS = {"dracoCompression": "draco_level", "targetVertices": "lod_targets", "generateLOD": None}
+"""Seed 003's optimisation options and the mesh param each becomes (generateLOD: whether lod_targets
+apply at all)."""
+
+MESH_FORMATS = ("glb", "gltf", "obj", "ply", "stl", "fbx", "zip")
+"""The sourceFormat values that are a mesh job (a .gltf or .obj with its files comes as a zip).
+PLY also carries point clouds; until the pointcloud kind exists a PLY is read as a mesh."""
+
+ID_FIELDS = ("project_id", "scene_id", "jobId")
+"""The legacy fields that carry the job id: the photo workers' project, the video worker's scene, the
+model worker's jobId."""
 
 MAIN_OUTPUT = "splat.ply"
 """The splat kind's main output, which the legacy `upload_url` receives."""
@@ -48,7 +62,7 @@ def looks_legacy(raw: Mapping[str, Any]) -> bool:
     """True when `raw` is not a v1 spec but one of the legacy request shapes."""
     if "spec_version" in raw:
         return False
-    return "input" in raw or any(field in raw for field in (*PHOTO_FIELDS, *VIDEO_FIELDS))
+    return "input" in raw or any(field in raw for field in (*PHOTO_FIELDS, *VIDEO_FIELDS, *MODEL_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,8 @@ def translate_legacy(raw: Mapping[str, Any]) -> dict[str, Any]:
         return _translate_video(body, prefix)
     if "image_urls" in body:
         return _translate_photo(body, prefix)
+    if "sourceUrl" in body or "jobId" in body:
+        return _translate_model(body, prefix)
     _refuse_unknown(body, (*PHOTO_FIELDS, *VIDEO_FIELDS), prefix)  # a typo'd "image_url" says so
     raise SpecError(f"{prefix}image_urls: missing field (or video_url for a video job)", code="missing_field")
 
@@ -152,6 +168,51 @@ def _translate_video(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     spec = _spec(job_id, "splat_video", [url], _input_names([url], "video", ".mp4"), params)
     spec["metadata"] = {"scene_id": job_id}
     return spec
+
+
+def _translate_model(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    _refuse_unknown(body, MODEL_FIELDS, prefix)
+    job_id = _job_id(body, "jobId", prefix)
+    url = _optional_url(body, "sourceUrl", prefix)
+    if url is None:
+        raise SpecError(f"{prefix}sourceUrl: missing field", code="missing_field")
+    source_format = body.get("sourceFormat")
+    if source_format is None:
+        raise SpecError(f"{prefix}sourceFormat: missing field", code="missing_field")
+    if not isinstance(source_format, str):
+        what = json_type(source_format)
+        raise SpecError(f"{prefix}sourceFormat: expected string, got {what}", code="wrong_type")
+    extension = source_format.lower().lstrip(".")
+    if extension not in MESH_FORMATS:
+        raise SpecError(
+            f"{prefix}sourceFormat: {source_format!r} is not a model format this worker takes "
+            f"(one of {', '.join(MESH_FORMATS)})",
+            code="unsupported_format",
+        )
+    params = _mesh_options(body.get("options"), f"{prefix}options")
+    # The upload keeps its own name when that names a model format (a zipped glTF sent as "gltf" stays
+    # a .zip); else it is given the declared one. The reader sniffs the bytes either way.
+    stem, suffix = _split_extension(_input_names([url], "model", f".{extension}")[0])
+    if suffix.lower().lstrip(".") not in MESH_FORMATS:
+        suffix = f".{extension}"
+    spec = _spec(job_id, "mesh", [url], [stem + suffix], params)
+    spec["metadata"] = {"jobId": job_id}
+    return spec
+
+
+def _mesh_options(options: Any, path: str) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise SpecError(f"{path}: expected object, got {json_type(options)}", code="wrong_type")
+    _refuse_unknown(options, tuple(MESH_OPTIONS), f"{path}.")
+    params = {MESH_OPTIONS[k]: v for k, v in options.items() if MESH_OPTIONS[k] is not None}
+    generate = options.get("generateLOD", True)
+    if not isinstance(generate, bool):
+        raise SpecError(f"{path}.generateLOD: expected boolean, got {json_type(generate)}", code="wrong_type")
+    if not generate:
+        params["lod_targets"] = []
+    return params
 
 
 def _spec(

@@ -42,7 +42,8 @@ class MeshParams(BaseModel):
 
     lod_targets: list[float] = Field(default_factory=lambda: [float(t) for t in SEED_LOD_TARGETS])
     """Levels of detail, finest first: a number above 1 is a vertex count, at most 1 a share of the
-    model's triangles. Levels at or above the model's own size are the full model."""
+    model's triangles. Levels at or above the model's own size are the full model. Empty: no levels
+    (the preview is still made)."""
 
     preview_ratio: float = Field(default=0.001, gt=0, le=1)
     """preview.glb keeps this share of the triangles (the replaced worker's 0.1%), at least 200."""
@@ -52,8 +53,8 @@ class MeshParams(BaseModel):
 
     @model_validator(mode="after")
     def _targets(self) -> MeshParams:
-        if not 1 <= len(self.lod_targets) <= 6:
-            raise ValueError("lod_targets: between 1 and 6 levels")
+        if len(self.lod_targets) > 6:
+            raise ValueError("lod_targets: at most 6 levels")
         if any(t <= 0 for t in self.lod_targets):
             raise ValueError("lod_targets: positive vertex counts or shares")
         return self
