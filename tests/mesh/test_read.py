@@ -85,7 +85,7 @@ def test_what_is_not_one_readable_model_is_named(sphere, tmp_path):
     none = meshes.zipped(tmp_path / "none.zip", {"readme.txt": b"hello"})
     cases = {
         html: ("not_a_model", "an HTML page"),
-        fbx: ("unsupported_format", "FBX is not read here"),
+        fbx: ("corrupt_model", "fbx: not a readable FBX ("),
         two: ("ambiguous_input", "found 2: a.glb, b.stl"),
         none: ("not_a_model", "found 0"),
     }

@@ -4,8 +4,9 @@ The format is told by the file's bytes (handlers/sniff.py), never its name. A GL
 container (glb.py) and kept; a ZIP is unpacked safely (archive.py) and must hold one model; a `.gltf`
 is packed by glTF Transform once every file it names is confined to its folder (a `http://` or
 `file://` URI, or a path out of the folder, is refused and never fetched); OBJ (with its MTL and
-textures, same confinement), PLY and STL are converted by trimesh. A texture an OBJ names but the
-archive lacks is a warning, not a failure: the material keeps its colour.
+textures, same confinement), PLY and STL are converted by trimesh; FBX is made a `.gltf` by Assimp
+(fbx.py). A texture an OBJ or FBX names but the archive lacks is a warning, not a failure: the
+material keeps its colour.
 """
 
 from __future__ import annotations
@@ -20,20 +21,21 @@ from urllib.parse import unquote, urlsplit
 from ...errors import InputError
 from ..sniff import describe_content, sniff_model
 from .archive import ArchiveLimits, extract_zip
+from .fbx import fbx_to_gltf
 from .glb import check_glb
 from .tools import ToolLimits, run_tool
 
 SNIFF_BYTES = 4096
 MODEL_SUFFIXES = {".glb": "glb", ".gltf": "gltf", ".obj": "obj", ".ply": "ply", ".stl": "stl", ".fbx": "fbx"}
 GLTF_JSON_MAX_BYTES = 64 << 20
-READABLE = "GLB, glTF (zipped with its files), OBJ (zipped with its MTL and textures), PLY or STL"
+READABLE = "GLB, glTF (zipped with its files), OBJ (zipped with its MTL and textures), FBX, PLY or STL"
 
 
 @dataclass(frozen=True)
 class ReadModel:
     glb: Path
     source_format: str
-    """What the customer sent: glb, gltf, obj, ply or stl (inside a zip or not)."""
+    """What the customer sent: glb, gltf, obj, fbx, ply or stl (inside a zip or not)."""
     zipped: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -51,10 +53,12 @@ def read_model(
         path, fmt = _model_in(path, extract_zip(path, workdir / "unpacked", archive))
     out = workdir / "source.glb"
     warnings: list[str] = []
+    if fmt == "fbx":  # Assimp makes it a .gltf with web textures, packed below like any .gltf
+        path, warnings = fbx_to_gltf(path, workdir / "fbx", workdir / "unpacked" if zipped else None, tools)
     if fmt == "glb":
         check_glb(path)
         shutil.copyfile(path, out)
-    elif fmt == "gltf":
+    elif fmt in ("gltf", "fbx"):
         _confine_gltf(path)
         run_tool("pack", {"path": str(path), "out": str(out)}, tools)
         check_glb(out)

@@ -53,25 +53,32 @@ def run_tool(command: str, args: dict[str, Any], limits: ToolLimits = ToolLimits
     on the model, JobError(code="mesh_tool_timeout") past the limit, JobError(code="mesh_tool_failed")
     for anything else it did."""
     argv = [node_binary(), f"--max-old-space-size={limits.heap_mb}", str(JS_DIR / "mesh.mjs"), command]
-    child = subprocess.Popen(  # noqa: S603 - a fixed program; args travel as one JSON argument
-        [*argv, json.dumps(args)],
-        cwd=JS_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+    status, stdout, stderr = run_limited(
+        [*argv, json.dumps(args)], f"the mesh tool's {command}", limits.time_s
+    )
+    return _verdict(command, status, stdout, stderr, limits)
+
+
+def run_limited(
+    argv: list[str], what: str, time_s: float, *, env: dict[str, str] | None = None
+) -> tuple[int, bytes, bytes]:
+    """Run `argv` (a fixed program) in a process group of its own: (status, stdout, stderr).
+    JobError(code="mesh_tool_timeout") past `time_s`; on an interrupt (a cancel or a spot notice
+    raised while waiting) the group is killed before the interrupt goes on."""
+    child = subprocess.Popen(  # noqa: S603 - fixed programs; the model's paths are single arguments
+        argv, cwd=JS_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
     try:
-        stdout, stderr = child.communicate(timeout=limits.time_s)
+        stdout, stderr = child.communicate(timeout=time_s)
     except subprocess.TimeoutExpired:
         _kill_group(child)
         raise JobError(
-            f"the mesh tool's {command} took longer than {limits.time_s:.0f} s and was stopped",
-            code="mesh_tool_timeout",
+            f"{what} took longer than {time_s:.0f} s and was stopped", code="mesh_tool_timeout"
         ) from None
     finally:
         if child.returncode is None:  # leaving with an interrupt: never leave the tool running
             _kill_group(child)
-    return _verdict(command, child.returncode, stdout, stderr, limits)
+    return child.returncode, stdout, stderr
 
 
 def _verdict(command: str, status: int, stdout: bytes, stderr: bytes, limits: ToolLimits) -> dict[str, Any]:
