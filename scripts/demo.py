@@ -11,7 +11,9 @@
 
 About 3 minutes on 2 CPU cores (300 training steps); `--steps` and `--views` change that,
 `--kind splat_video` runs the video job on a generated phone video (a 12 s orbit filmed upright, stored
-sideways with a display rotation, as phones do; `bundle.zip` on), and `--kind inspect` the small job.
+sideways with a display rotation, as phones do; `bundle.zip` on), `--kind mesh` the mesh job on a
+generated model (`--model scan`: a textured stone of `--triangles` triangles, default 200,000; `cad`: 400
+coloured parts; `textures`: four parts with a 2048 px texture each), and `--kind inspect` the small job.
 """
 
 from __future__ import annotations
@@ -117,11 +119,27 @@ def video_inputs(folder: Path, base: str) -> list[dict[str, str]]:
     return [{"url": f"{base}/{video.path.name}", "name": video.path.name}]
 
 
+def mesh_inputs(folder: Path, base: str, model: str, triangles: int) -> list[dict[str, str]]:
+    sys.path.insert(0, str(ROOT))
+    from daemon.samples import models
+
+    scene = {
+        "scan": lambda: models.scan(triangles=triangles, texture_size=2048),
+        "cad": lambda: models.cad(parts=400),
+        "textures": lambda: models.textured_set(textures=4, texture_size=2048),
+    }[model]()
+    models.write_glb(scene, str(folder / f"{model}.glb"))
+    return [{"url": f"{base}/{model}.glb", "name": f"{model}.glb"}]
+
+
 def build_spec(args: argparse.Namespace, files: Path, base: str) -> dict[str, object]:
-    if args.kind == "inspect":
+    if args.kind == "mesh":
+        inputs = mesh_inputs(files, base, args.model, args.triangles)
+        params: dict[str, object] = {"lod_targets": [0.5, 0.1]}
+    elif args.kind == "inspect":
         names = make_sample_photos(files)
         inputs = [{"url": f"{base}/{name}", "name": name} for name in names]
-        params: dict[str, object] = {}
+        params = {}
     elif args.kind == "splat_video":
         inputs = video_inputs(files, base)
         params = {"iterations": args.steps, "fps": 2.5, "bundle": True}
@@ -133,9 +151,11 @@ def build_spec(args: argparse.Namespace, files: Path, base: str) -> dict[str, ob
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--kind", choices=("splat", "splat_video", "inspect"), default="splat")
+    parser.add_argument("--kind", choices=("splat", "splat_video", "mesh", "inspect"), default="splat")
     parser.add_argument("--steps", type=int, default=300, help="training steps (splat); default 300")
     parser.add_argument("--views", type=int, default=24, help="photos of the scene (splat); default 24")
+    parser.add_argument("--model", choices=("scan", "cad", "textures"), default="scan", help="(mesh)")
+    parser.add_argument("--triangles", type=int, default=200_000, help="triangles of the scan (mesh)")
     return parser.parse_args()
 
 
@@ -159,7 +179,8 @@ def main() -> int:
         inputs = spec["inputs"]
         assert isinstance(inputs, list)
         run = partial(subprocess.run, cwd=ROOT, env=env, check=True)
-        what = "1 video" if args.kind == "splat_video" else f"{len(inputs)} photos"
+        kinds = {"splat_video": "1 video", "mesh": f"1 model: {args.model}"}
+        what = kinds.get(args.kind, f"{len(inputs)} photos")
         print(f"demo: enqueue {JOB_ID} ({args.kind}, {what})")
         run([sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)])
         print("demo: run the worker until the queue is empty")
@@ -197,10 +218,31 @@ def report(env: dict[str, str]) -> int:
         timings = result["timings_s"]
         shown = ", ".join(f"{k} {timings[k]:.1f}" for k in stages if k in timings)
         print(f"demo: seconds per stage: {shown}")
+    if "lods" in result:
+        report_mesh(result)
     print(f"demo: outputs in {out.relative_to(ROOT)}/:")
     for path in sorted(out.iterdir()):
         print(f"  {path.name:24} {path.stat().st_size:>10,} bytes")
     return 0
+
+
+def report_mesh(result: dict) -> None:
+    analysis, optimized = result["analysis"], result["optimized"]
+    textures = [f"{t['width']}×{t['height']} {t['mime_type']}" for t in analysis["textures"]]
+    print(f"demo: read {result['source']['format']}: {analysis['triangles']:,} triangles, "
+          f"{analysis['primitives']} primitives, {analysis['materials']} materials, "
+          f"textures: {', '.join(textures) or 'none'}")  # fmt: skip
+    report = analysis["validator"]
+    print(f"demo: watertight {analysis['watertight']}, validator: {report['errors']} errors, "
+          f"{report['warnings']} warnings")  # fmt: skip
+    print(f"demo: model.glb: {optimized['triangles']:,} triangles, {optimized['bytes']:,} bytes "
+          f"({optimized['compression']})")  # fmt: skip
+    for level in result["lods"]["levels"]:
+        error = f"{100 * level['hausdorff']:.3f}% (Hausdorff) {100 * level['chamfer']:.4f}% (chamfer)"
+        print(f"demo:   {level['name']:16} {level['triangles']:>9,} triangles {level['bytes']:>10,} bytes, "
+              f"error {error}")  # fmt: skip
+    timings = result["timings_s"]
+    print("demo: seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 // The mesh kind's glTF tools (daemon/handlers/mesh/tools.py runs this): one command per process,
-// `node mesh.mjs <command> '<json args>'`, one JSON object on stdout.
+// `node mesh.mjs <command> '<json args>'`, one JSON object on stdout; `batch` runs several in order in
+// one process (`{"steps": [{"command", "args"}, …]}` → `{"results": […]}`), so a stage pays Node's
+// start-up and the codecs' WebAssembly set-up once. Modules only some commands need load on first use.
 //
 // Failures the caller can name are `{"error": code, "message": …}` on stdout with exit status 2;
 // anything else (a crash, V8 out of memory) is a non-zero status with stderr, which the caller
@@ -8,23 +10,32 @@
 
 import { readFile } from "node:fs/promises";
 import { Logger, NodeIO, getBounds } from "@gltf-transform/core";
-import { ALL_EXTENSIONS } from "@gltf-transform/extensions";
+import { ALL_EXTENSIONS, EXTTextureWebP } from "@gltf-transform/extensions";
 import {
+  compressTexture,
   dedup,
+  dequantize,
   draco,
+  flatten,
+  join,
   meshopt,
+  palette,
   prune,
   resample,
   simplify,
-  textureCompress,
   unpartition,
   weld,
 } from "@gltf-transform/functions";
-import sharp from "sharp";
-import { renderThumbnail } from "./render.mjs";
 import draco3d from "draco3dgltf";
 import { MeshoptDecoder, MeshoptEncoder, MeshoptSimplifier } from "meshoptimizer";
-import validator from "gltf-validator";
+
+const once = (load) => {
+  let loaded;
+  return () => (loaded ??= load());
+};
+const sharp = once(() => import("sharp").then((module) => module.default));
+const gltfValidator = once(() => import("gltf-validator").then((module) => module.default));
+const render = once(() => import("./render.mjs"));
 
 class ToolError extends Error {
   constructor(code, message) {
@@ -37,7 +48,10 @@ class ToolError extends Error {
 const QUIET = new Logger(Logger.Verbosity.WARN);
 console.info = console.debug = console.log = (...args) => process.stderr.write(args.join(" ") + "\n");
 
-async function io() {
+// One reader/writer per process, its Draco and meshopt codecs instantiated once
+const io = once(makeIo);
+
+async function makeIo() {
   await MeshoptDecoder.ready;
   await MeshoptEncoder.ready;
   return new NodeIO()
@@ -62,7 +76,7 @@ async function readGlb(path) {
 
 // The Khronos validator's verdict; external resources are refused, never fetched.
 async function validate({ path, max_messages = 20 }) {
-  const report = await validator.validateBytes(new Uint8Array(await readFile(path)), {
+  const report = await (await gltfValidator()).validateBytes(new Uint8Array(await readFile(path)), {
     maxIssues: 1000,
     externalResourceFunction: (uri) => Promise.reject(`external resource ${uri} not allowed`),
   });
@@ -156,31 +170,50 @@ async function pack({ path, out }) {
 // Lossless clean-up, then textures to at most max_texture_size (long side), re-encoded as WebP
 // unless `texture_format` is "keep". The caller has checked every texture's pixel count against its
 // cap from the headers, so sharp never decodes an image it was not meant to.
-async function clean({ path, out, max_texture_size = 2048, texture_format = "webp" }) {
+// `join`: plain-colour materials merged into a palette texture, the node tree flattened and parts
+// sharing a material joined, so a 400-part CAD model is a handful of draw calls (as `gltf-transform
+// optimize` does; phones are bound by draw calls long before triangles). Names of parts are lost.
+async function clean({ path, out, max_texture_size = 2048, texture_format = "webp", join: joinParts = false }) {
   const document = await readGlb(path);
-  await document.transform(
-    dedup(),
-    prune(),
-    weld(),
-    resample(),
-    textureCompress({
-      encoder: sharp,
-      targetFormat: texture_format === "keep" ? undefined : texture_format,
-      resize: [max_texture_size, max_texture_size],
-    }),
-  );
+  const parts = joinParts ? [palette({ min: 5 }), flatten(), join()] : [];
+  await document.transform(dedup(), ...parts, prune(), weld(), resample());
+  await compressTextures(document, { format: texture_format === "keep" ? undefined : texture_format, size: max_texture_size });
   await (await io()).write(out, document);
   return summary(document);
 }
 
-// meshoptimizer's simplifier towards `ratio` of the triangles, unbounded by error (the caller measures
-// the error it made), then what the simplification left unused pruned.
+const PALETTE = /^Palette(BaseColor|Emissive|MetallicRoughness)$/;
+const RESIZABLE = new Set(["image/png", "image/jpeg", "image/webp"]);
+
+// Textures re-encoded as `format` (undefined: as they are) and downscaled to at most `size` on their
+// long side, one at a time (four 4096 px textures decoded at once would be 270 MB). Left alone:
+// palette textures (join's colour blocks must keep their exact pixels) and resizing a texture whose
+// short side would round to nothing (a 2048×4 strip at 256 px).
+async function compressTextures(document, { format, size }) {
+  const encoder = await sharp();
+  const textures = document.getRoot().listTextures();
+  for (const texture of textures) {
+    if (PALETTE.test(texture.getName()) || !RESIZABLE.has(texture.getMimeType())) continue;
+    const [width, height] = texture.getSize() ?? [0, 0];
+    const scale = size ? size / Math.max(width, height, 1) : 1;
+    const resize = scale < 1 && Math.min(width, height) * scale >= 1 ? [size, size] : undefined;
+    if (!resize && !format) continue;
+    await compressTexture(texture, { encoder, targetFormat: format, resize });
+  }
+  const webp = document.createExtension(EXTTextureWebP);
+  if (textures.some((texture) => texture.getMimeType() === "image/webp")) webp.setRequired(true);
+  else webp.dispose();
+}
+
+// meshoptimizer's simplifier towards `triangles` (or `ratio` of the model's), unbounded by error (the
+// caller measures the error it made), then what the simplification left unused pruned.
 // `max_texture_size`, when given, downscales the textures with it (a coarse level needs no fine texture).
-async function lod({ path, out, ratio, max_texture_size = null }) {
+async function lod({ path, out, ratio, triangles = null, max_texture_size = null }) {
   const document = await readGlb(path);
   await MeshoptSimplifier.ready;
-  const textures = max_texture_size ? [textureCompress({ encoder: sharp, resize: [max_texture_size, max_texture_size] })] : [];
-  await document.transform(weld(), simplify({ simplifier: MeshoptSimplifier, ratio, error: 1 }), prune(), ...textures);
+  if (triangles !== null) ratio = Math.min(1, triangles / Math.max(1, summary(document).triangles));
+  await document.transform(weld(), simplify({ simplifier: MeshoptSimplifier, ratio, error: 1 }), prune());
+  if (max_texture_size) await compressTextures(document, { format: undefined, size: max_texture_size });
   await (await io()).write(out, document);
   return summary(document);
 }
@@ -194,10 +227,12 @@ async function compress({ path, out, method, level = 7 }) {
   } else if (method === "meshopt") {
     await document.transform(meshopt({ encoder: MeshoptEncoder, level: "high" }));
   } else if (method === "none") {
-    // a compressed input stays compressed on write while its extension is in use: drop it
+    // a compressed input stays compressed on write while its extension is in use: drop it, and
+    // undo quantization (KHR_mesh_quantization's integer positions) so every reader gets floats
     for (const extension of document.getRoot().listExtensionsUsed()) {
       if (COMPRESSION_EXTENSIONS.has(extension.extensionName)) extension.dispose();
     }
+    await document.transform(dequantize());
   } else {
     throw new ToolError("invalid_params", `unknown compression ${method}`);
   }
@@ -224,12 +259,22 @@ function summary(document) {
 
 // The model drawn from a 3/4 view (render.mjs); a model the page could not draw is the tool's verdict.
 async function thumbnail(args) {
-  const outcome = await renderThumbnail(args);
+  const outcome = await (await render()).renderThumbnail(args);
   if (!outcome.ok) throw new ToolError("render_failed", `the thumbnail could not be drawn: ${outcome.error}`);
   return outcome;
 }
 
-const COMMANDS = { validate, analyze, pack, clean, lod, compress, thumbnail };
+// Several commands in order in this one process; the first failure ends the batch as its own would.
+async function batch({ steps }) {
+  const results = [];
+  for (const { command, args } of steps) {
+    if (command === "batch" || !COMMANDS[command]) throw new ToolError("invalid_params", `no command ${command}`);
+    results.push(await COMMANDS[command](args));
+  }
+  return { results };
+}
+
+const COMMANDS = { validate, analyze, pack, clean, lod, compress, thumbnail, batch };
 
 async function main() {
   const [command, args] = process.argv.slice(2);

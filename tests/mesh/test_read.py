@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trimesh
 
 from daemon.errors import InputError
+from daemon.handlers.mesh.geometry import load_mesh
 from daemon.handlers.mesh.read import read_model
 from daemon.handlers.mesh.tools import run_tool
 from tests import meshes
@@ -54,6 +56,21 @@ def test_every_accepted_format_becomes_a_valid_glb_with_the_triangles_sent(spher
         analysis = run_tool("analyze", {"path": str(model.glb)})
         assert analysis["triangles"] == len(sphere.faces), case
         assert (len(analysis["textures"]) == 1) == (case in textured), (case, analysis["textures"])
+
+
+@pytest.mark.parametrize("method", ["draco", "meshopt"])
+def test_a_compressed_upload_is_decoded_to_the_geometry_it_carries(sphere, tmp_path, method):
+    # Given the sphere uploaded Draco- or meshopt-compressed (meshopt with quantized positions)
+    plain = tmp_path / "plain.glb"
+    plain.write_bytes(sphere.export(file_type="glb"))
+    upload = tmp_path / "upload.glb"
+    run_tool("compress", {"path": str(plain), "out": str(upload), "method": method})
+    assert method in " ".join(run_tool("analyze", {"path": str(upload)})["extensions_used"]).lower()
+    # When it is read, Then the source holds plain float geometry where the sphere is
+    model = read_model(upload, tmp_path / "read")
+    facts = run_tool("analyze", {"path": str(model.glb)})
+    assert facts["extensions_used"] == [] and facts["triangles"] == len(sphere.faces)
+    assert np.allclose(load_mesh(model.glb).bounds, sphere.bounds, atol=2e-3)
 
 
 def test_an_obj_whose_texture_is_missing_is_read_with_a_warning(sphere, tmp_path):

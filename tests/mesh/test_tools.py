@@ -13,7 +13,8 @@ import trimesh
 
 from daemon.errors import InputError, JobError
 from daemon.handlers.mesh import tools
-from daemon.handlers.mesh.tools import ToolLimits, run_tool
+from daemon.handlers.mesh.tools import ToolLimits, run_tool, run_tools
+from daemon.samples import models
 from tests import meshes
 
 
@@ -33,6 +34,34 @@ def test_analyze_counts_what_a_viewer_draws(sphere):
     assert analysis["texture_bytes"] == texture["bytes"] > 0
     low, high = analysis["bounds"]["min"], analysis["bounds"]["max"]
     assert low == pytest.approx([-0.5] * 3, abs=0.01) and high == pytest.approx([0.5] * 3, abs=0.01)
+
+
+def test_many_coloured_parts_are_joined_into_one_draw_with_a_palette_that_no_cap_resizes(tmp_path):
+    # Given a CAD-like model: 30 parts, each its own mesh, node and plain-colour material
+    cad = tmp_path / "cad.glb"
+    models.write_glb(models.cad(parts=30), str(cad))
+    source = run_tool("analyze", {"path": str(cad)})
+    assert (source["primitives"], source["materials"], source["textures"]) == (30, 30, [])
+    # When it is cleaned with join (the default) and without
+    joined, kept = tmp_path / "joined.glb", tmp_path / "kept.glb"
+    run_tools([("clean", {"path": str(cad), "out": str(joined), "join": True}),
+               ("clean", {"path": str(cad), "out": str(kept), "join": False})])  # fmt: skip
+    # Then joined it is one primitive whose colours are a palette texture, the same triangles drawn
+    facts = run_tool("analyze", {"path": str(joined)})
+    assert (facts["primitives"], facts["materials"], facts["triangles"]) == (1, 1, source["triangles"])
+    [palette] = facts["textures"]
+    assert palette["name"] == "PaletteBaseColor" and palette["height"] < palette["width"]
+    # and kept, every part is still there
+    assert run_tool("analyze", {"path": str(kept)})["primitives"] == 30
+    # And a coarse level with a small texture cap leaves the palette's pixels alone (a resized
+    # palette would blend neighbouring parts' colours, and a 4 px strip would shrink to nothing)
+    coarse = tmp_path / "coarse.glb"
+    run_tool("lod", {"path": str(joined), "out": str(coarse), "ratio": 0.2, "max_texture_size": 64})
+    coarse_facts = run_tool("analyze", {"path": str(coarse)})
+    assert [(t["width"], t["height"]) for t in coarse_facts["textures"]] == [
+        (palette["width"], palette["height"])
+    ]
+    assert run_tool("validate", {"path": str(coarse)})["errors"] == 0
 
 
 def test_the_validator_passes_a_good_model_and_names_what_breaks_a_bad_one(sphere, tmp_path):

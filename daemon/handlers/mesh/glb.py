@@ -8,6 +8,7 @@ downstream only ever see a container whose sizes add up.
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,18 @@ def _chunks(path: Path, f: BinaryIO, size: int) -> GlbLayout:
     if json_bytes is None:
         raise _corrupt(path, "no JSON chunk")
     return GlbLayout(json_bytes, bin_bytes)
+
+
+def extensions_used(path: Path, layout: GlbLayout) -> set[str]:
+    """The glTF extensions the GLB's JSON chunk declares it uses (its layout checked first)."""
+    with path.open("rb") as f:
+        f.seek(HEADER.size + CHUNK.size)
+        raw = f.read(layout.json_bytes)
+    try:
+        used = json.loads(raw).get("extensionsUsed") or []
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise _corrupt(path, "its JSON chunk is not a glTF document") from None
+    return {name for name in used if isinstance(name, str)}
 
 
 def _corrupt(path: Path, what: str, *, code: str = "corrupt_model") -> InputError:

@@ -36,6 +36,12 @@ class MeshParams(BaseModel):
     texture_format: TextureFormat = "webp"
     """"webp" re-encodes every texture as WebP (EXT_texture_webp); "keep" keeps PNG/JPEG."""
 
+    join_parts: bool = True
+    """Merge the model's parts into as few draw calls as possible: plain-colour materials into a
+    palette texture, the node tree flattened, parts sharing a material joined (what phones draw fast;
+    `gltf-transform optimize` does the same). false keeps every part a node of its own, named as
+    uploaded, for apps that pick parts."""
+
     max_texture_pixels: int = Field(default=8192 * 8192, ge=1)
     """A texture whose header declares more pixels than this is refused (texture_too_large) before
     anything decodes it."""

@@ -22,12 +22,14 @@ from ...errors import InputError
 from ..sniff import describe_content, sniff_model
 from .archive import ArchiveLimits, extract_zip
 from .fbx import fbx_to_gltf
-from .glb import check_glb
+from .glb import check_glb, extensions_used
 from .tools import ToolLimits, run_tool
 
 SNIFF_BYTES = 4096
 MODEL_SUFFIXES = {".glb": "glb", ".gltf": "gltf", ".obj": "obj", ".ply": "ply", ".stl": "stl", ".fbx": "fbx"}
 GLTF_JSON_MAX_BYTES = 64 << 20
+ENCODED = frozenset({"KHR_draco_mesh_compression", "EXT_meshopt_compression", "KHR_mesh_quantization"})
+"""Geometry encodings an upload may carry; decoded once by the read stage."""
 READABLE = "GLB, glTF (zipped with its files), OBJ (zipped with its MTL and textures), FBX, PLY or STL"
 
 
@@ -69,6 +71,12 @@ def read_model(
     else:
         what = f"{path.name}: {fmt.upper()} is not read here: send {READABLE}"
         raise InputError(what, code="unsupported_format")
+    if fmt in ("glb", "gltf") and ENCODED & extensions_used(out, check_glb(out)):
+        # Draco, meshopt or quantized geometry, decoded once here: every later stage, and trimesh
+        # (which reads neither Draco nor normalized integer positions), then sees plain floats
+        decoded = workdir / "decoded.glb"
+        run_tool("compress", {"path": str(out), "out": str(decoded), "method": "none"}, tools)
+        decoded.replace(out)
     return ReadModel(out, fmt, zipped, warnings)
 
 

@@ -59,6 +59,17 @@ def run_tool(command: str, args: dict[str, Any], limits: ToolLimits = ToolLimits
     return _verdict(command, status, stdout, stderr, limits)
 
 
+def run_tools(
+    steps: list[tuple[str, dict[str, Any]]], limits: ToolLimits = ToolLimits()
+) -> list[dict[str, Any]]:
+    """Several commands in order in one Node process (`batch`): their results, in order. A stage's
+    commands share Node's start-up and the codecs' set-up; the time limit covers them all."""
+    if not steps:
+        return []
+    batch = {"steps": [{"command": command, "args": args} for command, args in steps]}
+    return list(run_tool("batch", batch, limits)["results"])
+
+
 def run_limited(
     argv: list[str], what: str, time_s: float, *, env: dict[str, str] | None = None
 ) -> tuple[int, bytes, bytes]:
