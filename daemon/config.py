@@ -273,6 +273,13 @@ VARIABLES: tuple[Var, ...] = (
         "0",
         "CPU threads for structure from motion; 0 = all cores. 1 makes SfM bit-reproducible (slower).",
     ),
+    Var(
+        "CHROMIUM_PATH",
+        _optional,
+        "/usr/bin/chromium",
+        "The Chromium the mesh kind draws thumbnails with (headless, SwiftShader without a GPU): Debian's "
+        "package, or on Ubuntu the headless shell Playwright installs (the launch template's user data).",
+    ),
     Var("S3_MULTIPART_THRESHOLD_MB", _positive_int, "64", "Files above this size upload in parts."),
     Var("S3_MULTIPART_CHUNK_MB", _positive_int, "16", "Part size for multipart uploads (min 5)."),
     # Downloads of user URLs
@@ -424,6 +431,7 @@ class Settings:
     checkpoint_interval_s: float
     job_max_preemptions: int
     sfm_threads: int
+    chromium_path: str | None
     s3_bucket: str | None
     s3_prefix: str
     s3_input_prefixes: tuple[str, ...]

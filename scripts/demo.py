@@ -193,10 +193,15 @@ def main() -> int:
             redis_proc.wait(10)
 
 
+def shown(path: Path) -> Path:
+    """`path` relative to the repository when it is inside it (the defaults under var/)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def report(env: dict[str, str]) -> int:
     row_path = ROOT / env.get("DAEMON_STATE_DIR", "var/state") / "jobs" / f"{JOB_ID}.json"
     row = json.loads(row_path.read_text())
-    print(f"\ndemo: final progress row: {row_path.relative_to(ROOT)}")
+    print(f"\ndemo: final progress row: {shown(row_path)}")
     if row["status"] != "completed":
         print(json.dumps(row, indent=2, sort_keys=True))
         return 1
@@ -216,11 +221,11 @@ def report(env: dict[str, str]) -> int:
               f"(SSIM {m['ssim']:.3f}, {m['views']} views)")  # fmt: skip
         stages = ("download", "images", "frames", "sfm", "train", "evaluate", "export")
         timings = result["timings_s"]
-        shown = ", ".join(f"{k} {timings[k]:.1f}" for k in stages if k in timings)
-        print(f"demo: seconds per stage: {shown}")
+        per_stage = ", ".join(f"{k} {timings[k]:.1f}" for k in stages if k in timings)
+        print(f"demo: seconds per stage: {per_stage}")
     if "lods" in result:
         report_mesh(result)
-    print(f"demo: outputs in {out.relative_to(ROOT)}/:")
+    print(f"demo: outputs in {shown(out)}/:")
     for path in sorted(out.iterdir()):
         print(f"  {path.name:24} {path.stat().st_size:>10,} bytes")
     return 0

@@ -251,6 +251,10 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "CHECKPOINT_PREFIX": ("/ckpt/", "ckpt"),
     "CHECKPOINT_INTERVAL_S": ("60", 60.0),
     "SFM_THREADS": ("1", 1),
+    "CHROMIUM_PATH": (
+        "/opt/ms-playwright/chromium_headless_shell-1200/chrome-linux/headless_shell",
+        "/opt/ms-playwright/chromium_headless_shell-1200/chrome-linux/headless_shell",
+    ),
     "IMDS_URL": ("http://127.0.0.1:1338", "http://127.0.0.1:1338"),
     "SPOT_POLL_INTERVAL_S": ("1", 1.0),
     "DAEMON_HEALTH_BIND": ("0.0.0.0", "0.0.0.0"),

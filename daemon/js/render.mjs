@@ -13,9 +13,9 @@ const HERE = new URL(".", import.meta.url).pathname;
 const ORIGIN = "http://thumbnail.invalid";
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".glb": "model/gltf-binary" };
 
-export async function renderThumbnail({ path, png, webp, size = 512, timeout_s = 120 }) {
+export async function renderThumbnail({ path, png, webp, size = 512, timeout_s = 120, chromium: executable = null }) {
   const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
+    executablePath: executable || "/usr/bin/chromium",
     args: ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"],
   });
   try {

@@ -2,7 +2,8 @@
 # capture-daemon: first-boot provisioning of one EC2 GPU instance (cloud-init runs this once, as root).
 #
 # scripts/fleet_apply.py fills the @@…@@ values below and puts this file, base64-encoded, into the
-# launch template. Steps: packages -> `capture` user -> release -> venv -> gsplat's CUDA build (once, here,
+# launch template. Steps: packages -> `capture` user -> release -> venv -> Node, npm packages and Chromium
+# for the mesh kind -> gsplat's CUDA build (once, here,
 # not on the first job: DESIGN §7) -> /etc/capture-daemon/daemon.env from SSM -> one unit per GPU and the
 # lifecycle watcher that drains them when the group terminates the instance.
 # Log: /var/log/capture-daemon-setup.log (also in the console output). Any failure marks the instance
@@ -27,6 +28,10 @@ CACHE_DIR=/var/cache/capture-daemon
 # gsplat's JIT build lands here (writable by the workers: torch takes a lock file in it on every load).
 TORCH_EXTENSIONS_DIR=$CACHE_DIR/torch_extensions
 PYTHON=python3.11
+# The mesh kind's tools: Node (>= 20; the version the tests ran with) and Playwright's Chromium
+NODE_VERSION=20.20.2
+NODE_DIR=/opt/node
+BROWSERS_DIR=/opt/ms-playwright
 LOG=/var/log/capture-daemon-setup.log
 
 exec > >(tee -a "$LOG") 2>&1
@@ -126,6 +131,26 @@ log "venv"
 # SIFT extraction and matching on the GPU: the CUDA 12 build of the pinned pycolmap (same version)
 PYCOLMAP_BUILD=cuda12 "$APP_DIR/scripts/select_pycolmap.sh" "$VENV"
 
+log "mesh tools: Node.js $NODE_VERSION, daemon/js's npm packages, a headless Chromium"
+# Node from nodejs.org, checked against its published SHA-256 (Ubuntu's apt has an older major).
+node_tar=node-v$NODE_VERSION-linux-x64.tar.xz
+curl -fsSL --retry 5 -o "/tmp/$node_tar" "https://nodejs.org/dist/v$NODE_VERSION/$node_tar"
+curl -fsSL --retry 5 "https://nodejs.org/dist/v$NODE_VERSION/SHASUMS256.txt" | grep " $node_tar\$" |
+  (cd /tmp && sha256sum -c --quiet -) || die "node $NODE_VERSION: checksum mismatch"
+rm -rf "$NODE_DIR"
+install -d -m 0755 "$NODE_DIR"
+tar -xJf "/tmp/$node_tar" -C "$NODE_DIR" --strip-components 1
+rm -f "/tmp/$node_tar"
+ln -sf "$NODE_DIR/bin/node" /usr/local/bin/node
+(cd "$APP_DIR/daemon/js" && "$NODE_DIR/bin/npm" ci --omit=dev --no-audit --no-fund --loglevel=error)
+# Chromium for thumbnails: the headless shell that the pinned playwright-core was built against, and
+# the system libraries it needs (Ubuntu's chromium is a snap, which a sandboxed unit cannot run).
+PLAYWRIGHT_BROWSERS_PATH=$BROWSERS_DIR "$NODE_DIR/bin/node" \
+  "$APP_DIR/daemon/js/node_modules/playwright-core/cli.js" install --with-deps chromium-headless-shell
+chromium=$(find "$BROWSERS_DIR" -type f -name chrome-headless-shell -perm -u+x | head -n 1)
+[ -n "$chromium" ] || die "no headless Chromium under $BROWSERS_DIR"
+chmod -R a+rX "$BROWSERS_DIR"
+
 # nvcc must match torch's CUDA major version; the DLAMI ships several toolkits side by side.
 torch_cuda=$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda or "")')
 [ -n "$torch_cuda" ] || die "torch in the venv is a CPU build"
@@ -144,7 +169,7 @@ build_env=(
   "TORCH_EXTENSIONS_DIR=$TORCH_EXTENSIONS_DIR"
   "TORCH_CUDA_ARCH_LIST=$arch_list"
   "CUDA_HOME=$cuda_home"
-  "PATH=$VENV/bin:$cuda_home/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  "PATH=$VENV/bin:$cuda_home/bin:$NODE_DIR/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
 log "gsplat CUDA extension (torch CUDA $torch_cuda, toolkit $cuda_home): 2-3 minutes"
@@ -181,8 +206,9 @@ env_tmp=$(mktemp) # 0600 root: secrets are never readable by others, even briefl
     jq -r '.Parameters[] | (.Name | split("/") | last) as $name
       | if ($name | test("^[A-Z_][A-Z0-9_]*$")) and (.Value | test("[\\n\\r]") | not)
         then "\($name)=\(.Value | @json)" else error("unusable parameter \(.Name)") end'
-  # Provisioning facts, last so that they win: the workers load the extension built above.
-  printf '%s\n' "${build_env[@]}"
+  # Provisioning facts, last so that they win: the workers load the extension built above, and the
+  # mesh kind draws thumbnails with the Chromium installed above.
+  printf '%s\n' "${build_env[@]}" "CHROMIUM_PATH=$chromium"
 } >"$env_tmp"
 grep -q '^REDIS_URL=' "$env_tmp" || die "no REDIS_URL parameter under $SSM_PATH"
 install -o root -g "$SERVICE_USER" -m 0640 "$env_tmp" "$ENV_FILE"

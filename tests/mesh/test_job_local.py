@@ -5,12 +5,14 @@ targets with errors growing along it; a rerun over the kept folder resumes after
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from daemon.handlers.mesh.tools import run_tool
 from tests import meshes
-from tests.fixtures_daemon import run_local
+from tests.fixtures_daemon import ROOT, run_local
 
 OUTPUTS = {"manifest.json", "model.glb", "model_lod0.glb", "model_lod1.glb", "preview.glb", "thumbnail.png",
            "thumbnail.webp"}  # fmt: skip
@@ -59,3 +61,39 @@ def test_a_textured_model_becomes_compressed_lods_and_a_thumbnail_and_resumes(
     errors = [level["hausdorff"] for level in levels]
     assert errors == sorted(errors) and errors[0] > 0
     assert manifest["thumbnail"]["size"] == 512 and manifest["thumbnail"]["triangles_drawn"] > 0
+
+
+PEAK_RSS_BUDGET_MB = 1536
+"""The largest process of a 10⁶-triangle job (measured: 640-875 MB, the job's Python with the model and
+its AABB tree) must stay well inside one worker's share of an instance's memory."""
+
+
+def test_a_million_triangle_scan_runs_within_its_memory_budget(daemon_env, file_server, tmp_path):
+    from daemon.samples import models
+
+    # Given a generated scan of 10⁶ triangles with a 1024 px texture
+    models.write_glb(models.scan(triangles=1_000_000, texture_size=1024), str(tmp_path / "scan.glb"))
+    url = file_server.add("mesh-scan-1m.glb", (tmp_path / "scan.glb").read_bytes())
+    env = {**daemon_env, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    spec = {"spec_version": 1, "job_id": "mesh-1m", "kind": "mesh", "inputs": [{"url": url}],
+            "params": {"lod_targets": [0.1]}}  # fmt: skip
+    # When the job runs in a process of its own, which reports the peak RSS of its largest descendant
+    # (the job's Python, each Node tool, Chromium) once they have all ended
+    measure = (
+        "import resource, subprocess, sys; "
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(done.stdout.strip()); print(done.stderr[-2000:], file=sys.stderr); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)"
+    )
+    command = [sys.executable, "-c", measure, sys.executable, "-m", "daemon", "run-local", json.dumps(spec),
+               "--out", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    *answer, peak_mb = done.stdout.strip().splitlines()
+    # Then it completed, every level within 5% of its target, under the budget
+    result = json.loads("\n".join(answer))
+    assert result["status"] == "completed", done.stderr
+    levels = result["result"]["lods"]["levels"]
+    assert levels[0]["triangles"] == pytest.approx(99_600, rel=0.05)
+    assert levels[1]["triangles"] == pytest.approx(996, rel=0.05)  # the 0.1% preview
+    print(f"10⁶ triangles: peak RSS {peak_mb} MB, stages {result['result']['timings_s']}")
+    assert int(peak_mb) < PEAK_RSS_BUDGET_MB

@@ -48,7 +48,8 @@ def run(ctx: Context) -> None:
     analysis = stage("analyze", lambda: _analyze(source, read["name"], params), folder=False)
     optimized = stage("optimize", lambda: _optimize(source, root / "optimize", params))
     lods = stage("lods", lambda: _lods(root, params, ctx))
-    thumbnail = stage("thumbnail", lambda: _thumbnail(root, params, optimized, lods))
+    chromium = ctx.settings.chromium_path if ctx.settings is not None else None
+    thumbnail = stage("thumbnail", lambda: _thumbnail(root, params, optimized, lods, chromium))
     with ctx.stage("export"):
         manifest = {
             "job_id": ctx.job_id, "kind": "mesh", "attempt": ctx.attempt, "source": read,
@@ -153,21 +154,38 @@ def _lods(root: Path, params: MeshParams, ctx: Context) -> dict[str, Any]:
 
 
 def _thumbnail(
-    root: Path, params: MeshParams, optimized: dict[str, Any], lods: dict[str, Any]
+    root: Path, params: MeshParams, optimized: dict[str, Any], lods: dict[str, Any], chromium: str | None
 ) -> dict[str, Any]:
-    """The thumbnail drawn from the finest file of at most THUMBNAIL_TRIANGLES triangles: at a few
-    hundred pixels a 1M-triangle scan and its 100k level are the same picture, and the browser decodes
-    and rasterises a tenth of it (on a CPU host, SwiftShader)."""
+    """The thumbnail drawn from the lightest file that looks the same at its size (`thumbnail_file`)."""
     folder = root / "thumbnail"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    files = [(root / "optimize" / "model.glb", optimized["triangles"])]
-    files += [(root / "lods" / level["name"], level["triangles"]) for level in lods["levels"]]
-    drawn_from = next((path for path, count in files if count <= THUMBNAIL_TRIANGLES), files[-1][0])
+    drawn_from = thumbnail_file(root, params, optimized, lods)
     args = {"path": str(drawn_from), "png": str(folder / "thumbnail.png"),
-            "webp": str(folder / "thumbnail.webp"), "size": params.thumbnail_size}  # fmt: skip
+            "webp": str(folder / "thumbnail.webp"), "size": params.thumbnail_size,
+            "chromium": chromium}  # fmt: skip
     drawn = run_tool("thumbnail", args)
     return {"size": drawn["size"], "triangles_drawn": drawn["triangles"], "drawn_from": drawn_from.name}
+
+
+def thumbnail_file(root: Path, params: MeshParams, optimized: dict[str, Any], lods: dict[str, Any]) -> Path:
+    """The finest file of at most THUMBNAIL_TRIANGLES triangles (at a few hundred pixels a 1M-triangle
+    scan and its 200k level are the same picture, and SwiftShader rasterises a fifth of it), then any
+    next level with the same geometry whose textures are still at least the thumbnail's size (the
+    browser decodes and uploads a quarter of the pixels)."""
+    files = [(root / "optimize" / "model.glb", optimized["triangles"], params.max_texture_size)]
+    for index, level in enumerate(lods["levels"]):
+        name = level["name"].removesuffix(".glb")
+        cap = lod_texture_size(index, name, params) or params.max_texture_size
+        files.append((root / "lods" / level["name"], level["triangles"], cap))
+    start = next((i for i, (_, count, _) in enumerate(files) if count <= THUMBNAIL_TRIANGLES), len(files) - 1)
+    chosen = start
+    for index in range(start + 1, len(files)):
+        _, count, cap = files[index]
+        if count < 0.99 * files[start][1] or cap < params.thumbnail_size:
+            break
+        chosen = index
+    return files[chosen][0]
 
 
 def _export(ctx: Context, root: Path, manifest: dict[str, Any]) -> None:
