@@ -67,7 +67,9 @@ def scan(triangles: int = 1_000_000, texture_size: int = 4096, seed: int = 0) ->
     x, y, z = unit.T
     uv = np.c_[0.5 + np.arctan2(y, x) / (2 * np.pi), 0.5 + np.arcsin(np.clip(z, -1, 1)) / np.pi]
     stone = _textured(mesh, uv, _as_jpeg(photo_texture(texture_size, seed)))
-    return trimesh.Scene({"scan": stone})
+    scene = trimesh.Scene()
+    scene.add_geometry(stone, node_name="scan", geom_name="scan")
+    return scene
 
 
 def cad(parts: int = 400, seed: int = 0) -> trimesh.Scene:

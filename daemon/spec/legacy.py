@@ -158,9 +158,7 @@ def _translate_photo(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 def _translate_video(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     _refuse_unknown(body, VIDEO_FIELDS, prefix)
     job_id = _job_id(body, "scene_id", prefix)
-    url = _optional_url(body, "video_url", prefix)
-    if url is None:
-        raise SpecError(f"{prefix}video_url: must not be null", code="missing_field")
+    url = _required_url(body, "video_url", prefix, "must not be null")
     # The video worker uploaded to its own MASTER_SERVER_URL: here that is the daemon's configured storage.
     params = _params(body, prefix)
     # The video worker's one result was a zip (its `plt_url`): its clients get the bundle by default.
@@ -173,9 +171,7 @@ def _translate_video(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 def _translate_model(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     _refuse_unknown(body, MODEL_FIELDS, prefix)
     job_id = _job_id(body, "jobId", prefix)
-    url = _optional_url(body, "sourceUrl", prefix)
-    if url is None:
-        raise SpecError(f"{prefix}sourceUrl: missing field", code="missing_field")
+    url = _required_url(body, "sourceUrl", prefix, "missing field")
     source_format = body.get("sourceFormat")
     if source_format is None:
         raise SpecError(f"{prefix}sourceFormat: missing field", code="missing_field")
@@ -206,7 +202,7 @@ def _mesh_options(options: Any, path: str) -> dict[str, Any]:
     if not isinstance(options, Mapping):
         raise SpecError(f"{path}: expected object, got {json_type(options)}", code="wrong_type")
     _refuse_unknown(options, tuple(MESH_OPTIONS), f"{path}.")
-    params = {MESH_OPTIONS[k]: v for k, v in options.items() if MESH_OPTIONS[k] is not None}
+    params = {name: options[key] for key, name in MESH_OPTIONS.items() if name is not None and key in options}
     generate = options.get("generateLOD", True)
     if not isinstance(generate, bool):
         raise SpecError(f"{path}.generateLOD: expected boolean, got {json_type(generate)}", code="wrong_type")
@@ -265,6 +261,13 @@ def _optional_url(body: Mapping[str, Any], field: str, prefix: str) -> str | Non
     url = body.get(field)
     if url is not None:
         _check_url(url, f"{prefix}{field}")
+    return url
+
+
+def _required_url(body: Mapping[str, Any], field: str, prefix: str, missing: str) -> str:
+    url = _optional_url(body, field, prefix)
+    if url is None:
+        raise SpecError(f"{prefix}{field}: {missing}", code="missing_field")
     return url
 
 

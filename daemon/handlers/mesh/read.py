@@ -57,13 +57,14 @@ def read_model(
     warnings: list[str] = []
     if fmt == "fbx":  # Assimp makes it a .gltf with web textures, packed below like any .gltf
         path, warnings = fbx_to_gltf(path, workdir / "fbx", workdir / "unpacked" if zipped else None, tools)
+    layout = None  # the GLB's chunk table, for the glTF formats
     if fmt == "glb":
-        check_glb(path)
+        layout = check_glb(path)
         shutil.copyfile(path, out)
     elif fmt in ("gltf", "fbx"):
         _confine_gltf(path)
         run_tool("pack", {"path": str(path), "out": str(out)}, tools)
-        check_glb(out)
+        layout = check_glb(out)
     elif fmt in ("obj", "ply", "stl"):
         warnings = _confine_obj(path) if fmt == "obj" else []
         textured = fmt == "obj" or (fmt == "ply" and _ply_texture(path, warnings))
@@ -71,7 +72,7 @@ def read_model(
     else:
         what = f"{path.name}: {fmt.upper()} is not read here: send {READABLE}"
         raise InputError(what, code="unsupported_format")
-    if fmt in ("glb", "gltf") and ENCODED & extensions_used(out, check_glb(out)):
+    if layout is not None and ENCODED & extensions_used(out, layout):
         # Draco, meshopt or quantized geometry, decoded once here: every later stage, and trimesh
         # (which reads neither Draco nor normalized integer positions), then sees plain floats
         decoded = workdir / "decoded.glb"
