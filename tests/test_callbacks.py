@@ -576,6 +576,8 @@ def test_a_slow_receiver_never_holds_up_another_hosts_callbacks(redis, webhook_r
                                   lane=delivery_lane)  # fmt: skip
             # Then the other customer's callback arrives while the first receiver still holds its request
             webhook_receiver.wait_for(lambda e: e.webhook_id == "msg_2", timeout=60)
+            # (the held lane's thread may reach its receiver after the other lane delivered: wait for it)
+            wait_until(lambda: held.requests == 1, timeout=60)
             assert held.requests == 1 and not drained.done()
             held.release()
             assert drained.result(timeout=120) == 3  # and the held ones land, in order, once let go
