@@ -182,24 +182,38 @@ async function clean({ path, out, max_texture_size = 2048, texture_format = "web
   return summary(document);
 }
 
+const TEXTURE_LANES = 2;
+
+// `tasks` (functions returning promises) run at most `lanes` at a time; the first failure is thrown
+// at once (the command fails and its process ends, so a lane still running is of no consequence).
+async function inLanes(tasks, lanes) {
+  let next = 0;
+  const lane = async () => {
+    while (next < tasks.length) await tasks[next++]();
+  };
+  await Promise.all(Array.from({ length: Math.min(lanes, tasks.length) }, lane));
+}
+
 const PALETTE = /^Palette(BaseColor|Emissive|MetallicRoughness)$/;
 const RESIZABLE = new Set(["image/png", "image/jpeg", "image/webp"]);
 
 // Textures re-encoded as `format` (undefined: as they are) and downscaled to at most `size` on their
-// long side, one at a time (four 4096 px textures decoded at once would be 270 MB). Left alone:
-// palette textures (join's colour blocks must keep their exact pixels) and resizing a texture whose
-// short side would round to nothing (a 2048×4 strip at 256 px).
+// long side, TEXTURE_LANES at a time: WebP's encoder is single-threaded, so one lane leaves a core
+// idle, while four 4096 px textures decoded at once would be 270 MB. Left alone: palette textures
+// (join's colour blocks must keep their exact pixels) and resizing a texture whose short side would
+// round to nothing (a 2048×4 strip at 256 px).
 async function compressTextures(document, { format, size }) {
   const encoder = await sharp();
   const textures = document.getRoot().listTextures();
-  for (const texture of textures) {
-    if (PALETTE.test(texture.getName()) || !RESIZABLE.has(texture.getMimeType())) continue;
+  const work = textures.flatMap((texture) => {
+    if (PALETTE.test(texture.getName()) || !RESIZABLE.has(texture.getMimeType())) return [];
     const [width, height] = texture.getSize() ?? [0, 0];
     const scale = size ? size / Math.max(width, height, 1) : 1;
     const resize = scale < 1 && Math.min(width, height) * scale >= 1 ? [size, size] : undefined;
-    if (!resize && !format) continue;
-    await compressTexture(texture, { encoder, targetFormat: format, resize });
-  }
+    if (!resize && !format) return [];
+    return [() => compressTexture(texture, { encoder, targetFormat: format, resize })];
+  });
+  await inLanes(work, TEXTURE_LANES);
   const webp = document.createExtension(EXTTextureWebP);
   if (textures.some((texture) => texture.getMimeType() === "image/webp")) webp.setRequired(true);
   else webp.dispose();

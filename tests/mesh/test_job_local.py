@@ -5,8 +5,10 @@ targets with errors growing along it; a rerun over the kept folder resumes after
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,7 @@ def test_a_textured_model_becomes_compressed_lods_and_a_thumbnail_and_resumes(
     # When it runs until the LODs are made, then again over the same folder to the end
     ended, _ = run_local(env, spec, "--workdir", str(work), "--until", "lods")
     assert ended["status"] == "stopped" and ended["after_stage"] == "lods"
+    _an_output_the_validator_rejects_never_leaves(env, spec, work, tmp_path / "tampered")
     ended, logs = run_local(env, spec, "--workdir", str(work), "--out", str(out))
     # Then the second run reused the finished stages and made the rest
     assert ended["status"] == "completed", logs[-3000:]
@@ -61,6 +64,24 @@ def test_a_textured_model_becomes_compressed_lods_and_a_thumbnail_and_resumes(
     errors = [level["hausdorff"] for level in levels]
     assert errors == sorted(errors) and errors[0] > 0
     assert manifest["thumbnail"]["size"] == 512 and manifest["thumbnail"]["triangles_drawn"] > 0
+    # And the validator's verdict on each output, taken as it was written, is in the manifest
+    for record in (manifest["optimized"], *levels):
+        assert record["validator"]["errors"] == 0
+
+
+def _an_output_the_validator_rejects_never_leaves(env, spec, work: Path, copy: Path) -> None:
+    """A copy of the kept folder whose preview.glb is cut short, its record without the validator's
+    verdict (as a worker of an earlier version wrote it): export validates it and refuses."""
+    shutil.copytree(work, copy)
+    (preview,) = copy.rglob("lods/preview.glb")
+    preview.write_bytes(preview.read_bytes()[: preview.stat().st_size // 2])
+    (record_path,) = copy.rglob("stages/lods.json")
+    record = json.loads(record_path.read_text())
+    assert all(level.pop("validator")["errors"] == 0 for level in record["levels"])
+    record_path.write_text(json.dumps(record))
+    ended, logs = run_local(env, spec, "--workdir", str(copy), "--out", str(copy / "out"))
+    assert ended["status"] == "failed", logs[-3000:]
+    assert ended["error"]["code"] == "invalid_output" and "preview.glb" in ended["error"]["message"]
 
 
 PEAK_RSS_BUDGET_MB = 1536

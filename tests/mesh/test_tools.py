@@ -163,3 +163,37 @@ def test_a_crash_is_the_tools_failure_with_its_message(fake_tool):
         run_tool("analyze", {})
     assert failed.value.code == "mesh_tool_failed" and "boom from the tool" in failed.value.message
     assert not isinstance(failed.value, InputError)
+
+
+def test_tools_beside_give_their_results_after_the_work_done_here(sphere):
+    steps = [("analyze", {"path": str(sphere)}), ("validate", {"path": str(sphere)})]
+    with tools.tools_beside(steps) as results:
+        measured = trimesh.load(sphere, force="mesh")  # this thread's own work meanwhile
+        analysis, report = results()
+    assert analysis["triangles"] == len(measured.faces) and report["errors"] == 0
+
+
+def test_a_failure_beside_the_tools_kills_them(fake_tool):
+    folder = fake_tool(HANGS_WITH_A_CHILD)
+    beside = tools.tools_beside([("analyze", {})], ToolLimits(time_s=600))
+    with pytest.raises(ValueError, match="the measuring failed"), beside:
+        deadline = time.monotonic() + 30
+        while not (folder / "child.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the tool is up, with its child
+        raise ValueError("the measuring failed")
+    assert _ends(int((folder / "child.pid").read_text()))
+
+
+def test_the_limit_of_tools_beside_counts_from_their_start(fake_tool):
+    # a tool that answers 5 s after it starts, under a 3 s limit: the work here outlasts the limit,
+    # so the wait must end at once (a limit counted from the wait would see the answer)
+    fake_tool("""
+        setTimeout(() => process.stdout.write(JSON.stringify({ results: [{}] }) + "\\n"), 5000);
+    """)
+    started = time.monotonic()
+    with tools.tools_beside([("analyze", {})], ToolLimits(time_s=3)) as results:
+        while time.monotonic() - started < 3:
+            time.sleep(0.05)
+        with pytest.raises(JobError) as stopped:
+            results()
+    assert stopped.value.code == "mesh_tool_timeout"

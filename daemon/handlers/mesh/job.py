@@ -21,7 +21,7 @@ from ..stages import StageRecords, restore_checkpoint, run_stage
 from .geometry import Surface, geometry_report, load_mesh, surface_error
 from .params import MeshParams
 from .read import read_model
-from .tools import run_tool, run_tools
+from .tools import run_tool, run_tools, tools_beside
 
 STAGES = ("download", "read", "analyze", "optimize", "lods", "thumbnail", "export")
 PREVIEW_MIN_TRIANGLES = 200
@@ -68,8 +68,15 @@ def _read(upload: Path | None, folder: Path) -> dict[str, Any]:
 
 
 def _analyze(source: Path, name: str, params: MeshParams) -> dict[str, Any]:
-    # (the validator reads image headers only: nothing is decoded before the pixel cap is checked)
-    counts, report = run_tools([("analyze", {"path": str(source)}), ("validate", {"path": str(source)})])
+    # glTF Transform's counts and the validator's report (image headers only: nothing is decoded
+    # before the pixel cap is checked) in Node while trimesh measures the geometry here
+    with tools_beside([("analyze", {"path": str(source)}), ("validate", {"path": str(source)})]) as tools:
+        try:
+            geometry = geometry_report(load_mesh(source), name)
+        except Exception:
+            tools()  # the tools' verdict on a model they cannot read comes first
+            raise
+        counts, report = tools()
     for texture in counts["textures"]:
         pixels = (texture["width"] or 0) * (texture["height"] or 0)
         if pixels > params.max_texture_pixels:
@@ -78,7 +85,6 @@ def _analyze(source: Path, name: str, params: MeshParams) -> dict[str, Any]:
                 f"{params.max_texture_pixels} pixel cap (max_texture_pixels)",
                 code="texture_too_large",
             )
-    geometry = geometry_report(load_mesh(source), name)
     return {**counts, **geometry, "validator": report}
 
 
@@ -88,14 +94,26 @@ def _optimize(source: Path, folder: Path, params: MeshParams) -> dict[str, Any]:
     cleaned = folder / "clean.glb"
     clean = {"path": str(source), "out": str(cleaned), "max_texture_size": params.max_texture_size,
              "texture_format": params.texture_format, "join": params.join_parts}  # fmt: skip
-    _, counts = run_tools([("clean", clean), _compress(cleaned, folder / "model.glb", params)])
-    return {**counts, "bytes": (folder / "model.glb").stat().st_size, "compression": params.compression}
+    model = folder / "model.glb"
+    _, counts, report = run_tools([("clean", clean), _compress(cleaned, model, params), _validate(model)])
+    return {**counts, "bytes": model.stat().st_size, "compression": params.compression,
+            "validator": _verdict(report)}  # fmt: skip
 
 
 def _compress(path: Path, out: Path, params: MeshParams) -> tuple[str, dict[str, Any]]:
     """The compress step for `path` → `out` (it reports what the written file holds)."""
     args = {"path": str(path), "out": str(out), "method": params.compression, "level": params.draco_level}
     return ("compress", args)
+
+
+def _validate(path: Path) -> tuple[str, dict[str, Any]]:
+    """The validator's step for an output, checked when it is written (`_verdict`) and before export."""
+    return ("validate", {"path": str(path), "max_messages": 3})
+
+
+def _verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's record keeps of the validator's report on an output it wrote."""
+    return {key: report[key] for key in ("errors", "warnings", "messages")}
 
 
 def lod_triangles(target: float, vertices: int, triangles: int) -> int:
@@ -137,18 +155,20 @@ def _lods(root: Path, params: MeshParams, ctx: Context) -> dict[str, Any]:
         for index, ((name, keep), source) in enumerate(zip(levels, sources, strict=True))
     ])  # fmt: skip
     ctx.progress(0.4)
-    errors = []
-    for index, (name, _) in enumerate(levels):
-        errors.append(surface_error(reference, load_mesh(folder / f"{name}.raw.glb")))
-        ctx.progress(0.4 + 0.4 * (index + 1) / len(levels))
-    counts = run_tools(
-        [_compress(folder / f"{name}.raw.glb", folder / f"{name}.glb", params) for name, _ in levels]
-    )
+    # the levels compressed and validated in Node while their errors are measured here
+    steps = [_compress(folder / f"{name}.raw.glb", folder / f"{name}.glb", params) for name, _ in levels]
+    with tools_beside([*steps, *(_validate(folder / f"{name}.glb") for name, _ in levels)]) as tools:
+        errors = []
+        for index, (name, _) in enumerate(levels):
+            errors.append(surface_error(reference, load_mesh(folder / f"{name}.raw.glb")))
+            ctx.progress(0.4 + 0.5 * (index + 1) / len(levels))
+        results = tools()
+    counts, reports = results[: len(levels)], results[len(levels) :]
     chain = []
-    for (name, keep), error, count in zip(levels, errors, counts, strict=True):
+    for (name, keep), error, count, report in zip(levels, errors, counts, reports, strict=True):
         (folder / f"{name}.raw.glb").unlink()
         chain.append({"name": f"{name}.glb", "target_triangles": keep, **count,
-                      "bytes": (folder / f"{name}.glb").stat().st_size,
+                      "bytes": (folder / f"{name}.glb").stat().st_size, "validator": _verdict(report),
                       **{k: round(v, 6) for k, v in error.items()}})  # fmt: skip
     return {"levels": chain, "error_unit": "fraction of the bounding-box diagonal"}
 
@@ -189,13 +209,20 @@ def thumbnail_file(root: Path, params: MeshParams, optimized: dict[str, Any], lo
 
 
 def _export(ctx: Context, root: Path, manifest: dict[str, Any]) -> None:
-    outputs = {"model.glb": root / "optimize" / "model.glb"}
-    outputs |= {level["name"]: root / "lods" / level["name"] for level in manifest["lods"]["levels"]}
-    reports = run_tools([("validate", {"path": str(path)}) for path in outputs.values()])
-    for name, report in zip(outputs, reports, strict=True):  # nothing leaves that a viewer would reject
-        if report["errors"]:
-            raise JobError(f"{name} failed glTF validation: {report['messages'][:3]}", code="invalid_output")
-    for name, path in outputs.items():
+    outputs = {"model.glb": (root / "optimize" / "model.glb", manifest["optimized"])}
+    for level in manifest["lods"]["levels"]:
+        outputs[level["name"]] = (root / "lods" / level["name"], level)
+    # Nothing leaves that a viewer would reject: the validator ran as each output was written (a
+    # record from a worker of an earlier version may not say, and then it runs here)
+    unchecked = [name for name, (_, record) in outputs.items() if "validator" not in record]
+    reports = run_tools([_validate(outputs[name][0]) for name in unchecked])
+    for name, report in zip(unchecked, reports, strict=True):
+        outputs[name][1]["validator"] = _verdict(report)
+    for name, (_, record) in outputs.items():
+        if record["validator"]["errors"]:
+            found = record["validator"]["messages"]
+            raise JobError(f"{name} failed glTF validation: {found}", code="invalid_output")
+    for name, (path, _) in outputs.items():
         ctx.put_output(name, path, GLB)
     ctx.put_output("thumbnail.png", root / "thumbnail" / "thumbnail.png", "image/png")
     ctx.put_output("thumbnail.webp", root / "thumbnail" / "thumbnail.webp", "image/webp")

@@ -15,6 +15,8 @@ import os
 import shutil
 import signal
 import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,15 +72,46 @@ def run_tools(
     return list(run_tool("batch", batch, limits)["results"])
 
 
+@contextlib.contextmanager
+def tools_beside(
+    steps: list[tuple[str, dict[str, Any]]], limits: ToolLimits = ToolLimits()
+) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """`run_tools(steps)` started now, in the background, while this thread does other work (the
+    tools are one core, Python's measuring another): yields the function that waits for their
+    results. Leaving the block by an exception (an interrupt, the other work's failure) kills them."""
+    batch = {"steps": [{"command": command, "args": args} for command, args in steps]}
+    argv = [node_binary(), f"--max-old-space-size={limits.heap_mb}", str(JS_DIR / "mesh.mjs"), "batch"]
+    started = time.monotonic()
+    child = _start([*argv, json.dumps(batch)], None)
+
+    def results() -> list[dict[str, Any]]:
+        left = max(0.0, limits.time_s - (time.monotonic() - started))
+        status, stdout, stderr = _finish(child, "the mesh tool's batch", left)
+        return list(_verdict("batch", status, stdout, stderr, limits)["results"])
+
+    try:
+        yield results
+    finally:
+        if child.returncode is None:  # never leave a tool running behind the stage
+            _kill_group(child)
+
+
 def run_limited(
     argv: list[str], what: str, time_s: float, *, env: dict[str, str] | None = None
 ) -> tuple[int, bytes, bytes]:
     """Run `argv` (a fixed program) in a process group of its own: (status, stdout, stderr).
     JobError(code="mesh_tool_timeout") past `time_s`; on an interrupt (a cancel or a spot notice
     raised while waiting) the group is killed before the interrupt goes on."""
-    child = subprocess.Popen(  # noqa: S603 - fixed programs; the model's paths are single arguments
+    return _finish(_start(argv, env), what, time_s)
+
+
+def _start(argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # noqa: S603 - fixed programs; the model's paths are single arguments
         argv, cwd=JS_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
+
+
+def _finish(child: subprocess.Popen[bytes], what: str, time_s: float) -> tuple[int, bytes, bytes]:
     try:
         stdout, stderr = child.communicate(timeout=time_s)
     except subprocess.TimeoutExpired:
