@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -157,39 +158,66 @@ def measure(source_mesh: Any, main: Path, outputs: list[Path], scratch: Path) ->
     }
 
 
-def bench(name: str, source: Path, scratch: Path) -> list[dict[str, Any]]:
+RUNS = ("seed chain", "gltf-transform optimize", "ours")
+
+
+def bench(name: str, source: Path, scratch: Path, repeat: int) -> list[dict[str, Any]]:
+    """`repeat` rounds of the three runs, interleaved (a noisy machine slows all three alike): each
+    row's time is the median over the rounds and its "× seed" the median of the rounds' own ratios;
+    the outputs measured are the last round's (every round writes the same files)."""
+    walls: dict[str, list[float]] = {label: [] for label in RUNS}
+    thumbnails: list[float] = []
+    written: dict[str, tuple[Path, list[Path]]] = {}
+    for _ in range(repeat):
+        for label in RUNS:
+            out = Path(tempfile.mkdtemp(dir=scratch, prefix=label.split()[0] + "-"))
+            timings: dict[str, float] = {}
+            started = time.monotonic()
+            written[label] = RUNNERS[label](source, out, timings)
+            walls[label].append(time.monotonic() - started)
+            if label == "ours":
+                thumbnails.append(timings.get("thumbnail", 0.0))
+            print(f"{name}: {label} done in {walls[label][-1]:.1f} s", file=sys.stderr)
     source_mesh = load_mesh(source)
+    seed = walls["seed chain"]
     rows = []
-    for label in ("seed chain", "gltf-transform optimize", "ours"):
-        out = Path(tempfile.mkdtemp(dir=scratch, prefix=label.split()[0] + "-"))
-        timings: dict[str, float] = {}
-        started = time.monotonic()
-        if label == "seed chain":
-            main, outputs = seed_chain(source, out)
-        elif label == "gltf-transform optimize":
-            main, outputs = gltf_transform_optimize(source, out)
-        else:
-            main, outputs = ours(source, out, timings)
-        wall = time.monotonic() - started
-        row = {"asset": name, "run": label, "wall_s": wall, **measure(source_mesh, main, outputs, scratch)}
-        if timings:
-            row["wall_s_no_thumbnail"] = wall - timings.get("thumbnail", 0.0)
+    for label in RUNS:
+        row = {"asset": name, "run": label, **_times(walls[label], seed),
+               **measure(source_mesh, *written[label], scratch)}  # fmt: skip
+        if label == "ours":
+            no_thumbnail = [
+                wall - thumbnail for wall, thumbnail in zip(walls[label], thumbnails, strict=True)
+            ]
+            row["no_thumbnail"] = _times(no_thumbnail, seed)
         rows.append(row)
-        print(f"{name}: {label} done in {wall:.1f} s", file=sys.stderr)
     return rows
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def _times(walls: list[float], seed: list[float]) -> dict[str, Any]:
+    ratios = [wall / base for wall, base in zip(walls, seed, strict=True)]
+    return {"wall_s": statistics.median(walls), "ratio": statistics.median(ratios), "ratios": ratios}
+
+
+RUNNERS = {
+    "seed chain": lambda source, out, _: seed_chain(source, out),
+    "gltf-transform optimize": lambda source, out, _: gltf_transform_optimize(source, out),
+    "ours": ours,
+}
+
+
+def print_table(rows: list[dict[str, Any]], repeat: int) -> None:
     print("| asset | run | wall s | × seed | model bytes | all outputs | validator errors | Hausdorff % | "
           "chamfer % | triangles | largest texture |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    seed = {row["asset"]: row["wall_s"] for row in rows if row["run"] == "seed chain"}
+    spread = (lambda t: f" ({min(t['ratios']):.2f}–{max(t['ratios']):.2f})") if repeat > 1 else (lambda t: "")
     for row in rows:
-        wall = f"{row['wall_s']:.1f}"
-        if "wall_s_no_thumbnail" in row:
-            wall += f" ({row['wall_s_no_thumbnail']:.1f} w/o thumbnail)"
+        wall, ratio = f"{row['wall_s']:.1f}", f"{row['ratio']:.2f}{spread(row)}"
+        if "no_thumbnail" in row:
+            bare = row["no_thumbnail"]
+            wall += f" ({bare['wall_s']:.1f} w/o thumbnail)"
+            ratio += f"; w/o thumbnail {bare['ratio']:.2f}{spread(bare)}"
         print(
-            f"| {row['asset']} | {row['run']} | {wall} | {row['wall_s'] / seed[row['asset']]:.2f} | "
+            f"| {row['asset']} | {row['run']} | {wall} | {ratio} | "
             f"{row['bytes']:,} | {row['all_bytes']:,} | {row['validator_errors']} | "
             f"{row['hausdorff_pct']:.3f} | {row['chamfer_pct']:.4f} | {row['triangles']:,} | "
             f"{row['texture']} |"
@@ -200,6 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="asset size factor (1 = full)")
     parser.add_argument("--assets", default="scan,cad,textures", help="comma-separated: scan, cad, textures")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the three runs (medians shown)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench-mesh-assets")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -207,9 +236,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-mesh-") as scratch:
         for name, path in assets.items():
-            rows += bench(name, path, Path(scratch))
-    print(f"\nmesh benchmark, scale {args.scale:g}, {os.cpu_count()} CPUs\n")
-    print_table(rows)
+            rows += bench(name, path, Path(scratch), args.repeat)
+    print(f"\nmesh benchmark, scale {args.scale:g}, {os.cpu_count()} CPUs, median of {args.repeat} rounds\n")
+    print_table(rows, args.repeat)
 
 
 if __name__ == "__main__":

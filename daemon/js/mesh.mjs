@@ -184,6 +184,11 @@ async function clean({ path, out, max_texture_size = 2048, texture_format = "web
 
 const TEXTURE_LANES = 2;
 
+// Encoder effort on glTF Transform's 0-100 scale (WebP's method 2 of 6, PNG's 3 of 10; JPEG has
+// none): measured on four 4096 px textures to 2048 px WebP, half the time of the default (method 4)
+// for 1.5% more bytes at the same quality.
+const TEXTURE_EFFORT = 33;
+
 // `tasks` (functions returning promises) run at most `lanes` at a time; the first failure is thrown
 // at once (the command fails and its process ends, so a lane still running is of no consequence).
 async function inLanes(tasks, lanes) {
@@ -211,7 +216,7 @@ async function compressTextures(document, { format, size }) {
     const scale = size ? size / Math.max(width, height, 1) : 1;
     const resize = scale < 1 && Math.min(width, height) * scale >= 1 ? [size, size] : undefined;
     if (!resize && !format) return [];
-    return [() => compressTexture(texture, { encoder, targetFormat: format, resize })];
+    return [() => compressTexture(texture, { encoder, targetFormat: format, resize, effort: TEXTURE_EFFORT })];
   });
   await inLanes(work, TEXTURE_LANES);
   const webp = document.createExtension(EXTTextureWebP);

@@ -27,6 +27,7 @@ STAGES = ("download", "read", "analyze", "optimize", "lods", "thumbnail", "expor
 PREVIEW_MIN_TRIANGLES = 200
 PREVIEW_TEXTURE_SIZE = 256
 THUMBNAIL_TRIANGLES = 300_000
+THUMBNAIL_ERROR_PX = 0.5
 GLB = "model/gltf-binary"
 
 
@@ -191,18 +192,21 @@ def _thumbnail(
 def thumbnail_file(root: Path, params: MeshParams, optimized: dict[str, Any], lods: dict[str, Any]) -> Path:
     """The finest file of at most THUMBNAIL_TRIANGLES triangles (at a few hundred pixels a 1M-triangle
     scan and its 200k level are the same picture, and SwiftShader rasterises a fifth of it), then any
-    next level with the same geometry whose textures are still at least the thumbnail's size (the
-    browser decodes and uploads a quarter of the pixels)."""
-    files = [(root / "optimize" / "model.glb", optimized["triangles"], params.max_texture_size)]
+    next level that still looks the same at the thumbnail's size: its measured error under
+    THUMBNAIL_ERROR_PX (the framed model's diagonal spans about the thumbnail's side) and its
+    textures at least the thumbnail's size (the browser decodes and uploads a fraction of the pixels)."""
+    files = [(root / "optimize" / "model.glb", optimized["triangles"], params.max_texture_size, 0.0)]
     for index, level in enumerate(lods["levels"]):
         name = level["name"].removesuffix(".glb")
         cap = lod_texture_size(index, name, params) or params.max_texture_size
-        files.append((root / "lods" / level["name"], level["triangles"], cap))
-    start = next((i for i, (_, count, _) in enumerate(files) if count <= THUMBNAIL_TRIANGLES), len(files) - 1)
+        files.append((root / "lods" / level["name"], level["triangles"], cap, level["hausdorff"]))
+    start = next(
+        (i for i, (_, count, _, _) in enumerate(files) if count <= THUMBNAIL_TRIANGLES), len(files) - 1
+    )
     chosen = start
     for index in range(start + 1, len(files)):
-        _, count, cap = files[index]
-        if count < 0.99 * files[start][1] or cap < params.thumbnail_size:
+        _, _, cap, error = files[index]
+        if error * params.thumbnail_size > THUMBNAIL_ERROR_PX or cap < params.thumbnail_size:
             break
         chosen = index
     return files[chosen][0]
