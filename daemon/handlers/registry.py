@@ -25,9 +25,11 @@ from .base import Handler
 def _load() -> dict[str, Handler]:
     from .inspect import handler as inspect_kind
     from .mesh import handler as mesh_kind
+    from .pointcloud import handler as pointcloud_kind
     from .splat import handler as splat_kind
 
-    handlers = [inspect_kind.HANDLER, splat_kind.HANDLER, splat_kind.VIDEO_HANDLER, mesh_kind.HANDLER]
+    handlers = [inspect_kind.HANDLER, splat_kind.HANDLER, splat_kind.VIDEO_HANDLER, mesh_kind.HANDLER,
+                pointcloud_kind.HANDLER]  # fmt: skip
     return {h.kind: h for h in handlers}
 
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError, JobError
+from .. import children
 
 JS_DIR = Path(__file__).resolve().parents[2] / "js"
 """daemon/js: the tools and their node_modules (`make node-deps`; hosts run `npm ci --omit=dev`)."""
@@ -32,6 +30,7 @@ INPUT_ERRORS = frozenset(
 """Codes the tool returns about the model itself: the customer's input, never retried."""
 
 V8_OUT_OF_MEMORY = "JavaScript heap out of memory"
+TIMEOUT_CODE = "mesh_tool_timeout"
 
 
 @dataclass(frozen=True)
@@ -82,47 +81,26 @@ def tools_beside(
     batch = {"steps": [{"command": command, "args": args} for command, args in steps]}
     argv = [node_binary(), f"--max-old-space-size={limits.heap_mb}", str(JS_DIR / "mesh.mjs"), "batch"]
     started = time.monotonic()
-    child = _start([*argv, json.dumps(batch)], None)
+    child = children.start([*argv, json.dumps(batch)], JS_DIR, None)
 
     def results() -> list[dict[str, Any]]:
         left = max(0.0, limits.time_s - (time.monotonic() - started))
-        status, stdout, stderr = _finish(child, "the mesh tool's batch", left)
+        status, stdout, stderr = children.finish(child, "the mesh tool's batch", left, TIMEOUT_CODE)
         return list(_verdict("batch", status, stdout, stderr, limits)["results"])
 
     try:
         yield results
     finally:
         if child.returncode is None:  # never leave a tool running behind the stage
-            _kill_group(child)
+            children.kill_group(child)
 
 
 def run_limited(
     argv: list[str], what: str, time_s: float, *, env: dict[str, str] | None = None
 ) -> tuple[int, bytes, bytes]:
-    """Run `argv` (a fixed program) in a process group of its own: (status, stdout, stderr).
-    JobError(code="mesh_tool_timeout") past `time_s`; on an interrupt (a cancel or a spot notice
-    raised while waiting) the group is killed before the interrupt goes on."""
-    return _finish(_start(argv, env), what, time_s)
-
-
-def _start(argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603 - fixed programs; the model's paths are single arguments
-        argv, cwd=JS_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
-
-
-def _finish(child: subprocess.Popen[bytes], what: str, time_s: float) -> tuple[int, bytes, bytes]:
-    try:
-        stdout, stderr = child.communicate(timeout=time_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(child)
-        raise JobError(
-            f"{what} took longer than {time_s:.0f} s and was stopped", code="mesh_tool_timeout"
-        ) from None
-    finally:
-        if child.returncode is None:  # leaving with an interrupt: never leave the tool running
-            _kill_group(child)
-    return child.returncode, stdout, stderr
+    """`argv` run in daemon/js under `time_s` (handlers/children.py): JobError(code="mesh_tool_timeout")
+    past it."""
+    return children.run_limited(argv, what, time_s, timeout_code=TIMEOUT_CODE, cwd=JS_DIR, env=env)
 
 
 def _verdict(command: str, status: int, stdout: bytes, stderr: bytes, limits: ToolLimits) -> dict[str, Any]:
@@ -145,9 +123,3 @@ def _verdict(command: str, status: int, stdout: bytes, stderr: bytes, limits: To
         f"the mesh tool's {command} failed (status {status}): {detail[-500:] or 'no output'}",
         code="mesh_tool_failed",
     )
-
-
-def _kill_group(child: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group is already gone
-        os.killpg(child.pid, signal.SIGKILL)
-    child.wait()

@@ -5,6 +5,8 @@ tile by tile gives the answer one pass over the whole cloud would, in one tile's
 
     <folder>/core/<tile>.bin    the tile's own points (canonical records, appended chunk by chunk)
     <folder>/halo/<tile>.bin    its neighbours' points within the halo
+    <folder>/halo/<tile>.src    where each halo point lives: its tile and index there (int64 pairs), so
+                                what a stage decided for that point can be looked up
 
 Raw records, not LAZ: each is written once and read once or twice, and the disk is the instance's
 local NVMe.
@@ -12,7 +14,7 @@ local NVMe.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,23 @@ class Tiles:
         scales, offsets = np.array(self.frame.scale), np.array(self.frame.offset)
         return laspy.ScaleAwarePointRecord(array, self.point_format, scales, offsets)
 
+    def halo_sources(self, tile: int) -> np.ndarray:
+        """(tile, index) of each of the tile's halo points in its own tile (N × 2)."""
+        path = self.folder / "halo" / f"{tile}.src"
+        return np.fromfile(path, np.int64).reshape(-1, 2) if path.exists() else np.zeros((0, 2), np.int64)
+
+    def looked_up(self, tile: int, per_tile: Callable[[int], np.ndarray]) -> np.ndarray:
+        """A value per halo point of `tile`, taken from `per_tile(its tile)[its index]`."""
+        sources = self.halo_sources(tile)
+        values: np.ndarray | None = None
+        for source in np.unique(sources[:, 0]):
+            rows = sources[:, 0] == source
+            found = per_tile(int(source))[sources[rows, 1]]
+            if values is None:
+                values = np.zeros(len(sources), found.dtype)
+            values[rows] = found
+        return values if values is not None else np.zeros(0)
+
     def gather(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
         """Every point (N × 3 coordinates) of the cloud inside the XY rectangle `low`–`high`, from the
         tiles it overlaps: for the rare neighbourhood that reaches past a halo."""
@@ -85,11 +104,16 @@ def partition(chunks: Iterable[laspy.ScaleAwarePointRecord], tiles: Tiles) -> di
     for chunk in chunks:
         xy = np.column_stack([chunk.x, chunk.y])
         tile = tiles.octree.tiles(xy)
+        position = np.zeros(len(tile), np.int64)  # each point's index in its own tile's file
         for index, members in _by_tile(tile):
             _append(tiles.folder / "core" / f"{index}.bin", chunk.array[members])
+            position[members] = counts.get(index, 0) + np.arange(len(members))
             counts[index] = counts.get(index, 0) + len(members)
         for index, members in _halo_members(xy, tile, tiles):
             _append(tiles.folder / "halo" / f"{index}.bin", chunk.array[members])
+            _append(
+                tiles.folder / "halo" / f"{index}.src", np.column_stack([tile[members], position[members]])
+            )
     return counts
 
 
