@@ -70,7 +70,8 @@ class TopView:
         picture = Image.fromarray(np.dstack([image, alpha]), "RGBA")
         scale = self.size / max(self.width, self.height) if self.size else 1.0
         if scale > 1:  # nearest: no colour bleeds into the transparent pixels
-            picture = picture.resize((round(self.width * scale), round(self.height * scale)), Image.Resampling.NEAREST)
+            size = (round(self.width * scale), round(self.height * scale))
+            picture = picture.resize(size, Image.Resampling.NEAREST)
         picture.save(path, optimize=True)
         return {"width": picture.width, "height": picture.height, "pixel_m": self.pixel,
                 "coloured_by": "rgb" if coloured else "elevation", "filled": float(seen.mean())}  # fmt: skip
