@@ -143,3 +143,27 @@ def test_a_bad_upload_is_refused_with_its_own_code(code, tmp_path, file_server):
     ended, logs = run_local(_env(tmp_path), spec, "--out", str(tmp_path / "out"))
     assert ended["status"] == "failed", logs[-2000:]
     assert ended["error"]["code"] == code, ended["error"]
+
+
+@pytest.mark.slow
+def test_a_real_client_opens_the_outputs(survey_job):
+    """copc.js reads the COPC by range requests and CesiumJS the tileset, in headless Chromium; both
+    draw the survey where its coordinates say, with no error and no refused request."""
+    import pyproj
+
+    from tests.pointcloud.test_viewer_harness import drawn_share, open_in_viewers
+
+    truth, out, manifest = survey_job
+    results = open_in_viewers("survey-job", copc=out / "cloud.copc.laz", tileset=out / "tiles")
+    assert set(results) == {"copc", "cesium"}
+    for result in results.values():
+        assert result["ok"] is True and result["console_errors"] == [] and result["refused"] == [], result
+        assert 0.02 < drawn_share(Path(result["screenshot"])) < 0.95, result["screenshot"]
+    copc = results["copc"]
+    assert copc["nodes"] == copc["nodes_read"] == manifest["outputs"]["copc"]["nodes"], copc
+    assert copc["points_loaded"] == copc["points_drawn"] == len(truth) and copc["has_wkt"], copc
+    cesium = results["cesium"]
+    assert cesium["tiles_failed"] == 0 and cesium["points_drawn"] > 0, cesium
+    middle = (np.array(manifest["analysis"]["bounds"]["min"]) + manifest["analysis"]["bounds"]["max"]) / 2
+    lon, lat = pyproj.Transformer.from_crs(32633, 4326, always_xy=True).transform(*middle[:2])
+    assert abs(cesium["center"]["longitude"] - lon) < 1e-3 and abs(cesium["center"]["latitude"] - lat) < 1e-3
