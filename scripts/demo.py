@@ -13,7 +13,9 @@ About 3 minutes on 2 CPU cores (300 training steps); `--steps` and `--views` cha
 `--kind splat_video` runs the video job on a generated phone video (a 12 s orbit filmed upright, stored
 sideways with a display rotation, as phones do; `bundle.zip` on), `--kind mesh` the mesh job on a
 generated model (`--model scan`: a textured stone of `--triangles` triangles, default 200,000; `cad`: 400
-coloured parts; `textures`: four parts with a 2048 px texture each), and `--kind inspect` the small job.
+coloured parts; `textures`: four parts with a 2048 px texture each), `--kind pointcloud` the point-cloud
+job on a generated drone lidar survey (`--points`, default 200,000, as a LAZ in UTM 33N with 0.2% noise),
+and `--kind inspect` the small job.
 """
 
 from __future__ import annotations
@@ -132,10 +134,21 @@ def mesh_inputs(folder: Path, base: str, model: str, triangles: int) -> list[dic
     return [{"url": f"{base}/{model}.glb", "name": f"{model}.glb"}]
 
 
+def survey_inputs(folder: Path, base: str, points: int) -> list[dict[str, str]]:
+    sys.path.insert(0, str(ROOT))
+    from daemon.samples import cloud_files, clouds
+
+    cloud_files.write_las(clouds.survey_chunks(points, seed=1), folder / "survey.laz")
+    return [{"url": f"{base}/survey.laz", "name": "survey.laz"}]
+
+
 def build_spec(args: argparse.Namespace, files: Path, base: str) -> dict[str, object]:
-    if args.kind == "mesh":
+    if args.kind == "pointcloud":
+        inputs = survey_inputs(files, base, args.points)
+        params: dict[str, object] = {}
+    elif args.kind == "mesh":
         inputs = mesh_inputs(files, base, args.model, args.triangles)
-        params: dict[str, object] = {"lod_targets": [0.5, 0.1]}
+        params = {"lod_targets": [0.5, 0.1]}
     elif args.kind == "inspect":
         names = make_sample_photos(files)
         inputs = [{"url": f"{base}/{name}", "name": name} for name in names]
@@ -151,11 +164,14 @@ def build_spec(args: argparse.Namespace, files: Path, base: str) -> dict[str, ob
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--kind", choices=("splat", "splat_video", "mesh", "inspect"), default="splat")
+    parser.add_argument(
+        "--kind", choices=("splat", "splat_video", "mesh", "pointcloud", "inspect"), default="splat"
+    )
     parser.add_argument("--steps", type=int, default=300, help="training steps (splat); default 300")
     parser.add_argument("--views", type=int, default=24, help="photos of the scene (splat); default 24")
     parser.add_argument("--model", choices=("scan", "cad", "textures"), default="scan", help="(mesh)")
     parser.add_argument("--triangles", type=int, default=200_000, help="triangles of the scan (mesh)")
+    parser.add_argument("--points", type=int, default=200_000, help="points of the survey (pointcloud)")
     return parser.parse_args()
 
 
@@ -179,7 +195,8 @@ def main() -> int:
         inputs = spec["inputs"]
         assert isinstance(inputs, list)
         run = partial(subprocess.run, cwd=ROOT, env=env, check=True)
-        kinds = {"splat_video": "1 video", "mesh": f"1 model: {args.model}"}
+        kinds = {"splat_video": "1 video", "mesh": f"1 model: {args.model}",
+                 "pointcloud": f"1 survey: {args.points:,} points"}  # fmt: skip
         what = kinds.get(args.kind, f"{len(inputs)} photos")
         print(f"demo: enqueue {JOB_ID} ({args.kind}, {what})")
         run([sys.executable, "-m", "daemon", "enqueue", json.dumps(spec)])
@@ -225,9 +242,16 @@ def report(env: dict[str, str]) -> int:
         print(f"demo: seconds per stage: {per_stage}")
     if "lods" in result:
         report_mesh(result)
+    if result.get("kind") == "pointcloud":
+        report_pointcloud(result)
     print(f"demo: outputs in {shown(out)}/:")
     for path in sorted(out.iterdir()):
-        print(f"  {path.name:24} {path.stat().st_size:>10,} bytes")
+        if path.is_dir():
+            files = [p for p in path.rglob("*") if p.is_file()]
+            size = sum(p.stat().st_size for p in files)
+            print(f"  {path.name + '/':24} {size:>10,} bytes in {len(files)} files")
+        else:
+            print(f"  {path.name:24} {path.stat().st_size:>10,} bytes")
     return 0
 
 
@@ -246,6 +270,28 @@ def report_mesh(result: dict) -> None:
         error = f"{100 * level['hausdorff']:.3f}% (Hausdorff) {100 * level['chamfer']:.4f}% (chamfer)"
         print(f"demo:   {level['name']:16} {level['triangles']:>9,} triangles {level['bytes']:>10,} bytes, "
               f"error {error}")  # fmt: skip
+    timings = result["timings_s"]
+    print("demo: seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+def report_pointcloud(result: dict) -> None:
+    analysis, clean, outputs = result["analysis"], result["clean"], result["outputs"]
+    srs, density = analysis["srs"] or {}, analysis["density"]
+    print(
+        f"demo: read {analysis['format']} (LAS {analysis['las_version']}, point format "
+        f"{analysis['point_format']}): {analysis['points']:,} points, EPSG:{srs.get('epsg')}, "
+        f"{density['density_per_m2']:.1f} points/m², spacing {density['spacing_m']:.2f} m"
+    )
+    print(f"demo: noise: {clean['low_noise']:,} low (7), {clean['high_noise']:,} high (18); "
+          f"{clean['tiles']} tile(s), halo {clean['halo_m']:.1f} m")  # fmt: skip
+    classes = result["classify"]["classification"]
+    print(f"demo: ground (2): {classes.get('2', 0):,} points by {result['classify']['ground']}")
+    copc = outputs["copc"]
+    print(f"demo: cloud.copc.laz: {copc['points']:,} points in {copc['nodes']} nodes, depths "
+          f"{', '.join(copc['nodes_per_depth'])}")  # fmt: skip
+    if "tiles" in outputs:
+        print(f"demo: tiles/: {outputs['tiles']['files']} files, placed on the globe: "
+              f"{outputs['tiles']['placed_on_globe']}")  # fmt: skip
     timings = result["timings_s"]
     print("demo: seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 

@@ -254,7 +254,8 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
                               spill=folder / "spill")  # fmt: skip
     ctx.progress(0.5)
     if "tiles" in params.outputs:
-        made["tiles"] = write_tileset(copc, folder / "tiles", epsg, jobs=max(1, os.cpu_count() or 1))
+        cache = ctx.settings.state_dir / "numba-cache" if ctx.settings is not None else root / "numba-cache"
+        made["tiles"] = write_tileset(copc, folder / "tiles", epsg, max(1, os.cpu_count() or 1), cache)
     ctx.progress(0.9)
     if "preview" in params.outputs:
         made["preview"] = view.save(

@@ -19,6 +19,7 @@ import laspy
 import numpy as np
 
 from ...errors import InputError
+from . import formats
 
 CHUNK_POINTS = 1_000_000
 """Points per chunk: 36 MB of records, and a few times that in a stage's working arrays."""
@@ -82,6 +83,12 @@ def open_cloud(path: Path, max_points: int) -> CloudFile:
         magic = f.read(4)
     if magic == b"LASF":
         cloud = _open_las(path)
+    elif (kind := formats.sniff(path)) is not None:  # PLY, E57 or a text table: by content, never by name
+        found = formats.open_other(path, kind, max_points)
+        cloud = CloudFile(path=path, format=found.format, declared_points=found.declared_points,
+                          las_version=None, point_format=None, dimensions=found.dimensions,
+                          frame=Frame(found.scale, found.offset), srs_wkt=None, colour=found.colour,
+                          extra=found.extra)  # fmt: skip
     else:
         raise InputError(f"{path.name}: not a point cloud this worker reads", code="not_a_point_cloud")
     if cloud.declared_points > max_points:
@@ -148,8 +155,8 @@ def read_chunks(cloud: CloudFile, chunk_points: int = CHUNK_POINTS) -> Iterator[
     when it is found, so the caller must not publish anything before the stream ends."""
     if cloud.format in ("las", "laz", "copc"):
         yield from _las_chunks(cloud, chunk_points)
-    else:  # pragma: no cover - open_cloud only opens the formats above
-        raise AssertionError(cloud.format)
+    else:  # a table declares no count, so the count check is the reader's own (formats.read_other)
+        yield from formats.read_other(cloud, chunk_points)
 
 
 def _las_chunks(cloud: CloudFile, chunk_points: int) -> Iterator[laspy.ScaleAwarePointRecord]:

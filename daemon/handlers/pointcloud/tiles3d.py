@@ -18,18 +18,22 @@ from typing import Any
 from ...errors import JobError
 from ..children import run_limited
 
+CLI = "daemon.handlers.pointcloud.py3dtiles_cli"
+"""py3dtiles' command line, run so that it cannot deadlock on LAZ (see that module)."""
+
 TIME_S = 6 * 3600
 """py3dtiles' limit: about 1 µs a point at 10⁹ points, with room."""
 
 
-def write_tileset(copc: Path, out: Path, epsg: int | None, jobs: int) -> dict[str, Any]:
-    """The tileset of `copc` in `out` (`out/tileset.json` and its tiles); a summary of it."""
+def write_tileset(copc: Path, out: Path, epsg: int | None, jobs: int, numba_cache: Path) -> dict[str, Any]:
+    """The tileset of `copc` in `out` (`out/tileset.json` and its tiles); a summary of it. py3dtiles
+    compiles its kernels with numba on first use (10 s): `numba_cache` keeps them between jobs."""
     shutil.rmtree(out, ignore_errors=True)
-    argv = [sys.executable, "-m", "py3dtiles.command_line", "convert", str(copc), "--out", str(out),
-            "--jobs", str(jobs), "--overwrite"]  # fmt: skip
+    argv = [sys.executable, "-m", CLI, "convert", str(copc), "--out", str(out), "--jobs", str(jobs),
+            "--overwrite"]  # fmt: skip
     if epsg is not None:
         argv += ["--srs_in", str(epsg), "--srs_out", "4978"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NUMBA_CACHE_DIR": str(numba_cache)}
     status, _, stderr = run_limited(argv, "py3dtiles convert", TIME_S, timeout_code="tiling_timeout", env=env)
     if status != 0 or not (out / "tileset.json").exists():
         detail = stderr.decode(errors="replace")[-800:]
