@@ -4,7 +4,7 @@ as a stream of chunks in one canonical record, never the whole cloud at once.
 The canonical record is a LAS 1.4 point record (format 7 with colour, 6 without: the formats COPC
 takes), in the cloud's own frame (scale and offset): coordinates stay the integers the file stored, so
 nothing is lost between the upload and `cloud.copc.laz`. Text, PLY and E57 inputs get a frame chosen
-from their first chunk (`frames.py`). Every reader raises `InputError` with a specific code for what is
+from their first points (`formats.py`). Every reader raises `InputError` with a specific code for what is
 wrong with the upload; anything else is ours.
 """
 
