@@ -249,13 +249,17 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
     copc = folder / "cloud.copc.laz"
     view = TopView.over(bounds[0], bounds[1], params.preview_size, analysis["density"]["spacing_m"])
     wkt = _wkt(epsg) if epsg is not None else None
+    plain = folder / "for-tiles.las"  # py3dtiles' input (it misreads COPC's chunks on one thread)
+    if "tiles" in params.outputs:
+        source = _also_written(source, plain, tiles)
     made["copc"] = write_copc(copc, _viewed(source, view, read), octree=tiles.octree, frame=tiles.frame,
                               point_format=tiles.point_format, bounds=bounds, wkt=wkt,
                               spill=folder / "spill")  # fmt: skip
     ctx.progress(0.5)
     if "tiles" in params.outputs:
         cache = ctx.settings.state_dir / "numba-cache" if ctx.settings is not None else root / "numba-cache"
-        made["tiles"] = write_tileset(copc, folder / "tiles", epsg, max(1, os.cpu_count() or 1), cache)
+        made["tiles"] = write_tileset(plain, folder / "tiles", epsg, max(1, os.cpu_count() or 1), cache)
+        plain.unlink()
     ctx.progress(0.9)
     if "preview" in params.outputs:
         made["preview"] = view.save(
@@ -274,6 +278,18 @@ def _finished(tiles: Tiles, root: Path, drop_noise: bool) -> Iterator[laspy.Scal
         classes = np.load(root / "classify" / f"{tile}.npy")
         records.classification = classes
         yield records[~_is_noise(classes)] if drop_noise else records
+
+
+def _also_written(
+    chunks: Iterator[laspy.ScaleAwarePointRecord], path: Path, tiles: Tiles
+) -> Iterator[laspy.ScaleAwarePointRecord]:
+    """`chunks` passed on, each also appended to the plain LAS file `path`."""
+    header = laspy.LasHeader(point_format=tiles.point_format, version="1.4")
+    header.scales, header.offsets = np.array(tiles.frame.scale), np.array(tiles.frame.offset)
+    with laspy.open(path, mode="w", header=header) as out:
+        for records in chunks:
+            out.write_points(records)
+            yield records
 
 
 def _plain(tiles: Tiles) -> Iterator[laspy.ScaleAwarePointRecord]:

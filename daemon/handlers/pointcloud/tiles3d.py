@@ -1,5 +1,6 @@
 """`tiles/`: a Cesium 3D Tiles tileset of the cloud, made by py3dtiles (the replaced worker's own tool)
-from the finished `cloud.copc.laz`, as a child process under a time limit (handlers/children.py).
+from the finished points (a plain LAS written beside the COPC), as a child process under a time limit
+(handlers/children.py).
 
 A cloud with a known coordinate system is placed on the globe (py3dtiles reprojects to EPSG:4978,
 Earth-centred, which CesiumJS expects); one without stays in its own coordinates, as py3dtiles leaves
@@ -25,11 +26,11 @@ TIME_S = 6 * 3600
 """py3dtiles' limit: about 1 µs a point at 10⁹ points, with room."""
 
 
-def write_tileset(copc: Path, out: Path, epsg: int | None, jobs: int, numba_cache: Path) -> dict[str, Any]:
-    """The tileset of `copc` in `out` (`out/tileset.json` and its tiles); a summary of it. py3dtiles
+def write_tileset(source: Path, out: Path, epsg: int | None, jobs: int, numba_cache: Path) -> dict[str, Any]:
+    """The tileset of the LAS file `source` in `out` (`out/tileset.json` and its tiles); a summary. py3dtiles
     compiles its kernels with numba on first use (10 s): `numba_cache` keeps them between jobs."""
     shutil.rmtree(out, ignore_errors=True)
-    argv = [sys.executable, "-m", CLI, "convert", str(copc), "--out", str(out), "--jobs", str(jobs),
+    argv = [sys.executable, "-m", CLI, "convert", str(source), "--out", str(out), "--jobs", str(jobs),
             "--overwrite"]  # fmt: skip
     if epsg is not None:
         argv += ["--srs_in", str(epsg), "--srs_out", "4978"]
