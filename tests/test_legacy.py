@@ -455,9 +455,15 @@ def test_seed_003_without_lods_keeps_only_the_preview():
             "sourceFormat: expected string, got integer",
         ),
         (
-            {"jobId": "j", "sourceUrl": "https://a.example/s.laz", "sourceFormat": "laz"},
+            {"jobId": "j", "sourceUrl": "https://a.example/plan.dwg", "sourceFormat": "dwg"},
             "unsupported_format",
-            "sourceFormat: 'laz' is not a model format this worker takes (one of glb, gltf",
+            "sourceFormat: 'dwg' is not a format this worker takes (models: glb, gltf",
+        ),
+        (
+            {"jobId": "j", "sourceUrl": "https://a.example/s.laz", "sourceFormat": "laz",
+             "options": {"dracoCompression": 7}},
+            "unknown_field",
+            "options: the point-cloud pipeline takes none (got fields dracoCompression)",
         ),
         (
             {"jobId": "j", "sourceUrl": "file:///etc/passwd", "sourceFormat": "glb"},
@@ -492,6 +498,25 @@ def test_malformed_seed_003_job_is_refused_by_name(raw, code, fragment):
     with pytest.raises(SpecError) as caught:
         translate_legacy(raw)
     assert caught.value.code == code and fragment in caught.value.message, caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("url", "source_format", "name"),
+    [
+        ("https://cdn.example/u/site.laz?sig=1", "laz", "site.laz"),
+        ("https://cdn.example/u/scan", "e57", "scan.e57"),
+        ("https://cdn.example/u/points.txt", "CSV", "points.txt"),
+    ],
+)
+def test_seed_003_point_cloud_job_translates_to_a_pointcloud_job(url, source_format, name):
+    from daemon.handlers.pointcloud.params import PointcloudParams
+
+    raw = {"jobId": "site-7", "sourceUrl": url, "sourceFormat": source_format}
+    assert looks_legacy(raw)
+    spec = parse_spec(translate_legacy(raw), kinds={**KINDS, "pointcloud": PointcloudParams})
+    assert spec.kind == "pointcloud" and spec.job_id == "site-7"
+    assert [i.name for i in spec.inputs] == [name] and spec.metadata == {"jobId": "site-7"}
+    assert spec.params.outlier is not None and spec.params.ground == "csf"  # the seed's pipeline
 
 
 def test_seed_003_options_are_checked_by_the_mesh_params():

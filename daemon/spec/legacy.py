@@ -44,8 +44,12 @@ MESH_OPTIONS = {"dracoCompression": "draco_level", "targetVertices": "lod_target
 apply at all)."""
 
 MESH_FORMATS = ("glb", "gltf", "obj", "ply", "stl", "fbx", "zip")
-"""The sourceFormat values that are a mesh job (a .gltf or .obj with its files comes as a zip).
-PLY also carries point clouds; until the pointcloud kind exists a PLY is read as a mesh."""
+"""The sourceFormat values that are a mesh job (a .gltf or .obj with its files comes as a zip). PLY also
+carries point clouds, but the model worker read it as a mesh, so it stays one here: a PLY point cloud
+is sent as a v1 `pointcloud` spec."""
+
+POINTCLOUD_FORMATS = ("las", "laz", "copc", "e57", "xyz", "csv", "txt")
+"""The sourceFormat values that are a pointcloud job (seed 003's point-cloud pipeline)."""
 
 ID_FIELDS = ("project_id", "scene_id", "jobId")
 """The legacy fields that carry the job id: the photo workers' project, the video worker's scene, the
@@ -179,10 +183,12 @@ def _translate_model(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         what = json_type(source_format)
         raise SpecError(f"{prefix}sourceFormat: expected string, got {what}", code="wrong_type")
     extension = source_format.lower().lstrip(".")
+    if extension in POINTCLOUD_FORMATS:
+        return _translate_cloud(body, prefix, job_id, url, extension)
     if extension not in MESH_FORMATS:
         raise SpecError(
-            f"{prefix}sourceFormat: {source_format!r} is not a model format this worker takes "
-            f"(one of {', '.join(MESH_FORMATS)})",
+            f"{prefix}sourceFormat: {source_format!r} is not a format this worker takes (models: "
+            f"{', '.join(MESH_FORMATS)}; point clouds: {', '.join(POINTCLOUD_FORMATS)})",
             code="unsupported_format",
         )
     params = _mesh_options(body.get("options"), f"{prefix}options")
@@ -192,6 +198,27 @@ def _translate_model(body: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     if suffix.lower().lstrip(".") not in MESH_FORMATS:
         suffix = f".{extension}"
     spec = _spec(job_id, "mesh", [url], [stem + suffix], params)
+    spec["metadata"] = {"jobId": job_id}
+    return spec
+
+
+def _translate_cloud(
+    body: Mapping[str, Any], prefix: str, job_id: str, url: str, extension: str
+) -> dict[str, Any]:
+    """Seed 003's point-cloud job: its pipeline (PDAL's outlier, ELM and ground filters, then tiles) is
+    the pointcloud kind's default, and it took no options."""
+    options = body.get("options")
+    if options not in (None, {}):
+        what = (
+            f"fields {', '.join(map(str, options))}" if isinstance(options, Mapping) else json_type(options)
+        )
+        raise SpecError(
+            f"{prefix}options: the point-cloud pipeline takes none (got {what})", code="unknown_field"
+        )
+    stem, suffix = _split_extension(_input_names([url], "cloud", f".{extension}")[0])
+    if suffix.lower().lstrip(".") not in POINTCLOUD_FORMATS:
+        suffix = f".{extension}"
+    spec = _spec(job_id, "pointcloud", [url], [stem + suffix], {})
     spec["metadata"] = {"jobId": job_id}
     return spec
 
