@@ -137,16 +137,15 @@ def _clean(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: P
     counts = partition(_spill(root, read)(), tiles)
     ctx.progress(0.3)
     (folder / "classes").mkdir(parents=True)
-    found = _outlier_distances(tiles, params, ctx) if params.outlier is not None else {}
-    threshold = _threshold(found, params)
+    threshold = _outlier_distances(tiles, folder / "distances", params, ctx)
     origin = tuple(read["tally"]["bounds"]["min"][:2])
     totals = {noise.LOW_NOISE: 0, noise.HIGH_NOISE: 0}
     for index, tile in enumerate(tiles.ids()):
         core, halo = _xyz(tiles.load(tile)), _xyz(tiles.load(tile, "halo"))
         classes = np.asarray(tiles.load(tile).classification).copy()
         flagged = np.zeros(len(core), bool)
-        if tile in found and threshold is not None:
-            flagged = noise.statistical_outliers(found[tile], threshold)
+        if threshold is not None:
+            flagged = np.load(folder / "distances" / f"{tile}.npy") > threshold
         classes[flagged] = noise.noise_classes(core[flagged], np.concatenate([core, halo]))
         if params.elm is not None:
             low = noise.extended_local_minimum(np.concatenate([core, halo]), origin, params.elm.cell,
@@ -161,26 +160,27 @@ def _clean(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: P
             "high_noise": totals[noise.HIGH_NOISE]}  # fmt: skip
 
 
-def _outlier_distances(
-    tiles: Tiles, params: PointcloudParams, ctx: Context
-) -> dict[int, noise.Neighbourhoods]:
-    assert params.outlier is not None
-    found = {}
+def _outlier_distances(tiles: Tiles, folder: Path, params: PointcloudParams, ctx: Context) -> float | None:
+    """Each tile's mean neighbour distances (saved per tile: the cloud's would not fit in memory), and
+    the outlier threshold from their running sums; None without the outlier test."""
+    if params.outlier is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    total = squares = 0.0
+    count = 0
     ids = tiles.ids()
     for index, tile in enumerate(ids):
         core, halo = _xyz(tiles.load(tile)), _xyz(tiles.load(tile, "halo"))
         first = noise.neighbour_distances(core, halo, params.outlier.mean_k, _room(tiles, tile, core))
-        found[tile] = noise.widened(first, core, params.outlier.mean_k, tiles.gather)
+        distances = noise.widened(first, core, params.outlier.mean_k, tiles.gather).mean_distance
+        np.save(folder / f"{tile}.npy", distances)
+        total, squares, count = (
+            total + float(distances.sum()),
+            squares + float(distances @ distances),
+            count + len(distances),
+        )
         ctx.progress(0.3 + 0.3 * (index + 1) / len(ids))
-    return found
-
-
-def _threshold(found: dict[int, noise.Neighbourhoods], params: PointcloudParams) -> float | None:
-    if params.outlier is None or not found:
-        return None
-    every = np.concatenate([f.mean_distance for f in found.values()])
-    return noise.outlier_threshold(float(every.sum()), float((every * every).sum()), len(every),
-                                   params.outlier.multiplier)  # fmt: skip
+    return noise.outlier_threshold(total, squares, count, params.outlier.multiplier) if count else None
 
 
 def _room(tiles: Tiles, tile: int, xyz: np.ndarray) -> np.ndarray:
