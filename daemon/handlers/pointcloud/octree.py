@@ -70,44 +70,77 @@ class Octree:
         return cells[:, 0] * side + cells[:, 1]
 
 
-def sample_order(ints: np.ndarray) -> np.ndarray:
-    """A fixed pseudo-random order of points, from their integer coordinates (the same point always
-    ranks the same, in any tile, on any attempt)."""
+def priority(ints: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random rank per point, from its integer coordinates (the same point ranks the same
+    in any tile, on any attempt); the low 24 bits are the point's index, so ranks are unique (copies of
+    one point rank by their order)."""
     mixed = (
         (ints[:, 0].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         ^ (ints[:, 1].astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
         ^ (ints[:, 2].astype(np.uint64) * np.uint64(0x165667B19E3779F9))
     )
     mixed ^= mixed >> np.uint64(29)
-    return np.argsort(mixed, kind="stable")
+    index = np.arange(len(ints), dtype=np.uint64) & np.uint64(0xFFFFFF)
+    return (mixed & ~np.uint64(0xFFFFFF)) | index
 
 
 def assign_nodes(octree: Octree, xyz: np.ndarray, ints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each point's node as (depth, key) where key is the node's x, y, z index packed in an int64
-    (`unpack`), for the points of one tile."""
-    order = sample_order(ints)
-    xyz = xyz[order]
+    (`unpack`), for the points of one tile.
+
+    One sort: points ordered by the Morton code of their cell at MAX_DEPTH have every cell of every
+    coarser level, and every node, as a contiguous run; each level then finds its runs' highest-priority
+    point and its nodes' sizes in linear passes."""
+    fine = octree.cells(xyz, MAX_DEPTH)
+    order = np.argsort(_morton(fine), kind="stable")
+    fine, rank = fine[order], priority(ints)[order]
     depth = np.full(len(xyz), -1, np.int16)
     key = np.zeros(len(xyz), np.int64)
     left = np.arange(len(xyz))
     for level in range(MAX_DEPTH + 1):
         if len(left) == 0:
             break
-        cells = octree.cells(xyz[left], level)
+        cells = fine[left] >> (MAX_DEPTH - level)
         nodes = _pack(cells // GRID, level)
         keep = np.zeros(len(left), bool)
         if level >= octree.tile_depth:  # a node wholly inside this tile: the leaf rule applies
-            _, node_of, counts = np.unique(nodes, return_inverse=True, return_counts=True)
-            keep |= counts[node_of] <= LEAF_POINTS
+            keep |= _run_sizes(nodes) <= LEAF_POINTS
         if level == MAX_DEPTH:
             keep[:] = True
-        _, first = np.unique(_pack(cells, level + 7), return_index=True)  # first in order, per cell
-        keep[first] = True
-        depth[left[keep]], key[left[keep]] = level, nodes[keep]
+        keep |= _run_firsts(_pack(cells, level + 7), rank[left])
+        depth[order[left[keep]]], key[order[left[keep]]] = level, nodes[keep]
         left = left[~keep]
-    back = np.empty_like(order)
-    back[order] = np.arange(len(order))
-    return depth[back], key[back]
+    return depth, key
+
+
+def _morton(cells: np.ndarray) -> np.ndarray:
+    """The Morton (Z-order) code of cells of up to 21 bits an axis: their bits interleaved x, y, z."""
+    code = np.zeros(len(cells), np.uint64)
+    for axis in range(3):
+        spread = cells[:, axis].astype(np.uint64)
+        for shift, mask in ((32, 0x1F00000000FFFF), (16, 0x1F0000FF0000FF), (8, 0x100F00F00F00F00F),
+                            (4, 0x10C30C30C30C30C3), (2, 0x1249249249249249)):  # fmt: skip
+            spread = (spread | (spread << np.uint64(shift))) & np.uint64(mask)
+        code |= spread << np.uint64(2 - axis)
+    return code
+
+
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The starts of the runs of equal `keys`, and each element's run."""
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return starts, np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(keys)]))
+
+
+def _run_sizes(keys: np.ndarray) -> np.ndarray:
+    """Each element's run length."""
+    starts, run = _runs(keys)
+    return np.diff(np.r_[starts, len(keys)])[run]
+
+
+def _run_firsts(keys: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Whether each element has the lowest rank of its run (ranks are unique: one per run)."""
+    starts, run = _runs(keys)
+    return rank == np.minimum.reduceat(rank, starts)[run]
 
 
 def _pack(cells: np.ndarray, bits_level: int) -> np.ndarray:
