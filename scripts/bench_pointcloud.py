@@ -8,7 +8,7 @@ The runs on each survey:
   `ground: none`, `outputs: ["copc"]`): the streaming path's throughput;
 - "whole job": our job with its defaults (outliers, ELM, CSF ground, COPC, 3D Tiles, preview);
 - "py3dtiles convert": the replaced worker's tiling step alone on the same LAZ (`--jobs` = CPUs; run
-  through our wrapper, daemon/handlers/pointcloud/py3dtiles_cli.py: as it comes it deadlocks on LAZ).
+  through our wrapper, scripts/py3dtiles_cli.py: as it comes it deadlocks on LAZ).
 
 Each row: wall seconds, points per second, the peak resident memory of the largest process and of all
 of the run's processes together (sampled every 0.2 s), and for our runs the seconds per stage.
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from daemon.samples import cloud_files, clouds  # noqa: E402
 
 FAST = {"outlier": None, "elm": None, "ground": "none", "outputs": ["copc"]}
-CLI = "daemon.handlers.pointcloud.py3dtiles_cli"
+CLI = str(ROOT / "scripts" / "py3dtiles_cli.py")
 
 
 def survey(folder: Path, points: int) -> Path:

@@ -57,32 +57,23 @@ def neighbour_distances(
 
 
 def widened(
-    found: Neighbourhoods, core: np.ndarray, k: int, gather: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    found: Neighbourhoods, core: np.ndarray, k: int, others: Callable[[np.ndarray, np.ndarray], np.ndarray]
 ) -> Neighbourhoods:
     """`found` with its incomplete neighbourhoods measured again against every point of the cloud within
     reach: the k-th neighbour found bounds the true one's distance, so the points within that distance
-    (`gather(low, high)`: the cloud's points in an XY rectangle, N × 3) hold the true k nearest."""
+    (the tile's own, and `others(low, high)`: the other tiles' points in an XY rectangle, N × 3) hold
+    the true k nearest."""
     todo = np.flatnonzero(~found.complete)
     if len(todo) == 0:
         return found
     reach = float(found.farthest[todo].max())
-    pool = gather(core[todo, :2].min(axis=0) - reach, core[todo, :2].max(axis=0) + reach)
-    again = neighbour_distances(core[todo], _without(pool, core[todo]), k)
+    low, high = core[todo, :2].min(axis=0) - reach, core[todo, :2].max(axis=0) + reach
+    own = np.all((core[:, :2] >= low) & (core[:, :2] <= high), axis=1)
+    own[todo] = False  # (the points asked about come first: `neighbour_distances` skips each itself)
+    again = neighbour_distances(core[todo], np.concatenate([core[own], others(low, high)]), k)
     mean, farthest = found.mean_distance.copy(), found.farthest.copy()
     mean[todo], farthest[todo] = again.mean_distance, again.farthest
     return replace(found, mean_distance=mean, farthest=farthest, complete=np.ones(len(core), bool))
-
-
-def _without(pool: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """`pool` less one copy of each of `points` (they are its own points: `neighbour_distances` puts
-    the core first and skips each point's nearest, itself)."""
-    keys = np.ascontiguousarray(pool).view([("", pool.dtype)] * 3).ravel()
-    drop = np.ascontiguousarray(points).view([("", points.dtype)] * 3).ravel()
-    order = np.argsort(keys)
-    found = order[np.searchsorted(keys[order], drop)]
-    keep = np.ones(len(pool), bool)
-    keep[found] = False
-    return pool[keep]
 
 
 def outlier_threshold(total: float, total_squares: float, count: int, multiplier: float) -> float:

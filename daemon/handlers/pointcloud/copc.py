@@ -1,8 +1,9 @@
-"""`cloud.copc.laz`: a Cloud Optimized Point Cloud (COPC 1.0) written by copclib from the cloud's tiles.
+"""`cloud.copc.laz`: a Cloud Optimized Point Cloud (COPC 1.0) written by copclib, node by node as the
+octree places them (nodes.py).
 
-Each tile's points are placed in their octree nodes (octree.py); a node below the tiles' depth lies in
-one tile and is compressed and written at once, a node above it gathers points from several tiles in a
-spill file and is written at the end. Memory is one tile's points, whatever the cloud's size.
+A node's points are compressed (LASzip, by copclib's `CompressBytes`) where the node is made, which may
+be a worker process placing tiles in parallel (tilework.py), and the one writer in the job's process
+adds the compressed chunk: the file is written by one hand, the work spread over the cores.
 """
 
 from __future__ import annotations
@@ -15,8 +16,43 @@ import copclib
 import laspy
 import numpy as np
 
-from .octree import Octree, assign_nodes, unpack
+from .nodes import Node, gathered, placed
+from .octree import Octree, unpack
 from .source import Frame
+
+
+def compressed(node: Node, point_format_id: int) -> bytes:
+    """The node's points as one LASzip chunk."""
+    raw = copclib.VectorChar(np.ascontiguousarray(node.points).view(np.int8).reshape(-1))
+    return np.asarray(copclib.CompressBytes(raw, point_format_id, 0), np.int8).tobytes()
+
+
+class CopcFile:
+    """The COPC being written: nodes added in any order, the hierarchy and header written on `close`."""
+
+    def __init__(self, path: Path, *, octree: Octree, frame: Frame, point_format: laspy.PointFormat,
+                 bounds: tuple[np.ndarray, np.ndarray], wkt: str | None) -> None:  # fmt: skip
+        self.octree, self.point_format = octree, point_format
+        self._writer = copclib.FileWriter(str(path), _config(octree, frame, point_format, bounds, wkt))
+        self.nodes = self.points = 0
+        self.depths: dict[int, int] = {}
+
+    def add(self, node: Node) -> None:
+        self.add_compressed(node.depth, node.key, compressed(node, self.point_format.id), len(node.points))
+
+    def add_compressed(self, depth: int, key: int, chunk: bytes, count: int) -> None:
+        x, y, z = unpack(key, depth)
+        data = copclib.VectorChar(np.frombuffer(chunk, np.int8))
+        self._writer.AddNodeCompressed(copclib.VoxelKey(depth, x, y, z), data, count)
+        self.nodes, self.points = self.nodes + 1, self.points + count
+        self.depths[depth] = self.depths.get(depth, 0) + 1
+
+    def close(self) -> dict[str, Any]:
+        self._writer.Close()
+        return {"points": self.points, "nodes": self.nodes,
+                "nodes_per_depth": {str(d): n for d, n in sorted(self.depths.items())},
+                "spacing": self.octree.spacing, "halfsize": self.octree.halfsize,
+                "center": list(self.octree.center)}  # fmt: skip
 
 
 def write_copc(
@@ -30,38 +66,17 @@ def write_copc(
     wkt: str | None,
     spill: Path,
 ) -> dict[str, Any]:
-    """Write every tile's points (canonical records in `frame`) as a COPC file; its summary."""
-    writer = copclib.FileWriter(str(path), _config(octree, frame, point_format, bounds, wkt))
-    spill.mkdir(parents=True, exist_ok=True)
-    shallow: set[tuple[int, int]] = set()
-    nodes = points = 0
-    depths: dict[int, int] = {}
+    """Every tile's points (canonical records in `frame`) as a COPC file, in this process; its summary."""
+    copc = CopcFile(path, octree=octree, frame=frame, point_format=point_format, bounds=bounds, wkt=wkt)
     try:
-        for records in tiles:
-            if len(records) == 0:
-                continue
-            xyz = np.column_stack([records.x, records.y, records.z])
-            ints = np.column_stack([records.X, records.Y, records.Z])
-            depth, key = assign_nodes(octree, xyz, ints)
-            for (level, node), members in _groups(depth, key):
-                data = records.array[members]
-                if level < octree.tile_depth:  # gathered from several tiles: written at the end
-                    with (spill / f"{level}-{node}.bin").open("ab") as out:
-                        out.write(data.tobytes())
-                    shallow.add((level, node))
-                    continue
-                _add(writer, level, node, data)
-                nodes, points, depths[level] = nodes + 1, points + len(data), depths.get(level, 0) + 1
-        for level, node in sorted(shallow):
-            data = np.fromfile(spill / f"{level}-{node}.bin", dtype=point_format.dtype())
-            _add(writer, level, node, data)
-            nodes, points, depths[level] = nodes + 1, points + len(data), depths.get(level, 0) + 1
-            (spill / f"{level}-{node}.bin").unlink()
+        for tile, records in enumerate(tiles):
+            for node in placed(tile, records, octree, spill):
+                copc.add(node)
+        for node in gathered(spill, point_format.dtype()):
+            copc.add(node)
     finally:
-        writer.Close()
-    per_depth = {str(d): n for d, n in sorted(depths.items())}
-    return {"points": points, "nodes": nodes, "nodes_per_depth": per_depth, "spacing": octree.spacing,
-            "halfsize": octree.halfsize, "center": list(octree.center)}  # fmt: skip
+        summary = copc.close()
+    return summary
 
 
 def _config(
@@ -78,19 +93,3 @@ def _config(
     info.center_x, info.center_y, info.center_z = octree.center
     info.halfsize, info.spacing = octree.halfsize, octree.spacing
     return config
-
-
-def _groups(depth: np.ndarray, key: np.ndarray) -> Iterable[tuple[tuple[int, int], np.ndarray]]:
-    """(depth, key) → the indices of its points, node by node."""
-    order = np.lexsort((key, depth))
-    d, k = depth[order], key[order]
-    starts = np.flatnonzero(np.r_[True, (d[1:] != d[:-1]) | (k[1:] != k[:-1])])
-    ends = np.r_[starts[1:], len(order)]
-    for start, end in zip(starts, ends, strict=True):
-        yield (int(d[start]), int(k[start])), order[start:end]
-
-
-def _add(writer: copclib.FileWriter, level: int, node: int, data: np.ndarray) -> None:
-    x, y, z = unpack(node, level)
-    raw = copclib.VectorChar(np.ascontiguousarray(data).view(np.int8).reshape(-1))
-    writer.AddNode(copclib.VoxelKey(level, x, y, z), raw)

@@ -10,7 +10,6 @@ follows a tile's size, never the cloud's.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,15 +21,17 @@ import numpy as np
 from ..base import Context
 from ..stages import StageRecords, restore_checkpoint, run_stage
 from . import clean as noise
-from .classify import ground, ground_classes
-from .copc import write_copc
+from .cleanwork import Distances, Ground, Noise
+from .copc import CopcFile
 from .describe import describe
+from .nodes import gathered
 from .octree import Octree
 from .params import PointcloudParams
-from .preview import TopView
+from .preview import TopView, colour_shift
 from .source import CloudFile, Frame, open_cloud, read_chunks
 from .stats import Tally
-from .tiles3d import write_tileset
+from .tiles3d import Placement, TilesetIndex
+from .tilework import TileResult, TileWork, in_parallel, workers
 from .tiling import Tiles, partition
 
 STAGES = ("download", "read", "analyze", "clean", "classify", "tile", "export")
@@ -118,11 +119,15 @@ def _tiles(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: P
 
 def _halo(analysis: dict[str, Any], params: PointcloudParams) -> float:
     """Wide enough for an ELM column and twenty points' spacing of neighbours, and for the cloth to
-    drape over a tile's edge (several cloth cells)."""
+    drape over a tile's edge (several cloth cells); none when nothing looks at neighbours."""
     spacing = analysis["density"]["spacing_m"] or 1.0
-    wanted = [MIN_HALO_M, 20 * spacing, 10 * params.csf.cloth_resolution]
+    wanted = [0.0]
+    if params.outlier is not None:
+        wanted += [MIN_HALO_M, 20 * spacing]
     if params.elm is not None:
-        wanted.append(params.elm.cell)
+        wanted += [MIN_HALO_M, params.elm.cell]
+    if params.ground == "csf":
+        wanted += [MIN_HALO_M, 10 * params.csf.cloth_resolution]
     return float(max(wanted))
 
 
@@ -135,63 +140,33 @@ def _clean(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: P
     shutil.rmtree(folder, ignore_errors=True)
     tiles = _tiles(root, read, analysis, params)
     counts = partition(_spill(root, read)(), tiles)
+    ids, processes = tiles.ids(), workers()
     ctx.progress(0.3)
+    threshold, distances = None, None
+    if params.outlier is not None:
+        distances = folder / "distances"
+        distances.mkdir(parents=True)
+        sums = np.zeros(3)
+
+        def add(found: tuple[float, float, int]) -> None:
+            sums[:] += found
+
+        work = Distances(tiles, distances, params.outlier.mean_k)
+        in_parallel(work, ids, processes, _counted(add, len(ids), ctx, 0.3, 0.6))
+        total, squares, count = sums
+        threshold = noise.outlier_threshold(total, squares, int(count), params.outlier.multiplier)
     (folder / "classes").mkdir(parents=True)
-    threshold = _outlier_distances(tiles, folder / "distances", params, ctx)
-    origin = tuple(read["tally"]["bounds"]["min"][:2])
-    totals = {noise.LOW_NOISE: 0, noise.HIGH_NOISE: 0}
-    for index, tile in enumerate(tiles.ids()):
-        core, halo = _xyz(tiles.load(tile)), _xyz(tiles.load(tile, "halo"))
-        classes = np.asarray(tiles.load(tile).classification).copy()
-        flagged = np.zeros(len(core), bool)
-        if threshold is not None:
-            flagged = np.load(folder / "distances" / f"{tile}.npy") > threshold
-        classes[flagged] = noise.noise_classes(core[flagged], np.concatenate([core, halo]))
-        if params.elm is not None:
-            low = noise.extended_local_minimum(np.concatenate([core, halo]), origin, params.elm.cell,
-                                               params.elm.threshold)[: len(core)]  # fmt: skip
-            classes[low & ~flagged] = noise.LOW_NOISE
-        np.save(folder / "classes" / f"{tile}.npy", classes)
-        for kind in totals:
-            totals[kind] += int((classes == kind).sum())
-        ctx.progress(0.6 + 0.4 * (index + 1) / len(counts))
+    origin = (read["tally"]["bounds"]["min"][0], read["tally"]["bounds"]["min"][1])
+    totals = np.zeros(2, np.int64)
+
+    def tally(found: tuple[int, int]) -> None:
+        totals[:] += found
+
+    work = Noise(tiles, distances, threshold, params.elm, origin, folder / "classes")
+    in_parallel(work, ids, processes, _counted(tally, len(ids), ctx, 0.6, 1.0))
     return {"tiles": len(counts), "tile_depth": tiles.octree.tile_depth, "halo_m": tiles.halo,
-            "outlier_threshold_m": threshold, "low_noise": totals[noise.LOW_NOISE],
-            "high_noise": totals[noise.HIGH_NOISE]}  # fmt: skip
-
-
-def _outlier_distances(tiles: Tiles, folder: Path, params: PointcloudParams, ctx: Context) -> float | None:
-    """Each tile's mean neighbour distances (saved per tile: the cloud's would not fit in memory), and
-    the outlier threshold from their running sums; None without the outlier test."""
-    if params.outlier is None:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    total = squares = 0.0
-    count = 0
-    ids = tiles.ids()
-    for index, tile in enumerate(ids):
-        core, halo = _xyz(tiles.load(tile)), _xyz(tiles.load(tile, "halo"))
-        first = noise.neighbour_distances(core, halo, params.outlier.mean_k, _room(tiles, tile, core))
-        distances = noise.widened(first, core, params.outlier.mean_k, tiles.gather).mean_distance
-        np.save(folder / f"{tile}.npy", distances)
-        total, squares, count = (
-            total + float(distances.sum()),
-            squares + float(distances @ distances),
-            count + len(distances),
-        )
-        ctx.progress(0.3 + 0.3 * (index + 1) / len(ids))
-    return noise.outlier_threshold(total, squares, count, params.outlier.multiplier) if count else None
-
-
-def _room(tiles: Tiles, tile: int, xyz: np.ndarray) -> np.ndarray:
-    x0, y0 = tiles.origin(tile)
-    size = tiles.tile_size
-    inside = np.minimum.reduce([xyz[:, 0] - x0, x0 + size - xyz[:, 0], xyz[:, 1] - y0, y0 + size - xyz[:, 1]])
-    return inside + tiles.halo
-
-
-def _xyz(records: laspy.ScaleAwarePointRecord) -> np.ndarray:
-    return np.column_stack([records.x, records.y, records.z])
+            "outlier_threshold_m": threshold, "low_noise": int(totals[0]),
+            "high_noise": int(totals[1])}  # fmt: skip
 
 
 # -- classify: ground ----------------------------------------------------------------------------------------
@@ -205,26 +180,27 @@ def _classify(root: Path, read: dict[str, Any], analysis: dict[str, Any], params
     tiles = _tiles(root, read, analysis, params)
     ids = tiles.ids()
     counts = np.zeros(256, np.int64)
-    for index, tile in enumerate(ids):
-        classes = np.load(root / "clean" / "classes" / f"{tile}.npy")
-        if params.ground == "csf":
-            is_noise = _is_noise(classes)
-            # the halo's noise as its own tile's clean stage found it: noise would pull the cloth down
-            halo_noise = _is_noise(
-                tiles.looked_up(tile, lambda t: np.load(root / "clean" / "classes" / f"{t}.npy"))
-            )
-            core, halo = _xyz(tiles.load(tile)), _xyz(tiles.load(tile, "halo"))
-            on_ground = np.zeros(len(core), bool)
-            on_ground[~is_noise] = ground(core[~is_noise], halo[~halo_noise], params.csf)
-            classes = ground_classes(classes, on_ground, is_noise)
-        np.save(folder / f"{tile}.npy", classes)
-        counts += np.bincount(classes, minlength=256)
-        ctx.progress((index + 1) / len(ids))
+
+    def add(found: np.ndarray) -> None:
+        counts[:] += found
+
+    work = Ground(tiles, root / "clean" / "classes", params.csf if params.ground == "csf" else None, folder)
+    in_parallel(work, ids, workers(), _counted(add, len(ids), ctx, 0.0, 1.0))
     return {"ground": params.ground, "classification": {str(c): int(n) for c, n in enumerate(counts) if n}}
 
 
-def _is_noise(classes: np.ndarray) -> np.ndarray:
-    return np.isin(classes, (noise.LOW_NOISE, noise.HIGH_NOISE))
+def _counted(
+    done: Callable[[Any], None], tiles: int, ctx: Context, start: float, end: float
+) -> Callable[[Any], None]:
+    """`done`, which also reports the stage's progress from `start` to `end` as the tiles finish."""
+    finished = [0]
+
+    def counted(result: Any) -> None:
+        done(result)
+        finished[0] += 1
+        ctx.progress(start + (end - start) * finished[0] / tiles)
+
+    return counted
 
 
 # -- tile: COPC, 3D Tiles, preview -------------------------------------------------------------------------
@@ -233,80 +209,68 @@ def _is_noise(classes: np.ndarray) -> np.ndarray:
 def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams,
           ctx: Context) -> dict[str, Any]:  # fmt: skip
     """The outputs, from the classified tiles (noise left out with `drop_noise`; reprojected with
-    `srs_out`, which places the points in an octree of their own, so they are tiled again first)."""
+    `srs_out`, which places the points in an octree of their own, so they are tiled again first). The
+    tiles are placed in nodes, compressed and drawn in parallel (tilework.py); this process writes the
+    COPC and the tileset's index from what each returns."""
     folder = root / "tile"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    tiles = _tiles(root, read, analysis, params)
+    tiles, classes = _tiles(root, read, analysis, params), root / "classify"
     epsg = (analysis["srs"] or {}).get("epsg")
     bounds = (np.array(read["tally"]["bounds"]["min"]), np.array(read["tally"]["bounds"]["max"]))
     if params.srs_out is not None and epsg is not None and params.srs_out != epsg:
         tiles, bounds = _reprojected(tiles, root, epsg, params.srs_out, params.drop_noise)
-        source, epsg = _plain(tiles), params.srs_out
-    else:
-        source = _finished(tiles, root, params.drop_noise)
-    made: dict[str, Any] = {}
-    copc = folder / "cloud.copc.laz"
+        classes, epsg = None, params.srs_out
+    shift = colour_shift(analysis.get("colour"))
     view = TopView.over(bounds[0], bounds[1], params.preview_size, analysis["density"]["spacing_m"])
-    wkt = _wkt(epsg) if epsg is not None else None
-    plain = folder / "for-tiles.las"  # py3dtiles' input (it misreads COPC's chunks on one thread)
-    if "tiles" in params.outputs:
-        source = _also_written(source, plain, tiles)
-    made["copc"] = write_copc(copc, _viewed(source, view, read), octree=tiles.octree, frame=tiles.frame,
-                              point_format=tiles.point_format, bounds=bounds, wkt=wkt,
-                              spill=folder / "spill")  # fmt: skip
-    ctx.progress(0.5)
-    if "tiles" in params.outputs:
-        cache = ctx.settings.state_dir / "numba-cache" if ctx.settings is not None else root / "numba-cache"
-        made["tiles"] = write_tileset(plain, folder / "tiles", epsg, max(1, os.cpu_count() or 1), cache)
-        plain.unlink()
-    ctx.progress(0.9)
+    placement = Placement(epsg, tiles.octree.center, tiles.frame.scale, tiles.frame.offset, shift)
+    work = TileWork(tiles, classes, params.drop_noise, folder / "spill",
+                    folder / "tiles" if "tiles" in params.outputs else None, placement,
+                    view.raster if "preview" in params.outputs else None, shift)  # fmt: skip
+    if work.pnts is not None:
+        work.pnts.mkdir()
+    copc = CopcFile(folder / "cloud.copc.laz", octree=tiles.octree, frame=tiles.frame,
+                    point_format=tiles.point_format, bounds=bounds,
+                    wkt=_wkt(epsg) if epsg is not None else None)  # fmt: skip
+    index = TilesetIndex(folder / "tiles", tiles.octree, placement)
+    ids, finished = tiles.ids(), [0]
+
+    def done(result: TileResult) -> None:
+        for depth, key, chunk, count in result.nodes:
+            copc.add_compressed(depth, key, chunk, count)
+        for box in result.boxes:
+            index.add(box)
+        if result.drawn is not None:
+            view.merge(result.drawn)
+        finished[0] += 1
+        ctx.progress(0.9 * finished[0] / len(ids))
+
+    try:
+        in_parallel(work, ids, workers(), done)
+        for node in gathered(work.spill, tiles.point_format.dtype()):  # the nodes above the tiles
+            _, chunk, box = work.node(node)
+            copc.add_compressed(node.depth, node.key, chunk, len(node.points))
+            if box is not None:
+                index.add(box)
+    finally:
+        made: dict[str, Any] = {"copc": copc.close()}
+    if work.pnts is not None:
+        made["tiles"] = index.write()
     if "preview" in params.outputs:
         made["preview"] = view.save(
             folder / "preview.png", coloured="red" in tiles.point_format.dimension_names
         )
     if "copc" not in params.outputs:
-        copc.unlink()
+        (folder / "cloud.copc.laz").unlink()
         made.pop("copc")
     return made
 
 
 def _finished(tiles: Tiles, root: Path, drop_noise: bool) -> Iterator[laspy.ScaleAwarePointRecord]:
     """Each tile's points with their final classes (noise left out with `drop_noise`)."""
+    work = TileWork(tiles, root / "classify", drop_noise, root, None, None, None, 0)
     for tile in tiles.ids():
-        records = tiles.load(tile)
-        classes = np.load(root / "classify" / f"{tile}.npy")
-        records.classification = classes
-        yield records[~_is_noise(classes)] if drop_noise else records
-
-
-def _also_written(
-    chunks: Iterator[laspy.ScaleAwarePointRecord], path: Path, tiles: Tiles
-) -> Iterator[laspy.ScaleAwarePointRecord]:
-    """`chunks` passed on, each also appended to the plain LAS file `path`."""
-    header = laspy.LasHeader(point_format=tiles.point_format, version="1.4")
-    header.scales, header.offsets = np.array(tiles.frame.scale), np.array(tiles.frame.offset)
-    with laspy.open(path, mode="w", header=header) as out:
-        for records in chunks:
-            out.write_points(records)
-            yield records
-
-
-def _plain(tiles: Tiles) -> Iterator[laspy.ScaleAwarePointRecord]:
-    for tile in tiles.ids():
-        yield tiles.load(tile)
-
-
-def _viewed(
-    chunks: Iterator[laspy.ScaleAwarePointRecord], view: TopView, read: dict[str, Any]
-) -> Iterator[laspy.ScaleAwarePointRecord]:
-    """`chunks` passed on, each also drawn into the preview (noise not: a bird would stand on a roof)."""
-    for records in chunks:
-        keep = ~_is_noise(np.asarray(records.classification))
-        colour = "red" in records.point_format.dimension_names
-        rgb = np.column_stack([records.red, records.green, records.blue])[keep] if colour else None
-        view.add(_xyz(records)[keep], rgb)
-        yield records
+        yield work.finished(tile)
 
 
 def _reprojected(tiles: Tiles, root: Path, epsg: int, srs_out: int, drop_noise: bool) -> tuple[Tiles, tuple]:
@@ -350,7 +314,7 @@ def _wkt(epsg: int) -> str:
 # -- export ------------------------------------------------------------------------------------------------
 
 CONTENT_TYPES = {".laz": "application/vnd.laszip+copc", ".png": "image/png", ".json": "application/json",
-                 ".pnts": "application/octet-stream", ".glb": "model/gltf-binary"}  # fmt: skip
+                 ".pnts": "application/octet-stream"}  # fmt: skip
 
 
 def _export(ctx: Context, root: Path, manifest: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ GRID = 128
 LEAF_POINTS = 100_000
 """A node with no more points left than this keeps them all."""
 
-TILE_POINTS = 4_000_000
+TILE_POINTS = 1_000_000
 """Points a tile should hold on average (its working set is a few hundred MB)."""
 
 MAX_DEPTH = 13
@@ -146,6 +146,12 @@ def _run_firsts(keys: np.ndarray, rank: np.ndarray) -> np.ndarray:
 def _pack(cells: np.ndarray, bits_level: int) -> np.ndarray:
     bits = bits_level + 1  # enough for GRID << level / GRID … or GRID << level cells per axis
     return (cells[:, 0] << (2 * bits)) | (cells[:, 1] << bits) | cells[:, 2]
+
+
+def pack(x: int, y: int, z: int, depth: int) -> int:
+    """A node's key from its x, y, z index at `depth` (as `assign_nodes` packs them)."""
+    bits = depth + 1
+    return (x << (2 * bits)) | (y << bits) | z
 
 
 def unpack(key: int, depth: int) -> tuple[int, int, int]:

@@ -72,9 +72,9 @@ class Tiles:
             values[rows] = found
         return values if values is not None else np.zeros(0)
 
-    def gather(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    def gather(self, low: np.ndarray, high: np.ndarray, besides: int | None = None) -> np.ndarray:
         """Every point (N × 3 coordinates) of the cloud inside the XY rectangle `low`–`high`, from the
-        tiles it overlaps: for the rare neighbourhood that reaches past a halo."""
+        tiles it overlaps (tile `besides` left out): for the rare neighbourhood that reaches past a halo."""
         side, size = self.side, self.tile_size
         corner = np.asarray(self.octree.center[:2]) - self.octree.halfsize
         first = np.clip(np.floor((low - corner) / size).astype(int), 0, side - 1)
@@ -82,11 +82,24 @@ class Tiles:
         found = [np.zeros((0, 3))]
         for column in range(first[0], last[0] + 1):
             for row in range(first[1], last[1] + 1):
+                if column * side + row == besides:
+                    continue
                 records = self.load(column * side + row)
                 xyz = np.column_stack([records.x, records.y, records.z])
                 inside = np.all((xyz[:, :2] >= low) & (xyz[:, :2] <= high), axis=1)
                 found.append(xyz[inside])
         return np.concatenate(found)
+
+    def room(self, tile: int, xyz: np.ndarray) -> np.ndarray:
+        """Each of the tile's points' distance to the edge of what it sees with the halo: its tile's edge
+        plus the halo, on each side where the grid goes on (none on a side where it ends: no point of
+        the cloud lies past it)."""
+        column, row = divmod(tile, self.side)
+        x0, y0 = self.origin(tile)
+        size, last, endless = self.tile_size, self.side - 1, np.full(len(xyz), np.inf)
+        sides = [(xyz[:, 0] - x0, column > 0), (x0 + size - xyz[:, 0], column < last),
+                 (xyz[:, 1] - y0, row > 0), (y0 + size - xyz[:, 1], row < last)]  # fmt: skip
+        return np.minimum.reduce([d if goes_on else endless for d, goes_on in sides]) + self.halo
 
     def origin(self, tile: int) -> tuple[float, float]:
         """The tile's lower-left corner."""

@@ -1,0 +1,129 @@
+"""Work done tile by tile, spread over the cores: a pool of worker processes each taking a tile at a time,
+the results handed back in tile order (so the outputs are the same whatever the number of workers).
+
+The pool's processes come from a fork server (a fresh interpreter, started without the job's threads):
+a child forked from the job's process itself would inherit lazrs' rayon pool and OpenMP's threads
+without their threads, and hang in its first parallel call (rayon-rs/rayon#708). An interrupt (a spot
+notice, a cancel) terminates the pool at once: what was done is redone from the stage's start.
+
+`TileWork` is the tile stage's share: a tile's finished points (its final classes, noise left out with
+`drop_noise`) placed in the octree's nodes, each node compressed for the COPC and written as a `.pnts`,
+and the tile's top view drawn. The job's process writes the COPC and the tileset's index from what each
+tile returns.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import laspy
+import numpy as np
+
+from .clean import HIGH_NOISE, LOW_NOISE
+from .copc import compressed
+from .nodes import Node, placed
+from .preview import Drawn, Raster
+from .tiles3d import NodeBox, Placement, write_pnts
+from .tiling import Tiles
+
+Result = TypeVar("Result")
+
+PRELOAD = ["daemon.handlers.pointcloud.tilework"]
+"""Imported once by the fork server, so each worker starts with numpy, laspy and copclib loaded."""
+
+
+def workers() -> int:
+    """The processes to work with: the cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def in_parallel(
+    work: Callable[[int], Result], tiles: Iterable[int], processes: int, done: Callable[[Result], None]
+) -> None:
+    """`done(work(tile))` for every tile, in tile order; `work` runs in `processes` worker processes
+    (`work` must pickle: a module-level function or a `functools.partial` of one), or here when one."""
+    tiles = list(tiles)
+    if processes <= 1 or len(tiles) <= 1:
+        for tile in tiles:
+            done(work(tile))
+        return
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    pool = context.Pool(min(processes, len(tiles)))
+    try:
+        for result in pool.imap(work, tiles):
+            done(result)
+        pool.close()
+    finally:
+        pool.terminate()  # at once on an interrupt; a no-op for a pool that has finished
+        pool.join()
+
+
+def is_noise(classes: np.ndarray) -> np.ndarray:
+    return np.isin(classes, (LOW_NOISE, HIGH_NOISE))
+
+
+@dataclass(frozen=True)
+class TileWork:
+    """The tile stage's work on one tile (a picklable description of it; called with the tile)."""
+
+    tiles: Tiles
+    classes: Path | None
+    """The folder of each tile's final classes (`<tile>.npy`); None: the records' own."""
+    drop_noise: bool
+    spill: Path
+    pnts: Path | None
+    """Where the `.pnts` go; None: no tileset."""
+    placement: Placement | None
+    raster: Raster | None
+    """The preview's grid; None: no preview."""
+    colour_shift: int
+
+    def __call__(self, tile: int) -> TileResult:
+        records = self.finished(tile)
+        result = TileResult(drawn=self._drawn(records) if self.raster is not None else None)
+        for node in placed(tile, records, self.tiles.octree, self.spill):
+            result.add(*self.node(node))
+        return result
+
+    def finished(self, tile: int) -> laspy.ScaleAwarePointRecord:
+        """The tile's points with their final classes, noise left out with `drop_noise`."""
+        records = self.tiles.load(tile)
+        if self.classes is not None:
+            records.classification = np.load(self.classes / f"{tile}.npy")
+        return records[~is_noise(np.asarray(records.classification))] if self.drop_noise else records
+
+    def node(self, node: Node) -> tuple[Node, bytes, NodeBox | None]:
+        """The node compressed for the COPC, and its `.pnts` written."""
+        chunk = compressed(node, self.tiles.point_format.id)
+        box = write_pnts(node, self.placement, self.pnts) if self.pnts and self.placement else None
+        return node, chunk, box
+
+    def _drawn(self, records: laspy.ScaleAwarePointRecord) -> Drawn:
+        """The tile's top view (noise not drawn: a bird would stand on a roof)."""
+        assert self.raster is not None
+        keep = ~is_noise(np.asarray(records.classification))
+        xyz = np.column_stack([records.x, records.y, records.z])[keep]
+        rgb = None
+        if "red" in records.point_format.dimension_names:
+            rgb16 = np.column_stack([records.red, records.green, records.blue])[keep]
+            rgb = (rgb16 >> self.colour_shift).astype(np.uint8)
+        return self.raster.highest(xyz, rgb)
+
+
+@dataclass
+class TileResult:
+    drawn: Drawn | None
+    nodes: list[tuple[int, int, bytes, int]] = field(default_factory=list)
+    """(depth, key, compressed chunk, points) of each complete node."""
+    boxes: list[NodeBox] = field(default_factory=list)
+
+    def add(self, node: Node, chunk: bytes, box: NodeBox | None) -> None:
+        self.nodes.append((node.depth, node.key, chunk, len(node.points)))
+        if box is not None:
+            self.boxes.append(box)
