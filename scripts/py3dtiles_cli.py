@@ -1,5 +1,6 @@
-"""`python -m daemon.handlers.pointcloud.py3dtiles_cli convert …`: py3dtiles' own command line, with laspy
-reading LAZ on one thread.
+"""`python scripts/py3dtiles_cli.py convert …`: py3dtiles' own command line, with laspy reading LAZ on one
+thread: how the point-cloud benchmark runs `py3dtiles convert` alone, the replaced worker's tiling step
+that our job is measured against (our job writes its tileset itself: tiles3d.py).
 
 Why: laspy decodes LAZ with lazrs on rayon's thread pool by default. py3dtiles reads a few points in its
 parent process (to guess the colour scale), which starts that pool, then forks its workers; a forked

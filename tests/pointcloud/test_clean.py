@@ -17,8 +17,8 @@ from daemon.handlers.pointcloud.clean import (
     noise_classes,
     outlier_threshold,
     statistical_outliers,
-    widened,
 )
+from daemon.handlers.pointcloud.cleanwork import Distances
 from daemon.handlers.pointcloud.octree import Octree
 from daemon.handlers.pointcloud.params import CsfParams
 from daemon.handlers.pointcloud.source import Frame
@@ -63,40 +63,35 @@ def _xyz(records) -> np.ndarray:
     return np.column_stack([records.x, records.y, records.z])
 
 
-def _room(tiles: Tiles, tile: int, xyz: np.ndarray) -> np.ndarray:
-    """Each point's distance to the edge of its tile plus the halo (what its neighbourhood may reach)."""
-    x0, y0 = tiles.origin(tile)
-    inside = np.minimum.reduce([xyz[:, 0] - x0, x0 + tiles.tile_size - xyz[:, 0],
-                                xyz[:, 1] - y0, y0 + tiles.tile_size - xyz[:, 1]])  # fmt: skip
-    return inside + tiles.halo
-
-
 def test_outliers_tile_by_tile_are_those_of_the_whole_cloud_and_the_injected_ones(tmp_path):
     xyz, truth = _terrain(60_000, 300)
-    # the whole cloud at once
-    whole = neighbour_distances(xyz, np.zeros((0, 3)), k=8)
+    # the whole cloud at once (on the frame's millimetre grid, as the tiles store it)
+    grid = np.round((xyz - FRAME.offset) / FRAME.scale) * FRAME.scale + FRAME.offset
+    whole = neighbour_distances(grid, np.zeros((0, 3)), k=8)
     d = whole.mean_distance
-    whole_noise = statistical_outliers(whole, outlier_threshold(d.sum(), (d * d).sum(), len(d), 2.0))
-    # tile by tile (16 tiles, a 5 m halo), the distances first, the verdict after
+    whole_noise = statistical_outliers(d, outlier_threshold(d.sum(), (d * d).sum(), len(d), 2.0))
+    # tile by tile (16 tiles, a 5 m halo) as the clean stage works them: the distances, then the verdict
     tiles = _tiles(xyz, tmp_path / "tiles", halo=5.0, tile_points=4_000)
     assert tiles.octree.tile_depth == 2
-    found, index, incomplete = {}, {}, 0
+    (tmp_path / "distances").mkdir()
+    work, index, incomplete = Distances(tiles, tmp_path / "distances", 8), {}, 0
+    tiled = np.zeros(len(xyz))
     for tile in tiles.ids():
-        core, halo = tiles.load(tile), tiles.load(tile, "halo")
-        first = neighbour_distances(_xyz(core), _xyz(halo), 8, _room(tiles, tile, _xyz(core)))
-        incomplete += int((~first.complete).sum())  # isolated points whose neighbours lie past the halo
-        found[tile] = widened(first, _xyz(core), 8, tiles.gather)
-        index[tile] = np.asarray(core.gps_time).astype(int)
-    every = np.concatenate([f.mean_distance for f in found.values()])
-    threshold = outlier_threshold(every.sum(), (every * every).sum(), len(every), 2.0)
-    tiled_noise, classes = np.zeros(len(xyz), bool), np.zeros(len(xyz), np.uint8)
-    for tile, neighbourhood in found.items():
-        noise = statistical_outliers(neighbourhood, threshold)
-        tiled_noise[index[tile]] = noise
+        core, halo = _xyz(tiles.load(tile)), _xyz(tiles.load(tile, "halo"))
+        # (isolated points near a border between tiles, whose neighbours lie past the halo)
+        incomplete += int((~neighbour_distances(core, halo, 8, tiles.room(tile, core)).complete).sum())
+        work(tile)
+        index[tile] = np.asarray(tiles.load(tile).gps_time).astype(int)
+        tiled[index[tile]] = np.load(tmp_path / "distances" / f"{tile}.npy")
+    assert incomplete > 0 and np.allclose(tiled, whole.mean_distance, rtol=1e-9, atol=0)
+    threshold = outlier_threshold(tiled.sum(), (tiled * tiled).sum(), len(tiled), 2.0)
+    tiled_noise, classes = statistical_outliers(tiled, threshold), np.zeros(len(xyz), np.uint8)
+    for tile in tiles.ids():
+        noise = tiled_noise[index[tile]]
         core = _xyz(tiles.load(tile))
         everything = np.vstack([core, _xyz(tiles.load(tile, "halo"))])
         classes[index[tile][noise]] = noise_classes(core[noise], everything)
-    assert incomplete > 0 and np.array_equal(tiled_noise, whole_noise)
+    assert np.array_equal(tiled_noise, whole_noise)
     # and the injected outliers are what it finds, high and low told apart
     for kind in (LOW_NOISE, HIGH_NOISE):
         hits = np.sum((classes == kind) & (truth == kind))

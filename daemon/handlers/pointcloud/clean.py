@@ -83,9 +83,9 @@ def outlier_threshold(total: float, total_squares: float, count: int, multiplier
     return mean + multiplier * float(np.sqrt(variance))
 
 
-def statistical_outliers(found: Neighbourhoods, threshold: float) -> np.ndarray:
-    """Which points the outlier test makes noise."""
-    return np.asarray(found.mean_distance > threshold)
+def statistical_outliers(mean_distance: np.ndarray, threshold: float) -> np.ndarray:
+    """Which points the outlier test makes noise, from their mean neighbour distances."""
+    return np.asarray(mean_distance > threshold)
 
 
 def noise_classes(noise: np.ndarray, everything: np.ndarray, k: int = 16) -> np.ndarray:

@@ -63,7 +63,7 @@ class Noise:
         classes = np.asarray(records.classification).copy()
         flagged = np.zeros(len(core), bool)
         if self.distances is not None and self.threshold is not None:
-            flagged = np.load(self.distances / f"{tile}.npy") > self.threshold
+            flagged = noise.statistical_outliers(np.load(self.distances / f"{tile}.npy"), self.threshold)
         everything = np.concatenate([core, halo])
         classes[flagged] = noise.noise_classes(core[flagged], everything)
         if self.elm is not None:

@@ -5,7 +5,6 @@ known, and density and spacing measured on a sample of the points.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import laspy
@@ -15,12 +14,14 @@ from .params import PointcloudParams
 from .stats import spacing
 
 SAMPLE_POINTS = 200_000
-"""Points the spacing is measured on (every n-th point of the cloud: a uniform sample)."""
+"""Points the spacing is measured on, about (an even sample of the cloud)."""
+
+GOLDEN = (5**0.5 - 1) / 2
 
 
 def describe(
     read: dict[str, Any],
-    chunks: Callable[[], Iterator[laspy.ScaleAwarePointRecord]],
+    sample: np.ndarray,
     params: PointcloudParams,
 ) -> dict[str, Any]:
     tally = read["tally"]
@@ -30,14 +31,34 @@ def describe(
         **{k: v for k, v in read["source"].items() if k != "name"},
         **tally,
         "srs": _srs(read["srs_wkt"], params.srs_in, low, high),
-        "density": spacing(_sample(chunks, tally["points"]), area, tally["points"]),
+        "density": spacing(sample, area, tally["points"]),
     }
 
 
-def _sample(chunks: Callable[[], Iterator[laspy.ScaleAwarePointRecord]], points: int) -> np.ndarray:
-    step = max(1, points // SAMPLE_POINTS)
-    picked = [np.column_stack([c.x, c.y, c.z])[::step] for c in chunks()]
-    return np.concatenate(picked) if picked else np.zeros((0, 3))
+class Sample:
+    """An even sample of the points as they stream past in the read stage, about SAMPLE_POINTS of them,
+    for `spacing`: each point is kept when its golden-ratio rank (index × φ mod 1) is under the rate,
+    and the rate halves (dropping the kept points over the new rate) whenever the sample grows past
+    twice the target, so a text table whose count was only estimated cannot make it the cloud's size."""
+
+    def __init__(self, expected_points: int) -> None:
+        self.rate = min(1.0, SAMPLE_POINTS / max(expected_points, 1))
+        self.seen = 0
+        self.kept: list[np.ndarray] = []
+
+    def add(self, chunk: laspy.ScaleAwarePointRecord) -> None:
+        rank = (np.arange(self.seen, self.seen + len(chunk)) * GOLDEN) % 1.0
+        self.seen += len(chunk)
+        keep = rank < self.rate
+        self.kept.append(np.column_stack([chunk.x, chunk.y, chunk.z, rank])[keep])
+        if sum(len(k) for k in self.kept) > 2 * SAMPLE_POINTS:
+            self.rate /= 2
+            whole = np.concatenate(self.kept)
+            self.kept = [whole[whole[:, 3] < self.rate]]
+
+    def points(self) -> np.ndarray:
+        """The sample (N × 3)."""
+        return np.concatenate(self.kept)[:, :3] if self.kept else np.zeros((0, 3))
 
 
 def _srs(wkt: str | None, srs_in: int | None, low: np.ndarray, high: np.ndarray) -> dict[str, Any] | None:

@@ -18,20 +18,21 @@ from typing import Any
 import laspy
 import numpy as np
 
+from ...errors import InputError
 from ..base import Context
 from ..stages import StageRecords, restore_checkpoint, run_stage
 from . import clean as noise
 from .cleanwork import Distances, Ground, Noise
 from .copc import CopcFile
-from .describe import describe
-from .nodes import gathered
+from .describe import Sample, describe
 from .octree import Octree
 from .params import PointcloudParams
 from .preview import TopView, colour_shift
+from .resume import resumable_pass
 from .source import CloudFile, Frame, open_cloud, read_chunks
 from .stats import Tally
 from .tiles3d import Placement, TilesetIndex
-from .tilework import TileResult, TileWork, in_parallel, workers
+from .tilework import TileWork, place_all, workers
 from .tiling import Tiles, partition
 
 STAGES = ("download", "read", "analyze", "clean", "classify", "tile", "export")
@@ -45,16 +46,22 @@ def run(ctx: Context) -> None:
     records = StageRecords(root, STAGES)
     restore_checkpoint(ctx, records)
 
-    def stage(name: str, work: Callable[[], dict[str, Any]], *, folder: bool = True) -> dict[str, Any]:
+    def stage(
+        name: str, work: Callable[[], dict[str, Any]], *, folders: tuple[Path, ...] | None = None
+    ) -> dict[str, Any]:
         with ctx.stage(name):
-            return run_stage(ctx, records, name, work, folders=(root / name,) if folder else ())
+            return run_stage(ctx, records, name, work, folders=(root / name,) if folders is None else folders)
 
     with ctx.stage("download"):  # the upload is needed only until the read stage has finished
         upload = None if records.finished("read") else ctx.fetch_inputs()[0]
     read = stage("read", lambda: _read(upload, root / "read", params, ctx))
-    analysis = stage("analyze", lambda: describe(read, _spill(root, read), params), folder=False)
-    cleaned = stage("clean", lambda: _clean(root, read, analysis, params, ctx))
-    classified = stage("classify", lambda: _classify(root, read, analysis, params, ctx))
+    analysis = stage("analyze", lambda: describe(read, _sample(root, read), params), folders=())
+    cleaned = stage(
+        "clean",
+        lambda: _clean(root, read, analysis, params, ctx, records),
+        folders=(root / "clean" / "classes",),
+    )  # (the tiles are cut again on a resume)
+    classified = stage("classify", lambda: _classify(root, read, analysis, params, ctx, records))
     tiled = stage("tile", lambda: _tile(root, read, analysis, params, ctx))
     with ctx.stage("export"):
         manifest = {"job_id": ctx.job_id, "kind": "pointcloud", "attempt": ctx.attempt,
@@ -72,13 +79,15 @@ def _read(upload: Path | None, folder: Path, params: PointcloudParams, ctx: Cont
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     cloud = open_cloud(upload, params.max_points)
-    tally = Tally()
+    tally, sample = Tally(), Sample(cloud.declared_points)
     with (folder / "points.bin").open("wb") as out:
         for chunk in read_chunks(cloud):
             tally.add(chunk)
+            sample.add(chunk)
             out.write(chunk.array.tobytes())
             ctx.progress(min(1.0, tally.points / max(cloud.declared_points, 1)))
     tally.check(upload.name)
+    np.save(folder / "sample.npy", sample.points())
     return {"source": _source_facts(cloud, upload), "tally": tally.report(),
             "frame": {"scale": list(cloud.frame.scale), "offset": list(cloud.frame.offset)},
             "point_format": cloud.record_format.id, "srs_wkt": cloud.srs_wkt}  # fmt: skip
@@ -96,16 +105,30 @@ def _frame(read: dict[str, Any]) -> Frame:
 
 
 def _spill(root: Path, read: dict[str, Any]) -> Callable[[], Iterator[laspy.ScaleAwarePointRecord]]:
-    """The read stage's records, chunk by chunk (a memory map: nothing held)."""
+    """The read stage's records, chunk by chunk. Read, not memory-mapped: a map's pages, once touched,
+    count in the process's resident memory until the kernel needs them back, the whole cloud's size."""
     point_format, frame = laspy.PointFormat(read["point_format"]), _frame(read)
+    dtype = point_format.dtype()
 
     def chunks() -> Iterator[laspy.ScaleAwarePointRecord]:
-        array = np.memmap(root / "read" / "points.bin", dtype=point_format.dtype(), mode="r")
-        for start in range(0, len(array), SPILL_CHUNK):
-            yield laspy.ScaleAwarePointRecord(np.array(array[start : start + SPILL_CHUNK]), point_format,
-                                              np.array(frame.scale), np.array(frame.offset))  # fmt: skip
+        with (root / "read" / "points.bin").open("rb") as source:
+            while len(array := np.fromfile(source, dtype, count=SPILL_CHUNK)):
+                yield laspy.ScaleAwarePointRecord(array, point_format, np.array(frame.scale),
+                                                  np.array(frame.offset))  # fmt: skip
 
     return chunks
+
+
+def _sample(root: Path, read: dict[str, Any]) -> np.ndarray:
+    """The read stage's sample of the points, for the spacing (made again from the records when an
+    earlier worker version's read stage left none)."""
+    path = root / "read" / "sample.npy"
+    if path.exists():
+        return np.load(path)
+    again = Sample(read["tally"]["points"])
+    for chunk in _spill(root, read)():
+        again.add(chunk)
+    return again.points()
 
 
 def _tiles(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams) -> Tiles:
@@ -134,73 +157,60 @@ def _halo(analysis: dict[str, Any], params: PointcloudParams) -> float:
 # -- clean: tiles with halos, then noise -------------------------------------------------------------------
 
 
-def _clean(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams,
-           ctx: Context) -> dict[str, Any]:  # fmt: skip
-    folder = root / "clean"
-    shutil.rmtree(folder, ignore_errors=True)
+def _partitioned(
+    root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams
+) -> Tiles:
+    """The cloud's tiles on disk: cut by the clean stage, and cut again (the same: the cut is
+    deterministic) by a stage of an attempt that restored a checkpoint, which leaves them out."""
     tiles = _tiles(root, read, analysis, params)
-    counts = partition(_spill(root, read)(), tiles)
+    complete = tiles.folder / "complete"
+    if not complete.exists():
+        shutil.rmtree(tiles.folder, ignore_errors=True)
+        partition(_spill(root, read)(), tiles)
+        complete.touch()
+    return tiles
+
+
+def _clean(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams,
+           ctx: Context, records: StageRecords) -> dict[str, Any]:  # fmt: skip
+    """Two passes over the tiles, each resumable at its last finished tile (resume.py): every point's
+    neighbour distances (the cloud's outlier threshold comes from all of them), then the classes."""
+    folder = root / "clean"
+    tiles = _partitioned(root, read, analysis, params)
     ids, processes = tiles.ids(), workers()
-    ctx.progress(0.3)
-    threshold, distances = None, None
+    distances, classes = folder / "distances", folder / "classes"
+    keep = [distances, classes]
+    for path in keep:
+        path.mkdir(parents=True, exist_ok=True)
+    ctx.progress(0.2)
+    threshold = None
     if params.outlier is not None:
-        distances = folder / "distances"
-        distances.mkdir(parents=True)
-        sums = np.zeros(3)
-
-        def add(found: tuple[float, float, int]) -> None:
-            sums[:] += found
-
         work = Distances(tiles, distances, params.outlier.mean_k)
-        in_parallel(work, ids, processes, _counted(add, len(ids), ctx, 0.3, 0.6))
-        total, squares, count = sums
+        total, squares, count = resumable_pass(
+            ctx, records, "clean", distances, ids, work, processes, keep=keep,
+            progress=lambda share: ctx.progress(0.2 + 0.4 * share),
+        )  # fmt: skip
         threshold = noise.outlier_threshold(total, squares, int(count), params.outlier.multiplier)
-    (folder / "classes").mkdir(parents=True)
     origin = (read["tally"]["bounds"]["min"][0], read["tally"]["bounds"]["min"][1])
-    totals = np.zeros(2, np.int64)
-
-    def tally(found: tuple[int, int]) -> None:
-        totals[:] += found
-
-    work = Noise(tiles, distances, threshold, params.elm, origin, folder / "classes")
-    in_parallel(work, ids, processes, _counted(tally, len(ids), ctx, 0.6, 1.0))
-    return {"tiles": len(counts), "tile_depth": tiles.octree.tile_depth, "halo_m": tiles.halo,
-            "outlier_threshold_m": threshold, "low_noise": int(totals[0]),
-            "high_noise": int(totals[1])}  # fmt: skip
+    work = Noise(tiles, distances if threshold is not None else None, threshold, params.elm, origin, classes)
+    low, high = resumable_pass(ctx, records, "clean", classes, ids, work, processes, keep=keep,
+                               progress=lambda s: ctx.progress(0.6 + 0.4 * s))  # fmt: skip
+    return {"tiles": len(ids), "tile_depth": tiles.octree.tile_depth, "halo_m": tiles.halo,
+            "outlier_threshold_m": threshold, "low_noise": int(low), "high_noise": int(high)}  # fmt: skip
 
 
 # -- classify: ground ----------------------------------------------------------------------------------------
 
 
 def _classify(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams,
-              ctx: Context) -> dict[str, Any]:  # fmt: skip
+              ctx: Context, records: StageRecords) -> dict[str, Any]:  # fmt: skip
     folder = root / "classify"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    tiles = _tiles(root, read, analysis, params)
-    ids = tiles.ids()
-    counts = np.zeros(256, np.int64)
-
-    def add(found: np.ndarray) -> None:
-        counts[:] += found
-
+    folder.mkdir(parents=True, exist_ok=True)
+    tiles = _partitioned(root, read, analysis, params)
     work = Ground(tiles, root / "clean" / "classes", params.csf if params.ground == "csf" else None, folder)
-    in_parallel(work, ids, workers(), _counted(add, len(ids), ctx, 0.0, 1.0))
+    counts = resumable_pass(ctx, records, "classify", folder, tiles.ids(), work, workers(), keep=[folder],
+                            progress=ctx.progress)  # fmt: skip
     return {"ground": params.ground, "classification": {str(c): int(n) for c, n in enumerate(counts) if n}}
-
-
-def _counted(
-    done: Callable[[Any], None], tiles: int, ctx: Context, start: float, end: float
-) -> Callable[[Any], None]:
-    """`done`, which also reports the stage's progress from `start` to `end` as the tiles finish."""
-    finished = [0]
-
-    def counted(result: Any) -> None:
-        done(result)
-        finished[0] += 1
-        ctx.progress(start + (end - start) * finished[0] / tiles)
-
-    return counted
 
 
 # -- tile: COPC, 3D Tiles, preview -------------------------------------------------------------------------
@@ -215,15 +225,22 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
     folder = root / "tile"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    tiles, classes = _tiles(root, read, analysis, params), root / "classify"
-    epsg = (analysis["srs"] or {}).get("epsg")
+    tiles, classes = _partitioned(root, read, analysis, params), root / "classify"
+    srs = analysis["srs"] or {}
+    wkt, epsg = srs.get("wkt"), srs.get("epsg")
     bounds = (np.array(read["tally"]["bounds"]["min"]), np.array(read["tally"]["bounds"]["max"]))
-    if params.srs_out is not None and epsg is not None and params.srs_out != epsg:
-        tiles, bounds = _reprojected(tiles, root, epsg, params.srs_out, params.drop_noise)
-        classes, epsg = None, params.srs_out
+    if params.srs_out is not None and wkt is None:
+        raise InputError(
+            f"srs_out EPSG:{params.srs_out} asks for a reprojection, but the cloud's coordinate system is "
+            "unknown: its file names none; give srs_in",
+            code="unknown_srs",
+        )
+    if params.srs_out is not None and params.srs_out != epsg:
+        tiles, bounds = _reprojected(tiles, root, wkt, params.srs_out, params.drop_noise)
+        classes, wkt = None, _wkt(params.srs_out)
     shift = colour_shift(analysis.get("colour"))
     view = TopView.over(bounds[0], bounds[1], params.preview_size, analysis["density"]["spacing_m"])
-    placement = Placement(epsg, tiles.octree.center, tiles.frame.scale, tiles.frame.offset, shift)
+    placement = Placement(wkt, tiles.octree.center, tiles.frame.scale, tiles.frame.offset, shift)
     work = TileWork(tiles, classes, params.drop_noise, folder / "spill",
                     folder / "tiles" if "tiles" in params.outputs else None, placement,
                     view.raster if "preview" in params.outputs else None, shift)  # fmt: skip
@@ -231,27 +248,10 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
         work.pnts.mkdir()
     copc = CopcFile(folder / "cloud.copc.laz", octree=tiles.octree, frame=tiles.frame,
                     point_format=tiles.point_format, bounds=bounds,
-                    wkt=_wkt(epsg) if epsg is not None else None)  # fmt: skip
+                    wkt=wkt)  # fmt: skip
     index = TilesetIndex(folder / "tiles", tiles.octree, placement)
-    ids, finished = tiles.ids(), [0]
-
-    def done(result: TileResult) -> None:
-        for depth, key, chunk, count in result.nodes:
-            copc.add_compressed(depth, key, chunk, count)
-        for box in result.boxes:
-            index.add(box)
-        if result.drawn is not None:
-            view.merge(result.drawn)
-        finished[0] += 1
-        ctx.progress(0.9 * finished[0] / len(ids))
-
     try:
-        in_parallel(work, ids, workers(), done)
-        for node in gathered(work.spill, tiles.point_format.dtype()):  # the nodes above the tiles
-            _, chunk, box = work.node(node)
-            copc.add_compressed(node.depth, node.key, chunk, len(node.points))
-            if box is not None:
-                index.add(box)
+        place_all(work, workers(), copc, index, view, lambda share: ctx.progress(0.9 * share))
     finally:
         made: dict[str, Any] = {"copc": copc.close()}
     if work.pnts is not None:
@@ -273,12 +273,12 @@ def _finished(tiles: Tiles, root: Path, drop_noise: bool) -> Iterator[laspy.Scal
         yield work.finished(tile)
 
 
-def _reprojected(tiles: Tiles, root: Path, epsg: int, srs_out: int, drop_noise: bool) -> tuple[Tiles, tuple]:
+def _reprojected(tiles: Tiles, root: Path, wkt: str, srs_out: int, drop_noise: bool) -> tuple[Tiles, tuple]:
     """The finished points in `srs_out`, tiled again in an octree around their new bounds, in a frame
     of the same resolution (a millimetre stays a millimetre; degrees get 10⁻⁸, about a millimetre)."""
     from pyproj import CRS, Transformer
 
-    to_out = Transformer.from_crs(CRS.from_epsg(epsg), CRS.from_epsg(srs_out), always_xy=True)
+    to_out = Transformer.from_crs(CRS.from_wkt(wkt), CRS.from_epsg(srs_out), always_xy=True)
     target = CRS.from_epsg(srs_out)
     moved_folder = root / "tile" / "reprojected"
     low, high, count = np.full(3, np.inf), np.full(3, -np.inf), 0

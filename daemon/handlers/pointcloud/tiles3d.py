@@ -35,11 +35,11 @@ ECEF = 4978
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the tileset's local frame lies: the cloud's coordinate system (None: unplaced), the frame's
+    """Where the tileset's local frame lies: the cloud's coordinate system (WKT; None: unplaced), the frame's
     origin in it, and how its 16-bit colours become 8 bits (a file that stored 8-bit values in the
     16-bit fields is kept as it is: the cloud's colour range decides, once, for every node)."""
 
-    epsg: int | None
+    crs: str | None
     centre: tuple[float, float, float]
     scale: tuple[float, float, float]
     offset: tuple[float, float, float]
@@ -47,25 +47,25 @@ class Placement:
 
     @cached_property
     def _to_ecef(self) -> Any:
-        from pyproj import Transformer
+        from pyproj import CRS, Transformer
 
-        return Transformer.from_crs(self.epsg, ECEF, always_xy=True)
+        return Transformer.from_crs(CRS.from_user_input(self.crs), ECEF, always_xy=True)
 
     @cached_property
     def origin(self) -> np.ndarray:
         """The local frame's origin: ECEF metres when placed, the cloud's coordinates when not."""
-        if self.epsg is None:
+        if self.crs is None:
             return np.asarray(self.centre, float)
         return np.array(self._to_ecef.transform(*self.centre), float)
 
     @cached_property
     def axes(self) -> np.ndarray:
         """East, north and up at the origin (the columns), or the identity when unplaced."""
-        if self.epsg is None:
+        if self.crs is None:
             return np.eye(3)
-        from pyproj import Transformer
+        from pyproj import CRS, Transformer
 
-        to_wgs84 = Transformer.from_crs(self.epsg, 4326, always_xy=True)
+        to_wgs84 = Transformer.from_crs(CRS.from_user_input(self.crs), 4326, always_xy=True)
         lon, lat = (math.radians(v) for v in to_wgs84.transform(*self.centre[:2]))
         east = [-math.sin(lon), math.cos(lon), 0.0]
         north = [-math.sin(lat) * math.cos(lon), -math.sin(lat) * math.sin(lon), math.cos(lat)]
@@ -75,13 +75,13 @@ class Placement:
     def local(self, points: np.ndarray) -> np.ndarray:
         """Canonical records → local frame coordinates (N × 3 float64)."""
         xyz = [points[a] * s + o for a, s, o in zip(("X", "Y", "Z"), self.scale, self.offset, strict=True)]
-        if self.epsg is not None:
+        if self.crs is not None:
             xyz = list(self._to_ecef.transform(*xyz))
         return (np.column_stack(xyz) - self.origin) @ self.axes
 
     def transform(self) -> list[float] | None:
         """The root tile's transform (column-major 4 × 4): local frame → ECEF; None when unplaced."""
-        if self.epsg is None:
+        if self.crs is None:
             return None
         matrix = np.eye(4)
         matrix[:3, :3], matrix[:3, 3] = self.axes, self.origin

@@ -25,10 +25,10 @@ import laspy
 import numpy as np
 
 from .clean import HIGH_NOISE, LOW_NOISE
-from .copc import compressed
-from .nodes import Node, placed
-from .preview import Drawn, Raster
-from .tiles3d import NodeBox, Placement, write_pnts
+from .copc import CopcFile, compressed
+from .nodes import Node, gathered, placed
+from .preview import Drawn, Raster, TopView
+from .tiles3d import NodeBox, Placement, TilesetIndex, write_pnts
 from .tiling import Tiles
 
 Result = TypeVar("Result")
@@ -127,3 +127,29 @@ class TileResult:
         self.nodes.append((node.depth, node.key, chunk, len(node.points)))
         if box is not None:
             self.boxes.append(box)
+
+
+def place_all(
+    work: TileWork, processes: int, copc: CopcFile, index: TilesetIndex, view: TopView,
+    progress: Callable[[float], None],
+) -> None:  # fmt: skip
+    """Every tile's work, in `processes` processes; the nodes, boxes and top views they return added
+    here, in tile order, then the nodes above the tiles' depth (gathered from every tile's share)."""
+    ids, finished = work.tiles.ids(), [0]
+
+    def done(result: TileResult) -> None:
+        for depth, key, chunk, count in result.nodes:
+            copc.add_compressed(depth, key, chunk, count)
+        for box in result.boxes:
+            index.add(box)
+        if result.drawn is not None:
+            view.merge(result.drawn)
+        finished[0] += 1
+        progress(finished[0] / len(ids))
+
+    in_parallel(work, ids, processes, done)
+    for node in gathered(work.spill, work.tiles.point_format.dtype()):
+        _, chunk, box = work.node(node)
+        copc.add_compressed(node.depth, node.key, chunk, len(node.points))
+        if box is not None:
+            index.add(box)
