@@ -24,6 +24,11 @@ import numpy as np
 LOW_NOISE, HIGH_NOISE = 7, 18
 
 
+def is_noise(classes: np.ndarray) -> np.ndarray:
+    """Which of these classes are noise, low or high."""
+    return np.isin(classes, (LOW_NOISE, HIGH_NOISE))
+
+
 @dataclass(frozen=True)
 class Neighbourhoods:
     """For a tile's own points: the mean distance to their k nearest neighbours, and whether the halo

@@ -21,7 +21,6 @@ import numpy as np
 from . import clean as noise
 from .classify import ground, ground_classes
 from .params import CsfParams, ElmParams
-from .tilework import is_noise
 from .tiling import Tiles
 
 
@@ -86,9 +85,10 @@ class Ground:
         """The tile's classes with ground saved; its class histogram (256 counts)."""
         classes = np.load(self.cleaned / f"{tile}.npy")
         if self.csf is not None:
-            here = is_noise(classes)
+            here = noise.is_noise(classes)
             # the halo's noise as its own tile's clean stage found it: noise would pull the cloth down
-            halo_noise = is_noise(self.tiles.looked_up(tile, lambda t: np.load(self.cleaned / f"{t}.npy")))
+            cleaned = self.tiles.looked_up(tile, lambda t: np.load(self.cleaned / f"{t}.npy"))
+            halo_noise = noise.is_noise(cleaned)
             core, halo = xyz_of(self.tiles.load(tile)), xyz_of(self.tiles.load(tile, "halo"))
             on_ground = np.zeros(len(core), bool)
             on_ground[~here] = ground(core[~here], halo[~halo_noise], self.csf)

@@ -185,15 +185,15 @@ def _clean(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: P
     ctx.progress(0.2)
     threshold = None
     if params.outlier is not None:
-        work = Distances(tiles, distances, params.outlier.mean_k)
+        measured = Distances(tiles, distances, params.outlier.mean_k)
         total, squares, count = resumable_pass(
-            ctx, records, "clean", distances, ids, work, processes, keep=keep,
+            ctx, records, "clean", distances, ids, measured, processes, keep=keep,
             progress=lambda share: ctx.progress(0.2 + 0.4 * share),
         )  # fmt: skip
         threshold = noise.outlier_threshold(total, squares, int(count), params.outlier.multiplier)
     origin = (read["tally"]["bounds"]["min"][0], read["tally"]["bounds"]["min"][1])
-    work = Noise(tiles, distances if threshold is not None else None, threshold, params.elm, origin, classes)
-    low, high = resumable_pass(ctx, records, "clean", classes, ids, work, processes, keep=keep,
+    found = Noise(tiles, distances if threshold is not None else None, threshold, params.elm, origin, classes)
+    low, high = resumable_pass(ctx, records, "clean", classes, ids, found, processes, keep=keep,
                                progress=lambda s: ctx.progress(0.6 + 0.4 * s))  # fmt: skip
     return {"tiles": len(ids), "tile_depth": tiles.octree.tile_depth, "halo_m": tiles.halo,
             "outlier_threshold_m": threshold, "low_noise": int(low), "high_noise": int(high)}  # fmt: skip
@@ -225,7 +225,8 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
     folder = root / "tile"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    tiles, classes = _partitioned(root, read, analysis, params), root / "classify"
+    tiles = _partitioned(root, read, analysis, params)
+    classes: Path | None = root / "classify"
     srs = analysis["srs"] or {}
     wkt, epsg = srs.get("wkt"), srs.get("epsg")
     bounds = (np.array(read["tally"]["bounds"]["min"]), np.array(read["tally"]["bounds"]["max"]))
@@ -235,7 +236,7 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
             "unknown: its file names none; give srs_in",
             code="unknown_srs",
         )
-    if params.srs_out is not None and params.srs_out != epsg:
+    if params.srs_out is not None and wkt is not None and params.srs_out != epsg:
         tiles, bounds = _reprojected(tiles, root, wkt, params.srs_out, params.drop_noise)
         classes, wkt = None, _wkt(params.srs_out)
     shift = colour_shift(analysis.get("colour"))

@@ -113,13 +113,19 @@ def write_pnts(node: Node, placement: Placement, folder: Path) -> NodeBox:
     if "red" in (node.points.dtype.names or ()):
         rgb = np.column_stack([node.points["red"], node.points["green"], node.points["blue"]])
         colours = np.ascontiguousarray((rgb >> placement.colour_shift).astype(np.uint8))
-    extra = {"Classification": np.ascontiguousarray(node.points["classification"]).astype(np.uint8),
-             "Intensity": np.ascontiguousarray(node.points["intensity"]).astype(np.uint16)}  # fmt: skip
+    extra: dict[str, np.ndarray] = {
+        "Classification": np.ascontiguousarray(node.points["classification"]).astype(np.uint8),
+        "Intensity": np.ascontiguousarray(node.points["intensity"]).astype(np.uint16),
+    }
     pnts = Pnts.from_points(Points((xyz - middle).astype(np.float32), colours, extra))
-    pnts.body.feature_table.header.rtc = tuple(float(v) for v in middle)
+    pnts.body.feature_table.header.rtc = (float(middle[0]), float(middle[1]), float(middle[2]))
     pnts.sync()
     pnts.save_as(folder / tile_name(node.depth, node.key))
-    return NodeBox(node.depth, node.key, len(node.points), tuple(map(float, low)), tuple(map(float, high)))
+    return NodeBox(node.depth, node.key, len(node.points), _triple(low), _triple(high))
+
+
+def _triple(values: np.ndarray) -> tuple[float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2])
 
 
 class TilesetIndex:

@@ -24,7 +24,7 @@ from typing import TypeVar
 import laspy
 import numpy as np
 
-from .clean import HIGH_NOISE, LOW_NOISE
+from .clean import is_noise
 from .copc import CopcFile, compressed
 from .nodes import Node, gathered, placed
 from .preview import Drawn, Raster, TopView
@@ -62,10 +62,6 @@ def in_parallel(
     finally:
         pool.terminate()  # at once on an interrupt; a no-op for a pool that has finished
         pool.join()
-
-
-def is_noise(classes: np.ndarray) -> np.ndarray:
-    return np.isin(classes, (LOW_NOISE, HIGH_NOISE))
 
 
 @dataclass(frozen=True)
