@@ -71,14 +71,32 @@ def widened(
     todo = np.flatnonzero(~found.complete)
     if len(todo) == 0:
         return found
-    reach = float(found.farthest[todo].max())
-    low, high = core[todo, :2].min(axis=0) - reach, core[todo, :2].max(axis=0) + reach
-    own = np.all((core[:, :2] >= low) & (core[:, :2] <= high), axis=1)
-    own[todo] = False  # (the points asked about come first: `neighbour_distances` skips each itself)
-    again = neighbour_distances(core[todo], np.concatenate([core[own], others(low, high)]), k)
+    centres, reach = core[todo, :2], found.farthest[todo]
+    low, high = centres.min(axis=0) - reach.max(), centres.max(axis=0) + reach.max()
+    # (the points asked about come first: `neighbour_distances` skips each itself)
+    pool = np.concatenate([np.delete(core, todo, axis=0), others(low, high)])
+    again = neighbour_distances(core[todo], pool[_within_reach(pool[:, :2], centres, reach)], k)
     mean, farthest = found.mean_distance.copy(), found.farthest.copy()
     mean[todo], farthest[todo] = again.mean_distance, again.farthest
     return replace(found, mean_distance=mean, farthest=farthest, complete=np.ones(len(core), bool))
+
+
+def _within_reach(xy: np.ndarray, centres: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """Which of the points `xy` may lie within its `reach` of one of the `centres` (a superset: the
+    points in the grid cells each centre's square of side 2 × reach overlaps, the cells a quarter of
+    the longest reach). One tree over these few, not over every point in the squares' bounding box."""
+    cell = max(float(reach.max()) / 4, 1e-9)
+    origin = centres.min(axis=0) - reach.max()
+    first = np.floor((centres - reach[:, None] - origin) / cell).astype(np.int64)
+    last = np.floor((centres + reach[:, None] - origin) / cell).astype(np.int64)
+    rows = int(last[:, 1].max()) + 1
+    marked = np.unique(np.concatenate([
+        (np.arange(f[0], e[0] + 1)[:, None] * rows + np.arange(f[1], e[1] + 1)[None, :]).ravel()
+        for f, e in zip(first, last, strict=True)
+    ]))  # fmt: skip
+    at = np.floor((xy - origin) / cell).astype(np.int64)
+    inside = (at >= 0).all(axis=1) & (at[:, 1] < rows)
+    return inside & np.isin(at[:, 0] * rows + at[:, 1], marked)
 
 
 def outlier_threshold(total: float, total_squares: float, count: int, multiplier: float) -> float:
