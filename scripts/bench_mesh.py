@@ -34,17 +34,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from local_job import local_env, serve  # noqa: E402
 
 from daemon.handlers.mesh.geometry import load_mesh, surface_error  # noqa: E402
 from daemon.handlers.mesh.tools import JS_DIR, run_tool  # noqa: E402
@@ -104,22 +101,8 @@ def gltf_transform_optimize(source: Path, out: Path) -> tuple[Path, list[Path]]:
     return main, [main]
 
 
-@contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    handler = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def ours(source: Path, out: Path, timings: dict[str, float]) -> tuple[Path, list[Path]]:
-    env = {**os.environ, "URL_ALLOW_NETWORKS": "127.0.0.1/32", "DAEMON_WORK_DIR": str(out / "work"),
-           "DAEMON_STATE_DIR": str(out / "state"), "DAEMON_ENV_FILE": str(out / "no.env"),
-           "REDIS_URL": "redis://127.0.0.1:1/0", "LOG_LEVEL": "warning"}  # fmt: skip
+    env = local_env(out, out / "state")
     with serve(source.parent) as base:
         spec = {"spec_version": 1, "job_id": "bench-mesh", "kind": "mesh",
                 "inputs": [{"url": f"{base}/{source.name}", "name": source.name}]}  # fmt: skip

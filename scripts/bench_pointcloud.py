@@ -29,9 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager, suppress
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from local_job import local_env, serve  # noqa: E402
 
 from daemon.samples import cloud_files, clouds  # noqa: E402
 
@@ -95,24 +95,9 @@ def measured(argv: list[str], env: dict[str, str]) -> tuple[float, PeakMemory, s
     return time.monotonic() - started, memory, stdout
 
 
-@contextmanager
-def serve(folder: Path):
-    handler = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def ours(source: Path, scratch: Path, params: dict[str, Any], cache: Path) -> tuple[float, PeakMemory, dict]:
     out = Path(tempfile.mkdtemp(dir=scratch))
-    env = {**os.environ, "URL_ALLOW_NETWORKS": "127.0.0.1/32", "DAEMON_WORK_DIR": str(out / "work"),
-           "DAEMON_STATE_DIR": str(cache), "DAEMON_ENV_FILE": str(out / "no.env"),
-           "REDIS_URL": "redis://127.0.0.1:1/0", "LOG_LEVEL": "warning", "DOWNLOAD_MAX_BYTES": str(2**40),
-           "JOB_INPUT_MAX_BYTES": str(2**40)}  # fmt: skip
+    env = local_env(out, cache, DOWNLOAD_MAX_BYTES=str(2**40), JOB_INPUT_MAX_BYTES=str(2**40))
     with serve(source.parent) as base:
         spec = {"spec_version": 1, "job_id": "bench-pointcloud", "kind": "pointcloud",
                 "inputs": [{"url": f"{base}/{source.name}"}], "params": params}  # fmt: skip

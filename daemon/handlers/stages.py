@@ -148,3 +148,20 @@ def run_stage(
     records.record(stage, summary)
     save_checkpoint(ctx, records, stage, folders=folders, files=files)
     return summary
+
+
+@dataclass(frozen=True)
+class Stages:
+    """A kind's stages over one work folder: `run` each in its turn."""
+
+    ctx: Context
+    records: StageRecords
+
+    def run(
+        self, name: str, work: Callable[[], dict[str, Any]], *, folders: Sequence[Path] | None = None
+    ) -> dict[str, Any]:
+        """`name` run once inside `ctx.stage(name)`, its folder `root/name` (or `folders`) checkpointed
+        with its record; or, when it finished before, its record."""
+        with self.ctx.stage(name):
+            chosen = (self.records.root / name,) if folders is None else folders
+            return run_stage(self.ctx, self.records, name, work, folders=chosen)

@@ -13,7 +13,8 @@ Deterministic for a given seed, made on the spot (no network, no stored media):
   chunk; `cloud_files` writes them as LAS/LAZ, PLY, CSV/XYZ and E57, and makes the broken files the
   pointcloud kind must refuse.
 
-numpy, Pillow and PyAV only (laspy, pyproj and pye57 in `cloud_files`), plus torch in `gaussians` and pycolmap inside
-`cameras.model_rotation_errors` (which reads a recovered model). Nothing here imports another daemon
-module, and no daemon module imports this package: the daemon never depends on its samples.
+numpy, Pillow and PyAV only (laspy, pyproj and pye57 in `cloud_files`), plus torch in `gaussians` and
+pycolmap inside `cameras.model_rotation_errors` (which reads a recovered model). Nothing here imports
+another daemon module, and no daemon module imports this package: the daemon never depends on its
+samples.
 """

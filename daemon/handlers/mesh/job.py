@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ...errors import InputError, JobError
 from ..base import Context
-from ..stages import StageRecords, restore_checkpoint, run_stage
+from ..stages import StageRecords, Stages, restore_checkpoint
 from .geometry import Surface, geometry_report, load_mesh, surface_error
 from .params import MeshParams
 from .read import read_model
@@ -37,16 +36,13 @@ def run(ctx: Context) -> None:
     records = StageRecords(root, STAGES)
     restore_checkpoint(ctx, records)
 
-    def stage(name: str, work: Callable[[], dict[str, Any]], *, folder: bool = True) -> dict[str, Any]:
-        """`name` run once (its folder `root/name` checkpointed with its record), or its record."""
-        with ctx.stage(name):
-            return run_stage(ctx, records, name, work, folders=(root / name,) if folder else ())
+    stage = Stages(ctx, records).run
 
     with ctx.stage("download"):  # the upload is needed only until the read stage has finished
         upload = None if records.finished("read") else ctx.fetch_inputs()[0]
     read = stage("read", lambda: _read(upload, root / "read"))
     source = root / "read" / "source.glb"
-    analysis = stage("analyze", lambda: _analyze(source, read["name"], params), folder=False)
+    analysis = stage("analyze", lambda: _analyze(source, read["name"], params), folders=())
     optimized = stage("optimize", lambda: _optimize(source, root / "optimize", params))
     lods = stage("lods", lambda: _lods(root, params, ctx))
     chromium = ctx.settings.chromium_path if ctx.settings is not None else None

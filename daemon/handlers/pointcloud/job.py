@@ -20,7 +20,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..base import Context
-from ..stages import StageRecords, restore_checkpoint, run_stage
+from ..stages import StageRecords, Stages, restore_checkpoint
 from . import clean as noise
 from .cleanwork import Distances, Ground, Noise
 from .copc import CopcFile
@@ -46,11 +46,7 @@ def run(ctx: Context) -> None:
     records = StageRecords(root, STAGES)
     restore_checkpoint(ctx, records)
 
-    def stage(
-        name: str, work: Callable[[], dict[str, Any]], *, folders: tuple[Path, ...] | None = None
-    ) -> dict[str, Any]:
-        with ctx.stage(name):
-            return run_stage(ctx, records, name, work, folders=(root / name,) if folders is None else folders)
+    stage = Stages(ctx, records).run
 
     with ctx.stage("download"):  # the upload is needed only until the read stage has finished
         upload = None if records.finished("read") else ctx.fetch_inputs()[0]
