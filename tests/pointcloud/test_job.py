@@ -72,6 +72,9 @@ def test_pointcloud_jobs_through_the_queue_bad_uploads_fail_and_a_preempted_surv
     assert first.wait(timeout=60) == 0, first.logs()[-4000:]
     row = jobs_rows(id=job_id)[0]
     assert (row["status"], row["error_code"], row["attempt"]) == ("requeued", "preempted", 1)
+    # with checkpoints smaller than the cloud's records (36 B a point): those are read again, not stored
+    stored = s3.list_objects_v2(Bucket=bucket, Prefix=f"checkpoints/{job_id}/").get("Contents", [])
+    assert stored and sum(o["Size"] for o in stored) < 150_000 * 36, stored
 
     # When another worker takes it
     second = start_worker(full_env, name="replacement")
@@ -84,6 +87,7 @@ def test_pointcloud_jobs_through_the_queue_bad_uploads_fail_and_a_preempted_surv
     assert re.search(r"restored stages read, analyze, clean, classify from attempt 1", resumed), resumed[
         :5000
     ]
+    assert "reading the upload again" in resumed, resumed[:5000]
     assert done["attempt"] == 2
 
     # And the outputs are in S3: a COPC of every point, the tileset, the preview, the manifest

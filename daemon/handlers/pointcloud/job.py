@@ -10,6 +10,7 @@ follows a tile's size, never the cloud's.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ from .tiles3d import Placement, TilesetIndex
 from .tilework import TileWork, place_all, workers
 from .tiling import Tiles, partition
 
+log = logging.getLogger(__name__)
+
 STAGES = ("download", "read", "analyze", "clean", "classify", "tile", "export")
 SPILL_CHUNK = 1_000_000
 MIN_HALO_M = 5.0
@@ -50,8 +53,11 @@ def run(ctx: Context) -> None:
 
     with ctx.stage("download"):  # the upload is needed only until the read stage has finished
         upload = None if records.finished("read") else ctx.fetch_inputs()[0]
-    read = stage("read", lambda: _read(upload, root / "read", params, ctx))
-    analysis = stage("analyze", lambda: describe(read, _sample(root, read), params), folders=())
+    # (only the sample is checkpointed: the records, ~36 B a point, are read again from the upload)
+    read = stage(
+        "read", lambda: _read(upload, root / "read", params, ctx), folders=(root / "read" / "sample.npy",)
+    )
+    analysis = stage("analyze", lambda: describe(read, _sample(root, read, params, ctx), params), folders=())
     cleaned = stage(
         "clean",
         lambda: _clean(root, read, analysis, params, ctx, records),
@@ -89,6 +95,24 @@ def _read(upload: Path | None, folder: Path, params: PointcloudParams, ctx: Cont
             "point_format": cloud.record_format.id, "srs_wkt": cloud.srs_wkt}  # fmt: skip
 
 
+def _records(root: Path, read: dict[str, Any], params: PointcloudParams, ctx: Context) -> None:
+    """The read stage's records on disk. An attempt that restored the read stage from a checkpoint has
+    only its record and sample: the records are the cloud's size again, and reading the upload (about
+    a third of their size as LAZ) takes less than a checkpoint of them would take to upload and fetch.
+    The upload read again must be the one read before."""
+    if (root / "read" / "points.bin").exists():
+        return
+    log.info("the read stage's records are not in its checkpoint: reading the upload again")
+    upload = ctx.fetch_inputs()[0]
+    again = _read(upload, root / "read", params, ctx)
+    if again["tally"] != read["tally"]:
+        raise InputError(
+            f"{upload.name}: the upload read again is not the one the earlier attempt read "
+            f"({again['tally']['points']:,} points, {read['tally']['points']:,} before)",
+            code="input_changed",
+        )
+
+
 def _source_facts(cloud: CloudFile, upload: Path) -> dict[str, Any]:
     return {"name": upload.name, "bytes": upload.stat().st_size, "format": cloud.format,
             "las_version": cloud.las_version, "point_format": cloud.point_format,
@@ -115,12 +139,13 @@ def _spill(root: Path, read: dict[str, Any]) -> Callable[[], Iterator[laspy.Scal
     return chunks
 
 
-def _sample(root: Path, read: dict[str, Any]) -> np.ndarray:
+def _sample(root: Path, read: dict[str, Any], params: PointcloudParams, ctx: Context) -> np.ndarray:
     """The read stage's sample of the points, for the spacing (made again from the records when an
     earlier worker version's read stage left none)."""
     path = root / "read" / "sample.npy"
     if path.exists():
         return np.load(path)
+    _records(root, read, params, ctx)
     again = Sample(read["tally"]["points"])
     for chunk in _spill(root, read)():
         again.add(chunk)
@@ -154,13 +179,14 @@ def _halo(analysis: dict[str, Any], params: PointcloudParams) -> float:
 
 
 def _partitioned(
-    root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams
+    root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams, ctx: Context
 ) -> Tiles:
     """The cloud's tiles on disk: cut by the clean stage, and cut again (the same: the cut is
     deterministic) by a stage of an attempt that restored a checkpoint, which leaves them out."""
     tiles = _tiles(root, read, analysis, params)
     complete = tiles.folder / "complete"
     if not complete.exists():
+        _records(root, read, params, ctx)
         shutil.rmtree(tiles.folder, ignore_errors=True)
         partition(_spill(root, read)(), tiles)
         complete.touch()
@@ -172,7 +198,7 @@ def _clean(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: P
     """Two passes over the tiles, each resumable at its last finished tile (resume.py): every point's
     neighbour distances (the cloud's outlier threshold comes from all of them), then the classes."""
     folder = root / "clean"
-    tiles = _partitioned(root, read, analysis, params)
+    tiles = _partitioned(root, read, analysis, params, ctx)
     ids, processes = tiles.ids(), workers()
     distances, classes = folder / "distances", folder / "classes"
     keep = [distances, classes]
@@ -202,7 +228,7 @@ def _classify(root: Path, read: dict[str, Any], analysis: dict[str, Any], params
               ctx: Context, records: StageRecords) -> dict[str, Any]:  # fmt: skip
     folder = root / "classify"
     folder.mkdir(parents=True, exist_ok=True)
-    tiles = _partitioned(root, read, analysis, params)
+    tiles = _partitioned(root, read, analysis, params, ctx)
     work = Ground(tiles, root / "clean" / "classes", params.csf if params.ground == "csf" else None, folder)
     counts = resumable_pass(ctx, records, "classify", folder, tiles.ids(), work, workers(), keep=[folder],
                             progress=ctx.progress)  # fmt: skip
@@ -221,7 +247,7 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
     folder = root / "tile"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    tiles = _partitioned(root, read, analysis, params)
+    tiles = _partitioned(root, read, analysis, params, ctx)
     classes: Path | None = root / "classify"
     srs = analysis["srs"] or {}
     wkt, epsg = srs.get("wkt"), srs.get("epsg")
@@ -260,6 +286,8 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
     if "copc" not in params.outputs:
         (folder / "cloud.copc.laz").unlink()
         made.pop("copc")
+    for scratch in ("spill", "reprojected"):  # the stage's checkpoint is its outputs
+        shutil.rmtree(folder / scratch, ignore_errors=True)
     return made
 
 
@@ -318,8 +346,6 @@ def _export(ctx: Context, root: Path, manifest: dict[str, Any]) -> None:
     folder = root / "tile"
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = path.relative_to(folder).as_posix()
-        if name.startswith(("spill/", "reprojected/")):
-            continue
         ctx.put_output(name, path, CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
     path = root / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
