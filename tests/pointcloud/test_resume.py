@@ -2,7 +2,8 @@
 (over a folder, as `run-local` uses it) and the real interrupt handling (a preempt signal to this
 process): a notice while tiles are being worked in two processes checkpoints the tiles finished so far
 and stops; the next attempt, in another folder, restores them and works only the others, to the same
-result as one uninterrupted pass."""
+result as one uninterrupted pass: the clean stage's distances, and the tile stage's files, byte for
+byte (its finished tiles' results replayed from the checkpoint)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,64 @@ def test_a_notice_mid_pass_resumes_at_the_next_tile_on_another_machine(tmp_path,
             np.load(second / "clean" / "distances" / f"{tile}.npy"),
             np.load(whole / "clean" / "distances" / f"{tile}.npy"),
         )
+
+
+def test_the_tile_stage_resumes_to_the_same_files(tmp_path, preempt_signal):
+    from daemon.handlers.pointcloud.tilework import TileResult
+    from tests.pointcloud.test_tilework import _cloud, _outputs, finish, setup
+
+    cloud = _cloud()
+    whole = _outputs(cloud, tmp_path / "whole", 1)
+    blobs = LocalBlobs(tmp_path / "store")
+
+    def attempt(folder: Path, ctx: Attempt, processes: int, progress=lambda share: None) -> list[int]:
+        work, assembly = setup(cloud, folder)
+        done, worked = folder / "done", []
+        done.mkdir(exist_ok=True)
+
+        def take(tile: int, result: TileResult) -> list[int]:
+            worked.append(tile)
+            result.save(done / f"{tile}.npz")
+            assembly.add(result)
+            return [result.points]
+
+        def replay(tile: int) -> None:
+            assembly.add(TileResult.load(done / f"{tile}.npz"))
+
+        work.spill.mkdir(exist_ok=True)
+        keep, records = [done, work.spill, work.pnts], StageRecords(folder, STAGES)
+        ids = work.tiles.ids()
+        resumable_pass(ctx, records, "clean", done, ids, work, processes, keep=keep, progress=progress,
+                       take=take, replay=replay)  # fmt: skip
+        assembly.finish(work)
+        finish(assembly, folder)
+        return worked
+
+    # Given an attempt placing the tiles in two processes, preempted after the fifth
+    first = tmp_path / "first"
+    interrupts = Interrupts()
+    interrupts.install()
+    shares: list[float] = []
+
+    def progress(share: float) -> None:
+        shares.append(share)
+        if len(shares) == 5:
+            os.kill(os.getpid(), PREEMPT_SIGNAL)
+
+    with pytest.raises(JobPreempted):
+        attempt(first, Attempt(Checkpoints(blobs, "pc-tiles", attempt=1), interrupts), 2, progress)
+
+    # When the next attempt restores its checkpoint in another folder
+    second = tmp_path / "second"
+    retry = Attempt(Checkpoints(blobs, "pc-tiles", attempt=2), Interrupts())
+    assert restore_checkpoint(retry, StageRecords(second, STAGES)) == {}
+    worked = attempt(second, retry, 1)
+
+    # Then it worked only the tiles after the fifth, and made the uninterrupted run's files
+    ids = sorted(int(p.stem) for p in (whole / "tiles-in" / "core").glob("*.bin"))
+    assert worked == ids[5:]
+    for name in ("cloud.copc.laz", "preview.png", "tiles/tileset.json"):
+        assert (second / name).read_bytes() == (whole / name).read_bytes(), name
+    pnts = sorted(p.name for p in (whole / "tiles").glob("*.pnts"))
+    assert pnts == sorted(p.name for p in (second / "tiles").glob("*.pnts"))
+    assert all((second / "tiles" / n).read_bytes() == (whole / "tiles" / n).read_bytes() for n in pnts)

@@ -19,7 +19,7 @@ from daemon.handlers.pointcloud.octree import Octree
 from daemon.handlers.pointcloud.preview import TopView
 from daemon.handlers.pointcloud.source import Frame
 from daemon.handlers.pointcloud.tiles3d import Placement, TilesetIndex
-from daemon.handlers.pointcloud.tilework import TileWork, place_all
+from daemon.handlers.pointcloud.tilework import Assembly, TileWork, place_all
 from daemon.handlers.pointcloud.tiling import Tiles, partition
 
 FRAME = Frame((0.001, 0.001, 0.001), (500_000.0, 5_000_000.0, 0.0))
@@ -45,7 +45,8 @@ def _cloud() -> laspy.ScaleAwarePointRecord:
     return records
 
 
-def _outputs(records: laspy.ScaleAwarePointRecord, folder: Path, processes: int) -> Path:
+def setup(records: laspy.ScaleAwarePointRecord, folder: Path) -> tuple[TileWork, Assembly]:
+    """The tile stage's work over `records` cut in many tiles under `folder`, and its outputs begun."""
     xyz = np.column_stack([records.x, records.y, records.z])
     octree = Octree.around(xyz.min(axis=0), xyz.max(axis=0), len(xyz), 0.001, tile_points=3_000)
     tiles = Tiles(folder / "tiles-in", octree, 0.0, FRAME, laspy.PointFormat(7))
@@ -54,16 +55,24 @@ def _outputs(records: laspy.ScaleAwarePointRecord, folder: Path, processes: int)
     placement = Placement(utm, octree.center, FRAME.scale, FRAME.offset, colour_shift=8)
     view = TopView.over(xyz.min(axis=0), xyz.max(axis=0), 256, 0.5)
     work = TileWork(tiles, None, False, folder / "spill", folder / "tiles", placement, view.raster, 8)
-    work.pnts.mkdir(parents=True)
+    work.pnts.mkdir(parents=True, exist_ok=True)
     copc = CopcFile(folder / "cloud.copc.laz", octree=octree, frame=FRAME, point_format=tiles.point_format,
                     bounds=(xyz.min(axis=0), xyz.max(axis=0)), wkt=None)  # fmt: skip
-    index = TilesetIndex(folder / "tiles", octree, placement)
+    return work, Assembly(copc, TilesetIndex(folder / "tiles", octree, placement), view)
+
+
+def finish(assembly: Assembly, folder: Path) -> None:
+    assembly.copc.close()
+    assembly.index.write()
+    assembly.view.save(folder / "preview.png", coloured=True)
+
+
+def _outputs(records: laspy.ScaleAwarePointRecord, folder: Path, processes: int) -> Path:
+    work, assembly = setup(records, folder)
     shares: list[float] = []
-    place_all(work, processes, copc, index, view, shares.append)
-    copc.close()
-    index.write()
-    view.save(folder / "preview.png", coloured=True)
-    assert shares[-1] == 1.0 and len(shares) == len(tiles.ids())
+    place_all(work, processes, assembly.copc, assembly.index, assembly.view, shares.append)
+    finish(assembly, folder)
+    assert shares[-1] == 1.0 and len(shares) == len(work.tiles.ids())
     return folder
 
 

@@ -29,11 +29,11 @@ from .describe import Sample, describe
 from .octree import Octree
 from .params import PointcloudParams
 from .preview import TopView, colour_shift
-from .resume import resumable_pass
+from .resume import LEDGER, resumable_pass
 from .source import CloudFile, Frame, open_cloud, read_chunks
 from .stats import Tally
 from .tiles3d import Placement, TilesetIndex
-from .tilework import TileWork, place_all, workers
+from .tilework import Assembly, TileResult, TileWork, workers
 from .tiling import Tiles, partition
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def run(ctx: Context) -> None:
         folders=(root / "clean" / "classes",),
     )  # (the tiles are cut again on a resume)
     classified = stage("classify", lambda: _classify(root, read, analysis, params, ctx, records))
-    tiled = stage("tile", lambda: _tile(root, read, analysis, params, ctx))
+    tiled = stage("tile", lambda: _tile(root, read, analysis, params, ctx, records))
     with ctx.stage("export"):
         manifest = {"job_id": ctx.job_id, "kind": "pointcloud", "attempt": ctx.attempt,
                     "source": read["source"], "analysis": analysis, "clean": cleaned, "classify": classified,
@@ -239,14 +239,14 @@ def _classify(root: Path, read: dict[str, Any], analysis: dict[str, Any], params
 
 
 def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams,
-          ctx: Context) -> dict[str, Any]:  # fmt: skip
+          ctx: Context, records: StageRecords) -> dict[str, Any]:  # fmt: skip
     """The outputs, from the classified tiles (noise left out with `drop_noise`; reprojected with
     `srs_out`, which places the points in an octree of their own, so they are tiled again first). The
     tiles are placed in nodes, compressed and drawn in parallel (tilework.py); this process writes the
-    COPC and the tileset's index from what each returns."""
+    COPC and the tileset's index from what each returns, and keeps each tile's result in `done/` so an
+    attempt that resumes the stage replays the finished tiles instead of working them again."""
     folder = root / "tile"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    _tidy(folder)
     tiles = _partitioned(root, read, analysis, params, ctx)
     classes: Path | None = root / "classify"
     srs = analysis["srs"] or {}
@@ -267,18 +267,29 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
     work = TileWork(tiles, classes, params.drop_noise, folder / "spill",
                     folder / "tiles" if "tiles" in params.outputs else None, placement,
                     view.raster if "preview" in params.outputs else None, shift)  # fmt: skip
-    if work.pnts is not None:
-        work.pnts.mkdir()
+    done = folder / "done"
+    keep = [done, work.spill] + ([work.pnts] if work.pnts is not None else [])
+    for path in keep:
+        path.mkdir(parents=True, exist_ok=True)
     copc = CopcFile(folder / "cloud.copc.laz", octree=tiles.octree, frame=tiles.frame,
                     point_format=tiles.point_format, bounds=bounds,
                     wkt=wkt)  # fmt: skip
-    index = TilesetIndex(folder / "tiles", tiles.octree, placement)
+    assembly = Assembly(copc, TilesetIndex(folder / "tiles", tiles.octree, placement), view)
+
+    def take(tile: int, result: TileResult) -> list[int]:
+        result.save(done / f"{tile}.npz")
+        assembly.add(result)
+        return [result.points]
+
     try:
-        place_all(work, workers(), copc, index, view, lambda share: ctx.progress(0.9 * share))
+        resumable_pass(ctx, records, "tile", done, tiles.ids(), work, workers(), keep=keep,
+                       progress=lambda share: ctx.progress(0.9 * share), take=take,
+                       replay=lambda tile: assembly.add(TileResult.load(done / f"{tile}.npz")))  # fmt: skip
+        assembly.finish(work)
     finally:
         made: dict[str, Any] = {"copc": copc.close()}
     if work.pnts is not None:
-        made["tiles"] = index.write()
+        made["tiles"] = assembly.index.write()
     if "preview" in params.outputs:
         made["preview"] = view.save(
             folder / "preview.png", coloured="red" in tiles.point_format.dimension_names
@@ -286,9 +297,21 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
     if "copc" not in params.outputs:
         (folder / "cloud.copc.laz").unlink()
         made.pop("copc")
-    for scratch in ("spill", "reprojected"):  # the stage's checkpoint is its outputs
+    for scratch in ("spill", "reprojected", "done"):  # the stage's checkpoint is its outputs
         shutil.rmtree(folder / scratch, ignore_errors=True)
     return made
+
+
+def _tidy(folder: Path) -> None:
+    """The tile stage's folder made ready: kept as it is where an earlier attempt's checkpoint left
+    finished tiles (their results in `done/` with its ledger, their `.pnts` and shares of the shallow
+    nodes), less the outputs made whole at the end; emptied otherwise."""
+    if not (folder / "done" / LEDGER).exists():
+        shutil.rmtree(folder, ignore_errors=True)
+    for made in ("cloud.copc.laz", "preview.png", "tiles/tileset.json", "reprojected"):
+        path = folder / made
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _finished(tiles: Tiles, root: Path, drop_noise: bool) -> Iterator[laspy.ScaleAwarePointRecord]:

@@ -40,10 +40,14 @@ def resumable_pass(
     *,
     keep: Sequence[Path],
     progress: Callable[[float], None],
+    take: Callable[[int, Any], Any] | None = None,
+    replay: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """`work` on every tile of `ids` not already in `folder`'s ledger (in `processes` processes); the
-    element-wise sum of every tile's result (numbers or arrays of numbers). On a due checkpoint the
-    ledger and `keep` (this stage's folders, the pass's among them) are checkpointed as `stage`'s."""
+    element-wise sum of every tile's result (numbers or arrays of numbers), or of what `take(tile,
+    result)` makes of it (a pass whose results are more than numbers keeps them itself, in `folder`).
+    The tiles an earlier attempt finished are handed to `replay` first, in order. On a due checkpoint
+    the ledger and `keep` (this stage's folders, the pass's among them) are checkpointed as `stage`'s."""
     ledger_path = folder / LEDGER
     ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {"tiles": [], "total": None}
     finished = set(ledger["tiles"])
@@ -51,13 +55,18 @@ def resumable_pass(
     if finished:
         log.info("%s resumes %s at tile %d of %d: the others were finished by an earlier attempt",
                  stage, folder.name, len(finished) + 1, len(ids))  # fmt: skip
+    for tile in ledger["tiles"]:
+        if replay is not None:
+            replay(tile)
     total = None if ledger["total"] is None else np.asarray(ledger["total"])
     at = [0]
 
     def done(result: Any) -> None:
         nonlocal total
-        total = np.asarray(result, dtype=float) if total is None else total + np.asarray(result, dtype=float)
-        ledger["tiles"].append(todo[at[0]])
+        tile = todo[at[0]]
+        found = np.asarray(result if take is None else take(tile, result), dtype=float)
+        total = found if total is None else total + found
+        ledger["tiles"].append(tile)
         ledger["total"] = total.tolist()
         at[0] += 1
         progress(len(ledger["tiles"]) / len(ids))

@@ -124,28 +124,79 @@ class TileResult:
         if box is not None:
             self.boxes.append(box)
 
+    @property
+    def points(self) -> int:
+        return sum(count for _, _, _, count in self.nodes)
+
+    def save(self, path: Path) -> None:
+        """To `path` (.npz: plain arrays, no pickle), for an attempt that resumes the stage."""
+        chunks = [np.frombuffer(chunk, np.uint8) for _, _, chunk, _ in self.nodes]
+        boxes = [(b.depth, b.key, b.points, *b.low, *b.high) for b in self.boxes]
+        arrays: dict[str, np.ndarray] = {
+            "nodes": np.array([(d, k, n) for d, k, _, n in self.nodes], np.int64).reshape(-1, 3),
+            "ends": np.cumsum([len(c) for c in chunks], dtype=np.int64),
+            "chunks": np.concatenate(chunks) if chunks else np.zeros(0, np.uint8),
+            "boxes": np.array(boxes, float).reshape(-1, 9),
+        }
+        if self.drawn is not None:
+            arrays |= {"pixels": self.drawn.pixels, "z": self.drawn.z}
+            if self.drawn.rgb is not None:
+                arrays["rgb"] = self.drawn.rgb
+        with path.open("wb") as out:
+            np.savez(out, **arrays)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: Path) -> TileResult:
+        with np.load(path) as saved:
+            drawn = None
+            if "pixels" in saved.files:
+                rgb = saved["rgb"] if "rgb" in saved.files else None
+                drawn = Drawn(saved["pixels"], saved["z"], rgb)
+            result = cls(drawn)
+            starts = np.r_[0, saved["ends"][:-1]] if len(saved["ends"]) else []
+            for (depth, key, count), start, end in zip(saved["nodes"], starts, saved["ends"], strict=True):
+                result.nodes.append((int(depth), int(key), saved["chunks"][start:end].tobytes(), int(count)))
+            for row in saved["boxes"]:
+                low, high = tuple(map(float, row[3:6])), tuple(map(float, row[6:9]))
+                result.boxes.append(NodeBox(int(row[0]), int(row[1]), int(row[2]), low, high))  # type: ignore[arg-type]
+        return result
+
+
+class Assembly:
+    """The outputs being put together in the job's process from what each tile's work returns: the COPC's
+    nodes, the tileset's boxes, the top view."""
+
+    def __init__(self, copc: CopcFile, index: TilesetIndex, view: TopView) -> None:
+        self.copc, self.index, self.view = copc, index, view
+
+    def add(self, result: TileResult) -> None:
+        for depth, key, chunk, count in result.nodes:
+            self.copc.add_compressed(depth, key, chunk, count)
+        for box in result.boxes:
+            self.index.add(box)
+        if result.drawn is not None:
+            self.view.merge(result.drawn)
+
+    def finish(self, work: TileWork) -> None:
+        """The nodes above the tiles' depth, gathered from every tile's share."""
+        for node in gathered(work.spill, work.tiles.point_format.dtype()):
+            _, chunk, box = work.node(node)
+            self.copc.add_compressed(node.depth, node.key, chunk, len(node.points))
+            if box is not None:
+                self.index.add(box)
+
 
 def place_all(
     work: TileWork, processes: int, copc: CopcFile, index: TilesetIndex, view: TopView,
     progress: Callable[[float], None],
 ) -> None:  # fmt: skip
-    """Every tile's work, in `processes` processes; the nodes, boxes and top views they return added
-    here, in tile order, then the nodes above the tiles' depth (gathered from every tile's share)."""
-    ids, finished = work.tiles.ids(), [0]
+    """Every tile's work, in `processes` processes, put together here in tile order (`Assembly`)."""
+    ids, finished, assembly = work.tiles.ids(), [0], Assembly(copc, index, view)
 
     def done(result: TileResult) -> None:
-        for depth, key, chunk, count in result.nodes:
-            copc.add_compressed(depth, key, chunk, count)
-        for box in result.boxes:
-            index.add(box)
-        if result.drawn is not None:
-            view.merge(result.drawn)
+        assembly.add(result)
         finished[0] += 1
         progress(finished[0] / len(ids))
 
     in_parallel(work, ids, processes, done)
-    for node in gathered(work.spill, work.tiles.point_format.dtype()):
-        _, chunk, box = work.node(node)
-        copc.add_compressed(node.depth, node.key, chunk, len(node.points))
-        if box is not None:
-            index.add(box)
+    assembly.finish(work)
