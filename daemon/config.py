@@ -265,13 +265,22 @@ VARIABLES: tuple[Var, ...] = (
         "CHECKPOINT_INTERVAL_S",
         _positive_float,
         "300",
-        "Longest time between two training checkpoints: what a sudden loss costs, at most.",
+        "Longest time between two checkpoints inside a stage (splat training; the pointcloud kind's "
+        "clean, classify and tile, at a tile's end): what a sudden loss costs, at most.",
     ),
     Var(
         "SFM_THREADS",
         _non_negative_int,
         "0",
         "CPU threads for structure from motion; 0 = all cores. 1 makes SfM bit-reproducible (slower).",
+    ),
+    Var(
+        "POINTCLOUD_PROCESSES",
+        _non_negative_int,
+        "0",
+        "Worker processes the pointcloud kind spreads a cloud's tiles over; 0 = one per core this daemon "
+        "may run on. Each holds about one tile (~300 MB). With one daemon per GPU on a host, give each "
+        "its share of the cores.",
     ),
     Var(
         "CHROMIUM_PATH",
@@ -431,6 +440,7 @@ class Settings:
     checkpoint_interval_s: float
     job_max_preemptions: int
     sfm_threads: int
+    pointcloud_processes: int
     chromium_path: str | None
     s3_bucket: str | None
     s3_prefix: str

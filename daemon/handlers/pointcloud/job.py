@@ -178,6 +178,12 @@ def _halo(analysis: dict[str, Any], params: PointcloudParams) -> float:
 # -- clean: tiles with halos, then noise -------------------------------------------------------------------
 
 
+def _processes(ctx: Context) -> int:
+    """The worker processes to spread tiles over (POINTCLOUD_PROCESSES; 0: one per core)."""
+    configured = ctx.settings.pointcloud_processes if ctx.settings is not None else 0
+    return configured or workers()
+
+
 def _partitioned(
     root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams, ctx: Context
 ) -> Tiles:
@@ -199,7 +205,7 @@ def _clean(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: P
     neighbour distances (the cloud's outlier threshold comes from all of them), then the classes."""
     folder = root / "clean"
     tiles = _partitioned(root, read, analysis, params, ctx)
-    ids, processes = tiles.ids(), workers()
+    ids, processes = tiles.ids(), _processes(ctx)
     distances, classes = folder / "distances", folder / "classes"
     keep = [distances, classes]
     for path in keep:
@@ -230,8 +236,8 @@ def _classify(root: Path, read: dict[str, Any], analysis: dict[str, Any], params
     folder.mkdir(parents=True, exist_ok=True)
     tiles = _partitioned(root, read, analysis, params, ctx)
     work = Ground(tiles, root / "clean" / "classes", params.csf if params.ground == "csf" else None, folder)
-    counts = resumable_pass(ctx, records, "classify", folder, tiles.ids(), work, workers(), keep=[folder],
-                            progress=ctx.progress)  # fmt: skip
+    counts = resumable_pass(ctx, records, "classify", folder, tiles.ids(), work, _processes(ctx),
+                            keep=[folder], progress=ctx.progress)  # fmt: skip
     return {"ground": params.ground, "classification": {str(c): int(n) for c, n in enumerate(counts) if n}}
 
 
@@ -282,7 +288,7 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
         return [result.points]
 
     try:
-        resumable_pass(ctx, records, "tile", done, tiles.ids(), work, workers(), keep=keep,
+        resumable_pass(ctx, records, "tile", done, tiles.ids(), work, _processes(ctx), keep=keep,
                        progress=lambda share: ctx.progress(0.9 * share), take=take,
                        replay=lambda tile: assembly.add(TileResult.load(done / f"{tile}.npz")))  # fmt: skip
         assembly.finish(work)
