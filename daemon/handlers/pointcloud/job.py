@@ -1,10 +1,12 @@
 """The pointcloud job's stages: download → read → analyze → clean → classify → tile → export.
 
 Each stage works in its own folder and is recorded and checkpointed when it finishes (handlers/
-stages.py), so an attempt after a spot notice resumes at the first unfinished one. The points stream
-through every stage: `read` turns the upload into canonical records on disk once, `clean` cuts them
-into the octree's tiles with halos (tiling.py) and every later stage works a tile at a time, so memory
-follows a tile's size, never the cloud's.
+stages.py), so an attempt after a spot notice resumes at the first unfinished one; clean, classify and
+tile also resume at their last finished tile (resume.py). The points stream through every stage: `read`
+turns the upload into canonical records on disk once, `clean` cuts them into the octree's tiles with
+halos (tiling.py) and every later stage works a tile at a time, spread over worker processes
+(tilework.py), so memory follows a tile's size, never the cloud's. Neither the records nor the tiles are
+checkpointed (each the cloud's size again): a resumed attempt reads the upload again and cuts them anew.
 """
 
 from __future__ import annotations
