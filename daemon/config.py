@@ -283,6 +283,13 @@ VARIABLES: tuple[Var, ...] = (
         "its share of the cores.",
     ),
     Var(
+        "POINTCLOUD_TILE_POINTS",
+        _positive_int,
+        "1000000",
+        "Points a pointcloud tile holds on average (the cloud is cut in 4^n tiles): a worker process's "
+        "memory, and how often a pass over the tiles can checkpoint. Fixed per job when it is read.",
+    ),
+    Var(
         "CHROMIUM_PATH",
         _optional,
         "/usr/bin/chromium",
@@ -441,6 +448,7 @@ class Settings:
     job_max_preemptions: int
     sfm_threads: int
     pointcloud_processes: int
+    pointcloud_tile_points: int
     chromium_path: str | None
     s3_bucket: str | None
     s3_prefix: str

@@ -252,6 +252,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "CHECKPOINT_INTERVAL_S": ("60", 60.0),
     "SFM_THREADS": ("1", 1),
     "POINTCLOUD_PROCESSES": ("3", 3),
+    "POINTCLOUD_TILE_POINTS": ("250000", 250_000),
     "CHROMIUM_PATH": (
         "/opt/ms-playwright/chromium_headless_shell-1200/chrome-linux/headless_shell",
         "/opt/ms-playwright/chromium_headless_shell-1200/chrome-linux/headless_shell",

@@ -105,7 +105,14 @@ def _pnts(path: Path) -> dict[str, np.ndarray]:
 
 
 def _walk(tile: dict, folder: Path, found: list, error: float) -> tuple[np.ndarray, np.ndarray]:
-    """Every tile's content and its box's corners; each box holds its content and its children's boxes."""
+    """Every tile's content and its box's corners; each box holds its content and its children's boxes
+    (an external tileset's root stands for the tile that names it, with the same box)."""
+    uri = (tile.get("content") or {}).get("uri", "")
+    if uri.endswith(".json"):
+        external = json.loads((folder / uri).read_text())
+        assert external["root"]["boundingVolume"] == tile["boundingVolume"] and "children" not in tile
+        found.append({"external": uri})
+        return _walk(external["root"], folder, found, error)
     box = np.array(tile["boundingVolume"]["box"])
     centre, half = box[:3], np.abs(box[3:].reshape(3, 3)).sum(axis=0)
     assert tile["refine"] == "ADD" and tile["geometricError"] <= error
@@ -127,6 +134,7 @@ def test_the_tileset_holds_every_point_where_it_is_with_its_class_and_colour(pla
     tileset = json.loads((folder / "tiles" / "tileset.json").read_text())
     found: list[dict] = []
     _walk(tileset["root"], folder / "tiles", found, tileset["geometricError"])
+    found = [f for f in found if "local" in f]
     local = np.concatenate([f["local"] for f in found])
     assert len(local) == POINTS
     # back to UTM through the root's transform (local east-north-up → ECEF) and pyproj
@@ -141,3 +149,29 @@ def test_the_tileset_holds_every_point_where_it_is_with_its_class_and_colour(pla
     assert np.array_equal(classes, np.asarray(records.classification)[nearest])
     rgb = np.concatenate([f["rgb"] for f in found])
     assert np.array_equal(rgb[:, 0], (np.asarray(records.red)[nearest] >> 8).astype(np.uint8))
+
+
+def test_a_large_tree_is_split_into_external_tilesets_that_cesium_follows(placed, tmp_path, monkeypatch):
+    from daemon.handlers.pointcloud import tiles3d
+    from tests.pointcloud.test_viewer_harness import open_in_viewers
+
+    # Given the same cloud, its subtrees over 2 KB of JSON written as external tilesets
+    monkeypatch.setattr(tiles3d, "SPLIT_BYTES", 2_000)
+    folder = _outputs(placed["records"], tmp_path / "split", 1)
+    tileset = json.loads((folder / "tiles" / "tileset.json").read_text())
+    found: list[dict] = []
+    _walk(tileset["root"], folder / "tiles", found, tileset["geometricError"])
+    # Then every point is reached through them, and every external tileset is named once
+    externals = [f["external"] for f in found if "external" in f]
+    assert len(externals) >= 2 and sorted(externals) == sorted(
+        p.name for p in (folder / "tiles").glob("tileset-*.json")
+    )
+    assert sum(len(f["local"]) for f in found if "local" in f) == POINTS
+    # And CesiumJS opens it through them, with no tile failing, and draws it where it belongs
+    cesium = open_in_viewers("split-tileset", tileset=folder / "tiles")["cesium"]
+    assert cesium["ok"] is True and cesium["console_errors"] == [] and cesium["tiles_failed"] == 0, cesium
+    assert cesium["points_drawn"] > 0, cesium
+    records = placed["records"]
+    middle = (np.array([records.x.min(), records.y.min()]) + [records.x.max(), records.y.max()]) / 2
+    lon, lat = Transformer.from_crs(32633, 4326, always_xy=True).transform(*middle)
+    assert abs(cesium["center"]["longitude"] - lon) < 1e-3 and abs(cesium["center"]["latitude"] - lat) < 1e-3

@@ -28,7 +28,7 @@ from . import clean as noise
 from .cleanwork import Distances, Ground, Noise
 from .copc import CopcFile
 from .describe import Sample, describe
-from .octree import Octree
+from .octree import TILE_POINTS, Octree
 from .params import PointcloudParams
 from .preview import TopView, colour_shift
 from .resume import LEDGER, resumable_pass
@@ -94,7 +94,8 @@ def _read(upload: Path | None, folder: Path, params: PointcloudParams, ctx: Cont
     np.save(folder / "sample.npy", sample.points())
     return {"source": _source_facts(cloud, upload), "tally": tally.report(),
             "frame": {"scale": list(cloud.frame.scale), "offset": list(cloud.frame.offset)},
-            "point_format": cloud.record_format.id, "srs_wkt": cloud.srs_wkt}  # fmt: skip
+            "point_format": cloud.record_format.id, "srs_wkt": cloud.srs_wkt,
+            "tile_points": ctx.settings.pointcloud_tile_points if ctx.settings else TILE_POINTS}  # fmt: skip
 
 
 def _records(root: Path, read: dict[str, Any], params: PointcloudParams, ctx: Context) -> None:
@@ -157,8 +158,9 @@ def _sample(root: Path, read: dict[str, Any], params: PointcloudParams, ctx: Con
 def _tiles(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: PointcloudParams) -> Tiles:
     tally = read["tally"]
     frame = _frame(read)
-    octree = Octree.around(np.array(tally["bounds"]["min"]), np.array(tally["bounds"]["max"]),
-                           tally["points"], max(frame.scale))  # fmt: skip
+    # (the tile size the read stage recorded: every attempt cuts the same tiles, whatever its settings)
+    low, high, per_tile = tally["bounds"]["min"], tally["bounds"]["max"], read.get("tile_points", TILE_POINTS)
+    octree = Octree.around(np.array(low), np.array(high), tally["points"], max(frame.scale), per_tile)
     return Tiles(root / "clean" / "tiles", octree, _halo(analysis, params), frame,
                  laspy.PointFormat(read["point_format"]))  # fmt: skip
 
@@ -267,7 +269,7 @@ def _tile(root: Path, read: dict[str, Any], analysis: dict[str, Any], params: Po
             code="unknown_srs",
         )
     if params.srs_out is not None and wkt is not None and params.srs_out != epsg:
-        tiles, bounds = _reprojected(tiles, root, wkt, params.srs_out, params.drop_noise)
+        tiles, bounds = _reprojected(tiles, root, wkt, params.srs_out, params.drop_noise, read)
         classes, wkt = None, _wkt(params.srs_out)
     shift = colour_shift(analysis.get("colour"))
     view = TopView.over(bounds[0], bounds[1], params.preview_size, analysis["density"]["spacing_m"])
@@ -329,7 +331,9 @@ def _finished(tiles: Tiles, root: Path, drop_noise: bool) -> Iterator[laspy.Scal
         yield work.finished(tile)
 
 
-def _reprojected(tiles: Tiles, root: Path, wkt: str, srs_out: int, drop_noise: bool) -> tuple[Tiles, tuple]:
+def _reprojected(
+    tiles: Tiles, root: Path, wkt: str, srs_out: int, drop_noise: bool, read: dict[str, Any]
+) -> tuple[Tiles, tuple]:
     """The finished points in `srs_out`, tiled again in an octree around their new bounds, in a frame
     of the same resolution (a millimetre stays a millimetre; degrees get 10⁻⁸, about a millimetre)."""
     from pyproj import CRS, Transformer
@@ -347,7 +351,7 @@ def _reprojected(tiles: Tiles, root: Path, wkt: str, srs_out: int, drop_noise: b
         )
     step = 1e-8 if target.is_geographic else min(tiles.frame.scale)
     frame = Frame((step, step, min(tiles.frame.scale)), tuple(float(v) for v in np.floor(low)))  # type: ignore[arg-type]
-    octree = Octree.around(low, high, count, step)
+    octree = Octree.around(low, high, count, step, read.get("tile_points", TILE_POINTS))
     moved = Tiles(moved_folder, octree, 0.0, frame, tiles.point_format)
 
     def chunks() -> Iterator[laspy.ScaleAwarePointRecord]:

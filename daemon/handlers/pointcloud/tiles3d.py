@@ -2,8 +2,9 @@
 points in a `.pnts` (py3dtiles' `Pnts`, the format library of the replaced worker's tool).
 
 - Refinement ADD, as COPC's levels are: a node's points are not repeated in its children, so a viewer
-  draws the coarse sample first and adds detail where it looks. A node's geometric error is its cell
-  size (its sample's spacing, the gap a viewer leaves by not loading its children); a leaf's is 0.
+  draws the coarse sample first and adds detail where it looks. A node's geometric error is ten times
+  its cell size (its sample's spacing: py3dtiles' rule, so a viewer refines before the gaps between
+  points show); a leaf's is 0. A subtree too large for one JSON goes to an external tileset.
 - Placement: a cloud with a known coordinate system goes to EPSG:4978 (Earth-centred, which CesiumJS
   expects) by pyproj, point by point, and is stored in a local east-north-up frame at its centre that
   the root tile's `transform` places on the globe: boxes stay tight to the survey and level with it.
@@ -31,6 +32,9 @@ from .nodes import Node
 from .octree import GRID, Octree, pack, unpack
 
 ECEF = 4978
+
+SPLIT_BYTES = 100_000
+"""A subtree whose JSON is larger goes to an external tileset (py3dtiles' threshold)."""
 
 
 @dataclass(frozen=True)
@@ -129,11 +133,14 @@ def _triple(values: np.ndarray) -> tuple[float, float, float]:
 
 
 class TilesetIndex:
-    """The nodes' boxes, as they come; `write` makes `tileset.json` of them."""
+    """The nodes' boxes, as they come; `write` makes `tileset.json` of them. A subtree whose JSON passes
+    SPLIT_BYTES goes to an external tileset of its own (`tileset-<depth>-<x>-<y>-<z>.json`), which a
+    viewer fetches when it gets there, as py3dtiles does: a 10⁹-point cloud has some 60,000 nodes."""
 
     def __init__(self, folder: Path, octree: Octree, placement: Placement) -> None:
         self.folder, self.octree, self.placement = folder, octree, placement
         self.boxes: dict[tuple[int, int], NodeBox] = {}
+        self.external: list[str] = []
 
     def add(self, box: NodeBox) -> None:
         self.boxes[(box.depth, box.key)] = box
@@ -141,50 +148,56 @@ class TilesetIndex:
     def write(self) -> dict[str, Any]:
         if not self.boxes:
             raise ValueError("a tileset of no points")
-        children: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for depth, key in sorted(self.boxes):
-            if depth > 0:
-                x, y, z = unpack(key, depth)
-                parent = (depth - 1, pack(x >> 1, y >> 1, z >> 1, depth - 1))
-                children.setdefault(parent, []).append((depth, key))
-        root = self._tile((0, 0), children)
+        children: dict[tuple[int, int], set[tuple[int, int]]] = {}
+        for node in self.boxes:  # (an ancestor without points of its own would still be in the tree)
+            while node[0] > 0:
+                x, y, z = unpack(node[1], node[0])
+                parent = (node[0] - 1, pack(x >> 1, y >> 1, z >> 1, node[0] - 1))
+                known = parent in children
+                children.setdefault(parent, set()).add(node)
+                if known:
+                    break
+                node = parent
+        root, low, high = self._tile((0, 0), children)
         transform = self.placement.transform()
         if transform is not None:
             root["transform"] = transform
-        low, high = np.array(root["_low"]), np.array(root["_high"])
-        _strip(root)
-        tileset = {"asset": {"version": "1.0", "generator": "capture-daemon pointcloud (py3dtiles Pnts)"},
-                   "geometricError": float(np.linalg.norm(high - low)), "root": root}  # fmt: skip
-        (self.folder / "tileset.json").write_text(json.dumps(tileset, separators=(",", ":")))
-        return {"files": len(self.boxes), "tiles": len(self.boxes),
-                "points": sum(b.points for b in self.boxes.values()),
-                "bytes": sum((self.folder / tile_name(d, k)).stat().st_size for d, k in self.boxes),
-                "geometric_error": tileset["geometricError"], "placed_on_globe": transform is not None,
-                "asset_version": "1.0", "refine": "ADD"}  # fmt: skip
+        error = float(np.linalg.norm(high - low))
+        (self.folder / "tileset.json").write_text(json.dumps(_tileset(root, error), separators=(",", ":")))
+        return {"files": len(self.boxes) + len(self.external) + 1, "tiles": len(self.boxes),
+                "external_tilesets": len(self.external), "points": sum(b.points for b in self.boxes.values()),
+                "bytes": sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file()),
+                "geometric_error": error, "placed_on_globe": transform is not None, "asset_version": "1.0",
+                "refine": "ADD"}  # fmt: skip
 
-    def _tile(self, node: tuple[int, int], children: dict) -> dict[str, Any]:
-        """The tile of `node` and its subtree; its box holds its own points and its children's boxes
-        (a node with no points of its own, which the octree never makes, would be a tile without
-        content)."""
-        kids = [self._tile(child, children) for child in children.get(node, [])]
+    def _tile(self, node: tuple[int, int], children: dict) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """The tile of `node` with its subtree, and the corners of its box, which holds its own points
+        and its children's boxes. Its geometric error is ten times its cell size (py3dtiles' rule: a
+        viewer refines once the gaps between its points would show); a leaf's is 0."""
+        parts = [self._tile(child, children) for child in sorted(children.get(node, ()))]
         box = self.boxes.get(node)
-        lows = [k["_low"] for k in kids] + ([box.low] if box else [])
-        highs = [k["_high"] for k in kids] + ([box.high] if box else [])
-        low, high = np.min(lows, axis=0), np.max(highs, axis=0)
+        low = np.min([p[1] for p in parts] + ([box.low] if box else []), axis=0)
+        high = np.max([p[2] for p in parts] + ([box.high] if box else []), axis=0)
         middle, half = (low + high) / 2, np.maximum((high - low) / 2, 1e-3)
         cell = 2 * self.octree.halfsize / GRID / 2 ** node[0]
-        tile: dict[str, Any] = {
-            "boundingVolume": {"box": [*middle, half[0], 0, 0, 0, half[1], 0, 0, 0, half[2]]},
-            "geometricError": cell if kids else 0.0, "refine": "ADD", "_low": low, "_high": high}  # fmt: skip
+        volume = {"box": [float(v) for v in (*middle, half[0], 0, 0, 0, half[1], 0, 0, 0, half[2])]}
+        tile: dict[str, Any] = {"boundingVolume": volume, "geometricError": 10 * cell if parts else 0.0,
+                                "refine": "ADD"}  # fmt: skip
         if box is not None:
             tile["content"] = {"uri": tile_name(*node)}
-        if kids:
-            tile["children"] = kids
-        return tile
+        if parts:
+            tile["children"] = [p[0] for p in parts]
+        if parts and node[0] > 0 and len(json.dumps(tile)) > SPLIT_BYTES:
+            name = "tileset-{}-{}-{}-{}.json".format(node[0], *unpack(node[1], node[0]))
+            (self.folder / name).write_text(
+                json.dumps(_tileset(tile, tile["geometricError"]), separators=(",", ":"))
+            )
+            self.external.append(name)
+            tile = {"boundingVolume": volume, "geometricError": tile["geometricError"], "refine": "ADD",
+                    "content": {"uri": name}}  # fmt: skip
+        return tile, low, high
 
 
-def _strip(tile: dict[str, Any]) -> None:
-    tile.pop("_low"), tile.pop("_high")
-    tile["boundingVolume"]["box"] = [float(v) for v in tile["boundingVolume"]["box"]]
-    for child in tile.get("children", []):
-        _strip(child)
+def _tileset(root: dict[str, Any], error: float) -> dict[str, Any]:
+    return {"asset": {"version": "1.0", "generator": "capture-daemon pointcloud (py3dtiles Pnts)"},
+            "geometricError": error, "root": root}  # fmt: skip
