@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from functools import partial
 
 import laspy
@@ -71,7 +72,11 @@ def test_pointcloud_jobs_through_the_queue_bad_uploads_fail_and_a_preempted_surv
     }
     assert "1,000,000,000,000" in failed["pc-bad-bomb"]["error_message"]
     # And the worker checkpointed the survey and requeued it
-    assert first.wait(timeout=60) == 0, first.logs()[-4000:]
+    try:
+        stopped = first.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the spot worker did not stop within 60 s of its notice:\n{first.logs()[-6000:]}")
+    assert stopped == 0, first.logs()[-4000:]
     row = jobs_rows(id=job_id)[0]
     assert (row["status"], row["error_code"], row["attempt"]) == ("requeued", "preempted", 1)
     # with the checkpoints of read and of what it reached of clean and classify each smaller than the

@@ -4,7 +4,8 @@ the results handed back in tile order (so the outputs are the same whatever the 
 The pool's processes come from a fork server (a fresh interpreter, started without the job's threads):
 a child forked from the job's process itself would inherit lazrs' rayon pool and OpenMP's threads
 without their threads, and hang in its first parallel call (rayon-rs/rayon#708). An interrupt (a spot
-notice, a cancel) terminates the pool at once: what was done is redone from the stage's start.
+notice, a cancel) drops the tiles not started and waits for those in hand (a tile's time); a worker
+that dies fails the stage instead of leaving it waiting for a tile that will never come.
 
 `TileWork` is the tile stage's share: a tile's finished points (its final classes, noise left out with
 `drop_noise`) placed in the octree's nodes, each node compressed for the COPC and written as a `.pnts`,
@@ -17,6 +18,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -54,14 +57,15 @@ def in_parallel(
         return
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    pool = context.Pool(min(processes, len(tiles)))
+    pool = ProcessPoolExecutor(min(processes, len(tiles)), mp_context=context)
     try:
-        for result in pool.imap(work, tiles):
+        for result in pool.map(work, tiles):
             done(result)
-        pool.close()
+    except BrokenProcessPool as exc:  # a worker died (killed, out of memory): never wait for its tile
+        raise RuntimeError(f"a worker process placing tiles died: {exc}") from exc
     finally:
-        pool.terminate()  # at once on an interrupt; a no-op for a pool that has finished
-        pool.join()
+        # on an interrupt, the tiles not started are dropped and the ones in hand finish (a tile's time)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
